@@ -1,0 +1,4 @@
+from graft.cli.main import main
+import sys
+
+sys.exit(main())

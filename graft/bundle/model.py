@@ -1,0 +1,150 @@
+"""The model directory: one self-describing artifact, loaded without pickle.
+
+::
+
+    MODEL_DIR/
+      graft.json     everything to rebuild and describe the model (backbone, cut, weights hash,
+                     preprocessing, labels in order, head and hyper-parameters, versions, data)
+      metrics.json   held-out scores
+      backbone.onnx  uint8 NHWC images -> features (normalization inside the graph)
+      head.onnx      features -> class probabilities
+
+Why two ONNX graphs and not one: the feature cache is keyed by the backbone graph, so
+``graft evaluate`` reuses cached features, and one backbone file can serve many heads. Both are
+plain ONNX: predicting needs only onnxruntime, and no file in the directory can run code on load.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from graft.data.preprocess import PreprocessConfig
+from graft.errors import ModelError
+
+__all__ = ["MODEL_FORMAT", "save_model", "load_model_config", "file_sha256", "library_versions"]
+
+MODEL_FORMAT = "graft-model"
+MODEL_FORMAT_VERSION = 1
+CONFIG_FILE = "graft.json"
+METRICS_FILE = "metrics.json"
+BACKBONE_FILE = "backbone.onnx"
+HEAD_FILE = "head.onnx"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("graft", "torch", "timm", "onnxruntime", "onnx", "scikit-learn", "skl2onnx",
+                    "numpy", "pillow", "h5py"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model(
+    model_dir: str | os.PathLike,
+    *,
+    backbone_onnx: str | os.PathLike,
+    head_onnx: onnx.ModelProto,
+    labels: list[str],
+    backbone: dict[str, Any],
+    feature_key: str,
+    head: dict[str, Any],
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+) -> Path:
+    """Write a complete model directory (config last, so a partial directory never looks valid)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config_path = model_dir / CONFIG_FILE
+    if config_path.exists():
+        config_path.unlink()
+    shutil.copyfile(backbone_onnx, model_dir / BACKBONE_FILE)
+    onnx.save_model(head_onnx, model_dir / HEAD_FILE)
+    _write_json(model_dir / METRICS_FILE, metrics)
+    config = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": "image-classification",
+        "labels": list(labels),
+        "backbone": {k: v for k, v in backbone.items() if k != "preprocess"},
+        "preprocess": backbone["preprocess"],
+        "feature_key": feature_key,
+        "head": head,
+        "inputs": {
+            "images": "uint8 (N, H, W, 3) RGB, resized and center-cropped as 'preprocess' says; "
+                      "backbone.onnx normalizes",
+        },
+        "files": {
+            "backbone": {"path": BACKBONE_FILE, "sha256": file_sha256(model_dir / BACKBONE_FILE)},
+            "head": {"path": HEAD_FILE, "sha256": file_sha256(model_dir / HEAD_FILE)},
+        },
+        "training": training,
+        "versions": library_versions(),
+    }
+    _write_json(config_path, config)
+    return model_dir
+
+
+def load_model_config(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """Read and check ``graft.json``; with ``verify``, check the ONNX files' SHA-256 too.
+
+    Raises:
+        ModelError: For a missing, partial, tampered or incompatible model directory.
+    """
+    model_dir = Path(model_dir)
+    config_path = model_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ModelError(
+            f"{model_dir} is not a graft model directory (no {CONFIG_FILE}). Create one with "
+            f"'graft train DATA --out {model_dir}'."
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Cannot read {config_path}: {exc}") from exc
+    if config.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{config_path} is not a graft model config (format {config.get('format')!r}).")
+    if int(config.get("format_version", 0)) > MODEL_FORMAT_VERSION:
+        raise ModelError(
+            f"{model_dir} was saved by a newer graft (format {config['format_version']}); "
+            f"upgrade graft to load it."
+        )
+    for role in ("backbone", "head"):
+        entry = config["files"][role]
+        path = model_dir / entry["path"]
+        if not path.is_file():
+            raise ModelError(f"{model_dir} is incomplete: {entry['path']} is missing.")
+        if verify and file_sha256(path) != entry["sha256"]:
+            raise ModelError(
+                f"{path} does not match the SHA-256 recorded in {CONFIG_FILE}: the file was changed "
+                f"or corrupted. Re-train or re-copy the model directory."
+            )
+    PreprocessConfig.from_dict(config["preprocess"])  # validates
+    return config

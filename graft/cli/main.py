@@ -1,0 +1,254 @@
+"""The ``graft`` command: a thin layer over :mod:`graft.workflows`."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Sequence
+
+from graft import __version__
+from graft.backbones import DEFAULT_BACKBONE, POOLS
+from graft.errors import GraftError
+from graft.heads import DEFAULT_HEAD, list_heads
+
+__all__ = ["main", "build_parser"]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                       help=f"registry or timm model name (default: {DEFAULT_BACKBONE}; "
+                            f"see 'graft backbones')")
+    group.add_argument("--layer", default=None,
+                       help="where to cut the network: 'pool' (default), 'logits' or a stage name")
+    group.add_argument("--pool", default="avg", choices=POOLS,
+                       help="reduction of a spatial map when --layer is a stage")
+    group.add_argument("--weights", default=None,
+                       help="local .pth/.safetensors state dict or http(s) URL; default: offline "
+                            "weights shipped with graft, else the model hub; 'random' for tests")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="input resolution (default: the backbone's)")
+    group.add_argument("--batch-size", type=int, default=32)
+    group.add_argument("--device", default="auto",
+                       help="auto (CUDA if present, else ONNX Runtime on CPU), cpu, cuda, torch")
+    group.add_argument("--cache-dir", default=None,
+                       help="feature/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
+
+
+def _add_split_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("splits (unsplit data; pre-split folders keep theirs)")
+    group.add_argument("--test-size", type=float, default=0.2)
+    group.add_argument("--val-size", type=float, default=0.0)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--group-regex", default=None,
+                       help="images whose relative paths give the same match (first group, else "
+                            "the whole match) stay in one split")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graft",
+        description="Transfer learning for image classification: pretrained CNN features, "
+                    "trained heads, honest evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"graft {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("extract", parents=[common], help="extract features of an image folder into an HDF5 file")
+    p.add_argument("data", help="DATA/<class>/<image>, pre-split DATA/{train,val,test}/..., or CSV")
+    p.add_argument("--out", required=True, help="the feature file to write (.h5)")
+    _add_backbone_args(p)
+    _add_split_args(p)
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("train", parents=[common], help="train and evaluate a classifier; write a model directory")
+    p.add_argument("data", help="image folder, CSV of path,label, or a .h5 from 'graft extract'")
+    p.add_argument("--out", default="graft-model", help="model directory (default: graft-model)")
+    p.add_argument("--head", default=DEFAULT_HEAD, choices=list(list_heads()),
+                   help=f"classifier on the features (default: {DEFAULT_HEAD})")
+    _add_backbone_args(p)
+    _add_split_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", parents=[common], help="top-k predictions for images and folders")
+    p.add_argument("model", help="model directory written by 'graft train'")
+    p.add_argument("paths", nargs="+", help="image files or folders (walked recursively)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="write path, label, score and the top-k to FILE")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score a saved model on a labeled image folder")
+    p.add_argument("model", help="model directory written by 'graft train'")
+    p.add_argument("data", help="labeled image folder or CSV (pre-split: its test, else val split)")
+    p.add_argument("--split", default=None, choices=("train", "val", "test"),
+                   help="which folder of pre-split data to score")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_backbones)
+
+    p = sub.add_parser("heads", parents=[common], help="list the heads")
+    p.set_defaults(func=_cmd_heads)
+    return parser
+
+
+def _backbone_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "backbone": args.backbone, "layer": args.layer, "pool": args.pool,
+        "weights": args.weights, "image_size": args.image_size, "batch_size": args.batch_size,
+        "device": args.device, "cache_dir": args.cache_dir,
+    }
+
+
+def _split_kwargs(args: argparse.Namespace) -> dict:
+    return {"test_size": args.test_size, "val_size": args.val_size, "seed": args.seed,
+            "group_regex": args.group_regex}
+
+
+def _print_skipped(failures: Sequence[tuple[str, str]]) -> None:
+    if failures:
+        _log(f"Skipped {len(failures)} file(s) that could not be read:")
+        for path, reason in failures:
+            _log(f"  {path}: {reason}")
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from graft.workflows import extract
+
+    path, report = extract(args.data, args.out, progress=not args.quiet,
+                           **_backbone_kwargs(args), **_split_kwargs(args))
+    _log(report.summary())
+    _print_skipped(report.failures)
+    _log(f"Features written to {path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from graft.workflows import train
+
+    result = train(args.data, out=args.out, head=args.head, progress=not args.quiet, log=_log,
+                   **_backbone_kwargs(args), **_split_kwargs(args))
+    metrics = result.metrics
+    print(f"\nHeld-out test split: {metrics['n_test']} images "
+          f"(trained on {metrics['n_train']})\n")
+    print(result.report)
+    if result.extraction is not None:
+        _print_skipped(result.extraction.failures)
+    print(f"Model written to {result.model_dir}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from graft.workflows import predict
+
+    predictions = predict(args.model, args.paths, top_k=args.top_k, batch_size=args.batch_size)
+    csv_handle = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else None
+    writer = csv.writer(csv_handle) if csv_handle else None
+    if writer:
+        writer.writerow(["path", "label", "score", "top_k", "error"])
+    failed = 0
+    try:
+        for prediction in predictions:
+            failed += prediction.error is not None
+            if writer:
+                top = prediction.predictions or []
+                writer.writerow([
+                    prediction.path,
+                    top[0]["label"] if top else "",
+                    f"{top[0]['score']:.6f}" if top else "",
+                    ";".join(f"{p['label']}:{p['score']:.6f}" for p in top),
+                    prediction.error or "",
+                ])
+            if args.json:
+                print(json.dumps(prediction.to_dict()), flush=True)
+            elif not writer:
+                if prediction.error:
+                    print(f"{prediction.path}: ERROR {prediction.error}", flush=True)
+                else:
+                    ranked = ", ".join(f"{p['label']} ({p['score']:.3f})"
+                                       for p in prediction.predictions)
+                    print(f"{prediction.path}: {ranked}", flush=True)
+    finally:
+        if csv_handle:
+            csv_handle.close()
+    if failed:
+        _log(f"{failed} file(s) could not be read (see the errors above"
+             f"{' and in ' + args.csv if args.csv else ''}).")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from graft.workflows import evaluate
+
+    result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size,
+                      cache_dir=args.cache_dir, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result.metrics, indent=2))
+    else:
+        print(f"{result.metrics['n_test']} images from {result.metrics['data']}\n")
+        print(result.report)
+    _print_skipped(result.extraction.failures)
+    return 0
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    from graft.backbones import list_backbones
+
+    rows = []
+    for spec in list_backbones():
+        offline = spec.offline_weights() is not None if spec.offline_weights else False
+        rows.append({"name": spec.name, "aliases": list(spec.aliases),
+                     "default_layer": spec.default_layer, "offline_weights": offline,
+                     "description": spec.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            flag = "offline" if row["offline_weights"] else "hub/--weights"
+            print(f"{row['name']:<24} {flag:<14} {row['description']}")
+        print("\nAny other timm model name works too (with hub access or --weights PATH).")
+    return 0
+
+
+def _cmd_heads(args: argparse.Namespace) -> int:
+    for name, description in list_heads().items():
+        print(f"{name:<14} {description}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GraftError as exc:
+        print(f"graft: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("graft: interrupted (extracted features are kept; re-run to resume)",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `graft predict ... | head`: the reader went away; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

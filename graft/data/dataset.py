@@ -1,0 +1,323 @@
+"""Finding labeled images: class folders, pre-split folders or a CSV, and stable splits."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+from graft.data.images import is_image_file
+from graft.errors import ConfigError, DataError
+
+__all__ = [
+    "SPLITS",
+    "Sample",
+    "ImageDataset",
+    "scan_dataset",
+    "assign_splits",
+    "compute_splits",
+    "split_fraction",
+    "iter_image_files",
+]
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+_NOHASH = re.compile(r"_nohash_.*$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labeled image. ``relpath`` is relative to the dataset root, with ``/`` separators."""
+
+    path: Path
+    relpath: str
+    label: str
+    split: str = ""
+
+
+@dataclass
+class ImageDataset:
+    """A list of labeled images and where they came from.
+
+    Attributes:
+        root: The folder (or the CSV file's folder) that ``relpath`` is relative to.
+        samples: The images, in a deterministic order (sorted by relative path).
+        classes: Label names, sorted; index ``i`` is class ``i`` everywhere in graft.
+        layout: ``"folders"``, ``"presplit"`` or ``"csv"``.
+        split_source: ``"folders"`` when the splits were given by the data, ``"hash"`` when graft
+            assigned them (see :func:`assign_splits`), ``""`` when not assigned yet.
+    """
+
+    root: Path
+    samples: list[Sample]
+    classes: list[str]
+    layout: str
+    split_source: str = ""
+    split_params: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {label: count}}`` (split ``""`` when unassigned)."""
+        result: dict[str, Counter] = {}
+        for sample in self.samples:
+            result.setdefault(sample.split, Counter())[sample.label] += 1
+        return {split: dict(sorted(counter.items())) for split, counter in result.items()}
+
+
+def iter_image_files(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield image files under ``path`` (a file or a folder), streaming, in sorted order per folder.
+
+    Hidden files and non-image files (``.txt``, ``.DS_Store``) are skipped quietly. Memory stays
+    flat: one folder listing at a time.
+    """
+    path = Path(path)
+    if path.is_file():
+        yield path
+        return
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist. Give an image file or a folder of images.")
+    entries = sorted(os.scandir(path), key=lambda e: e.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=True):
+            yield from iter_image_files(entry.path)
+        elif is_image_file(entry.name):
+            yield Path(entry.path)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_class_folders(root: Path, base: Path, split: str) -> list[Sample]:
+    samples = []
+    for class_dir in _class_dirs(base):
+        for file in iter_image_files(class_dir):
+            rel = file.relative_to(root).as_posix()
+            samples.append(Sample(path=file, relpath=rel, label=class_dir.name, split=split))
+    return samples
+
+
+def _split_folders(root: Path) -> dict[str, Path] | None:
+    subdirs = _class_dirs(root)
+    if not subdirs:
+        return None
+    mapped = {p: _SPLIT_ALIASES.get(p.name.lower()) for p in subdirs}
+    if any(v is None for v in mapped.values()) or "train" not in mapped.values():
+        return None
+    result: dict[str, Path] = {}
+    for folder, split in mapped.items():
+        if split in result:
+            raise DataError(
+                f"{root} has two folders for the '{split}' split ({result[split].name} and "
+                f"{folder.name}). Keep one, or merge them."
+            )
+        result[split] = folder
+    return result
+
+
+def _read_csv(csv_path: Path) -> ImageDataset:
+    root = csv_path.parent
+    samples = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        header, rows = rows[0], rows[1:]
+    else:
+        header = None
+    has_split = header is not None and len(header) > 2 and header[2].strip().lower() == "split"
+    for line_no, row in enumerate(rows, start=2 if header else 1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 2:
+            raise DataError(
+                f"{csv_path}, line {line_no}: expected 'path,label' (and optionally split), "
+                f"got {row!r}."
+            )
+        rel, label = row[0].strip(), row[1].strip()
+        file = (root / rel) if not os.path.isabs(rel) else Path(rel)
+        split = ""
+        if has_split and len(row) > 2 and row[2].strip():
+            split = _SPLIT_ALIASES.get(row[2].strip().lower(), "")
+            if not split:
+                raise DataError(
+                    f"{csv_path}, line {line_no}: unknown split {row[2]!r}; "
+                    f"expected one of train, val, test."
+                )
+        if not file.is_file():
+            raise DataError(f"{csv_path}, line {line_no}: {file} does not exist.")
+        samples.append(Sample(path=file, relpath=rel.replace(os.sep, "/"), label=label, split=split))
+    if not samples:
+        raise DataError(f"{csv_path} lists no images. Expected rows of 'path,label'.")
+    given = {s.split for s in samples}
+    if given != {""} and "" in given:
+        raise DataError(f"{csv_path}: give a split for every row, or for none.")
+    classes = sorted({s.label for s in samples})
+    return ImageDataset(
+        root=root, samples=samples, classes=classes, layout="csv",
+        split_source="folders" if given != {""} else "",
+    )
+
+
+def scan_dataset(path: str | os.PathLike) -> ImageDataset:
+    """Find the labeled images at ``path``.
+
+    Layouts: ``DATA/<class>/<image>`` (nested folders below a class count for that class);
+    pre-split ``DATA/{train,val|validation,test}/<class>/<image>``; or a ``.csv`` of
+    ``path,label[,split]`` with paths relative to the CSV file.
+
+    Raises:
+        DataError: When the path is missing or holds no class folders with images.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Give a folder of class folders, or a CSV file.")
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return _read_csv(path.resolve())
+        raise DataError(
+            f"{path} is a file; expected a folder 'DATA/<class>/<image>', a pre-split folder "
+            f"'DATA/train/<class>/...', or a CSV of path,label."
+        )
+    root = path.resolve()
+    splits = _split_folders(root)
+    if splits:
+        samples = []
+        for split, folder in splits.items():
+            samples.extend(_scan_class_folders(root, folder, split))
+        layout, split_source = "presplit", "folders"
+    else:
+        samples = _scan_class_folders(root, root, "")
+        layout, split_source = "folders", ""
+    if not samples:
+        loose = any(is_image_file(p) for p in root.iterdir())
+        hint = (
+            " The images lie directly in it: put each class in its own sub-folder."
+            if loose else ""
+        )
+        raise DataError(
+            f"No images found in class folders under {root}. Expected DATA/<class>/<image> "
+            f"(JPEG, PNG, GIF, BMP, WebP or TIFF).{hint}"
+        )
+    samples.sort(key=lambda s: s.relpath)
+    classes = sorted({s.label for s in samples})
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} has one class ({classes[0]!r}); a classifier needs at least two class folders."
+        )
+    return ImageDataset(
+        root=root, samples=samples, classes=classes, layout=layout, split_source=split_source
+    )
+
+
+def split_fraction(relpath: str, seed: int = 0, group_regex: str | None = None) -> float:
+    """A number in [0, 1) that depends only on the image's group key and the seed.
+
+    The key is the relative path with the part of the file name after ``_nohash_`` removed
+    (TF retrain.py's convention for near-duplicates), or the first group (else the whole match) of
+    ``group_regex`` searched in the relative path. Images with the same key always land together.
+    """
+    key = relpath
+    if group_regex:
+        match = re.search(group_regex, relpath)
+        if match:
+            key = match.group(1) if match.groups() else match.group(0)
+    else:
+        head, _, name = relpath.rpartition("/")
+        stem, ext = os.path.splitext(name)
+        stripped = _NOHASH.sub("", stem)
+        key = f"{head}/{stripped}" if stripped != stem else relpath
+    digest = hashlib.sha1(f"{seed}:{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def compute_splits(
+    relpaths: list[str],
+    labels: list[str],
+    *,
+    given: list[str] | None = None,
+    test_size: float = 0.2,
+    val_size: float = 0.0,
+    seed: int = 0,
+    group_regex: str | None = None,
+) -> list[str]:
+    """The split (``train``/``val``/``test``) of each image; see :func:`assign_splits`."""
+    for name, value in (("test_size", test_size), ("val_size", val_size)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ConfigError(f"The '{name}' parameter must be in [0, 1). Got {value!r} instead.")
+    if test_size + val_size >= 1.0:
+        raise ConfigError(
+            f"test_size + val_size must be below 1 to leave training data. "
+            f"Got {test_size} + {val_size}."
+        )
+    if group_regex:
+        try:
+            re.compile(group_regex)
+        except re.error as exc:
+            raise ConfigError(f"--group-regex {group_regex!r} is not a valid regex: {exc}") from exc
+    if given is not None:
+        given = list(given)
+        if "train" not in given:
+            raise DataError("The given splits hold no 'train' images.")
+        if "test" not in given:
+            # Pre-split data with train/val only (hymenoptera): the held-out folder is the test.
+            return ["test" if s == "val" else s for s in given]
+        return given
+    splits = []
+    by_class: dict[str, list[tuple[float, int]]] = {}
+    for index, (relpath, label) in enumerate(zip(relpaths, labels)):
+        fraction = split_fraction(relpath, seed=seed, group_regex=group_regex)
+        if fraction < test_size:
+            splits.append("test")
+        elif fraction < test_size + val_size:
+            splits.append("val")
+        else:
+            splits.append("train")
+        by_class.setdefault(label, []).append((fraction, index))
+    for members in by_class.values():
+        if len(members) >= 2 and all(splits[i] != "train" for _, i in members):
+            splits[max(members)[1]] = "train"
+    return splits
+
+
+def assign_splits(
+    dataset: ImageDataset,
+    test_size: float = 0.2,
+    val_size: float = 0.0,
+    seed: int = 0,
+    group_regex: str | None = None,
+) -> ImageDataset:
+    """Give every sample a split, deterministically and stably.
+
+    Data with its own splits (pre-split folders, a CSV split column) keeps them; with only
+    train/val folders, the val folder is the held-out test. Otherwise an image goes to ``test``
+    when its :func:`split_fraction` is below ``test_size``, to ``val`` below
+    ``test_size + val_size``, else to ``train``, separately for each class (so each class is split
+    in the same proportions, in expectation). Adding images never moves an old image to another
+    split. A class whose every image drew ``test``/``val`` gives its highest-drawn image to
+    ``train``, so each class can be learned.
+    """
+    given = [s.split for s in dataset.samples] if dataset.split_source == "folders" else None
+    splits = compute_splits(
+        [s.relpath for s in dataset.samples], [s.label for s in dataset.samples], given=given,
+        test_size=test_size, val_size=val_size, seed=seed, group_regex=group_regex,
+    )
+    samples = [replace(s, split=split) for s, split in zip(dataset.samples, splits)]
+    if given is not None:
+        return replace(dataset, samples=samples)
+    return replace(
+        dataset,
+        samples=samples,
+        split_source="hash",
+        split_params={"test_size": test_size, "val_size": val_size, "seed": seed,
+                      "group_regex": group_regex},
+    )

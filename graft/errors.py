@@ -1,0 +1,45 @@
+"""One exception hierarchy for graft.
+
+Every error a user can cause derives from :class:`GraftError`, so callers (and the CLI) can catch
+one type. Errors from third-party libraries are translated at the boundary with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GraftError",
+    "ConfigError",
+    "DataError",
+    "ImageError",
+    "BackboneError",
+    "WeightsError",
+    "ModelError",
+]
+
+
+class GraftError(Exception):
+    """Base class of every error graft raises on purpose."""
+
+
+class ConfigError(GraftError, ValueError):
+    """An option or parameter has a value graft cannot use."""
+
+
+class DataError(GraftError, ValueError):
+    """The dataset (folder, CSV or feature file) cannot be used as given."""
+
+
+class ImageError(DataError):
+    """One image file cannot be decoded; extraction skips it and reports it."""
+
+
+class BackboneError(GraftError):
+    """A backbone or layer name is unknown, or a backbone cannot be built."""
+
+
+class WeightsError(BackboneError):
+    """Pretrained weights are missing, unreachable, or do not fit the backbone."""
+
+
+class ModelError(GraftError):
+    """A saved model directory is missing, incomplete, or from an incompatible version."""

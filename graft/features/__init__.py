@@ -1,0 +1,47 @@
+"""Features: fast engines (ONNX Runtime / torch), the crash-safe HDF5 cache, and feature files."""
+
+from graft.features.engine import (
+    DecodedBatch,
+    FeatureEngine,
+    OnnxEngine,
+    TorchEngine,
+    backbone_key,
+    create_engine,
+    export_backbone_onnx,
+    iter_decoded_batches,
+)
+from graft.features.extract import (
+    ExtractionReport,
+    extract_dataset,
+    extract_feature_set,
+    extract_to_file,
+    open_cache,
+)
+from graft.features.store import (
+    FeatureCache,
+    FeatureSet,
+    fingerprint,
+    load_feature_file,
+    write_feature_file,
+)
+
+__all__ = [
+    "DecodedBatch",
+    "ExtractionReport",
+    "FeatureCache",
+    "FeatureEngine",
+    "FeatureSet",
+    "OnnxEngine",
+    "TorchEngine",
+    "backbone_key",
+    "create_engine",
+    "export_backbone_onnx",
+    "extract_dataset",
+    "extract_feature_set",
+    "extract_to_file",
+    "fingerprint",
+    "iter_decoded_batches",
+    "load_feature_file",
+    "open_cache",
+    "write_feature_file",
+]

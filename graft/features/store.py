@@ -1,0 +1,278 @@
+"""Feature storage in HDF5: a crash-safe per-backbone cache, and self-describing feature files.
+
+Cache (``<cache>/features/<backbone key>/shard-*.h5``): every image's features, keyed by a
+fingerprint of its file (resolved path, size, mtime). A shard is written to a temp file and renamed
+when complete, so killing extraction loses at most one shard of work and never leaves a corrupt
+file; the next run resumes from the shards that exist.
+
+Feature file (``graft extract --out F.h5``): ``features``, ``labels``, ``label_names``, ``paths``,
+``split``, with the backbone and preprocessing config as attributes; written in chunks (memory
+stays flat), then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import h5py
+import numpy as np
+
+from graft.errors import DataError
+
+__all__ = [
+    "FEATURE_FILE_FORMAT",
+    "fingerprint",
+    "FeatureCache",
+    "FeatureSet",
+    "write_feature_file",
+    "load_feature_file",
+]
+
+FEATURE_FILE_FORMAT = "graft-features"
+_STR = h5py.string_dtype("utf-8")
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """Identity of an image file's content for caching: resolved path, size and mtime."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    return hashlib.sha1(f"{real}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+
+
+def _atomic_h5(path: Path):
+    """Open a temp HDF5 file beside ``path``; the caller renames it into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+class FeatureCache:
+    """Features of every image ever extracted with one backbone (one folder of shards)."""
+
+    def __init__(self, root: str | os.PathLike, num_features: int, shard_size: int = 512) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.num_features = int(num_features)
+        self.shard_size = int(shard_size)
+        self._index: dict[str, tuple[str, int]] = {}
+        self._failed: dict[str, str] = {}
+        self._loaded: set[str] = set()
+        self._pending_keys: list[str] = []
+        self._pending_rows: list[np.ndarray] = []
+        self._pending_failed: dict[str, str] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the keys of shards written since the last look (by this or another process)."""
+        for shard in sorted(self.root.glob("shard-*.h5")):
+            if shard.name in self._loaded:
+                continue
+            with h5py.File(shard, "r") as handle:
+                keys = handle["keys"].asstr()[:]
+                for row, key in enumerate(keys):
+                    self._index[key] = (shard.name, row)
+                if "failed_keys" in handle:
+                    reasons = handle["failed_reasons"].asstr()[:]
+                    self._failed.update(zip(handle["failed_keys"].asstr()[:], reasons))
+            self._loaded.add(shard.name)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def failure(self, key: str) -> str | None:
+        """The reason an image failed before, if it did (failures are cached too)."""
+        return self._failed.get(key) if key not in self._index else None
+
+    def add(self, keys: Iterable[str], features: np.ndarray) -> None:
+        """Buffer features; a shard is written each time ``shard_size`` rows are buffered."""
+        keys = list(keys)
+        features = np.asarray(features, dtype=np.float32)
+        if features.shape != (len(keys), self.num_features):
+            raise ValueError(
+                f"Expected features of shape {(len(keys), self.num_features)}, got {features.shape}."
+            )
+        self._pending_keys.extend(keys)
+        self._pending_rows.append(features)
+        if len(self._pending_keys) >= self.shard_size:
+            self.flush()
+
+    def add_failure(self, key: str, reason: str) -> None:
+        self._pending_failed[key] = reason
+
+    def flush(self) -> None:
+        """Write buffered rows as one complete shard (temp file, then atomic rename)."""
+        if not self._pending_keys and not self._pending_failed:
+            return
+        name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
+        target = self.root / name
+        tmp = _atomic_h5(target)
+        rows = (np.concatenate(self._pending_rows) if self._pending_rows
+                else np.zeros((0, self.num_features), np.float32))
+        try:
+            with h5py.File(tmp, "w") as handle:
+                handle.create_dataset("keys", data=np.array(self._pending_keys, dtype=object),
+                                      dtype=_STR)
+                handle.create_dataset("features", data=rows)
+                if self._pending_failed:
+                    handle.create_dataset("failed_keys", data=list(self._pending_failed), dtype=_STR)
+                    handle.create_dataset("failed_reasons", data=list(self._pending_failed.values()),
+                                          dtype=_STR)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        for row, key in enumerate(self._pending_keys):
+            self._index[key] = (name, row)
+        self._failed.update(self._pending_failed)
+        self._loaded.add(name)
+        self._pending_keys, self._pending_rows, self._pending_failed = [], [], {}
+
+    def get(self, keys: list[str]) -> np.ndarray:
+        """Features for ``keys`` (all must be cached), read shard by shard."""
+        out = np.empty((len(keys), self.num_features), dtype=np.float32)
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for position, key in enumerate(keys):
+            shard, row = self._index[key]
+            by_shard.setdefault(shard, []).append((row, position))
+        for shard, pairs in by_shard.items():
+            pairs.sort()
+            rows = np.array([r for r, _ in pairs])
+            positions = np.array([p for _, p in pairs])
+            with h5py.File(self.root / shard, "r") as handle:
+                data = handle["features"]
+                # One contiguous read beats h5py fancy indexing for scattered rows.
+                block = data[rows.min(): rows.max() + 1]
+                out[positions] = block[rows - rows.min()]
+        return out
+
+
+@dataclass
+class FeatureSet:
+    """Features with their labels, splits and provenance, in memory (for training heads)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    label_names: list[str]
+    paths: list[str]
+    split: np.ndarray
+    backbone: dict[str, Any]
+    key: str
+    root: str = ""
+    split_source: str = ""
+    split_params: dict[str, Any] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.split == split
+        return self.features[mask], self.labels[mask]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = {}
+        for split in np.unique(self.split):
+            labels = self.labels[self.split == split]
+            result[str(split)] = {
+                self.label_names[i]: int(n) for i, n in zip(*np.unique(labels, return_counts=True))
+            }
+        return result
+
+
+def write_feature_file(
+    path: str | os.PathLike,
+    *,
+    chunks: Iterator[np.ndarray],
+    n_rows: int,
+    num_features: int,
+    labels: np.ndarray,
+    label_names: list[str],
+    paths: list[str],
+    split: list[str],
+    attrs: dict[str, Any],
+) -> Path:
+    """Write a feature file from an iterator of feature blocks (in row order), atomically."""
+    path = Path(path)
+    tmp = _atomic_h5(path)
+    try:
+        with h5py.File(tmp, "w") as handle:
+            chunk_rows = max(1, min(n_rows, max(1, (1 << 20) // max(1, 4 * num_features))))
+            data = handle.create_dataset(
+                "features", shape=(n_rows, num_features), dtype=np.float32,
+                chunks=(chunk_rows, num_features) if n_rows else None,
+            )
+            start = 0
+            for block in chunks:
+                data[start: start + len(block)] = block
+                start += len(block)
+            if start != n_rows:
+                raise RuntimeError(f"Wrote {start} feature rows, expected {n_rows}.")
+            handle.create_dataset("labels", data=np.asarray(labels, dtype=np.int32))
+            handle.create_dataset("label_names", data=list(label_names), dtype=_STR)
+            handle.create_dataset("paths", data=list(paths), dtype=_STR)
+            handle.create_dataset("split", data=list(split), dtype=_STR)
+            handle.attrs["format"] = FEATURE_FILE_FORMAT
+            handle.attrs["format_version"] = 1
+            for key, value in attrs.items():
+                handle.attrs[key] = json.dumps(value) if not isinstance(value, str) else value
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _json_attr(handle: h5py.File, name: str, default: Any) -> Any:
+    if name not in handle.attrs:
+        return default
+    value = handle.attrs[name]
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def load_feature_file(path: str | os.PathLike) -> FeatureSet:
+    """Read a feature file written by ``graft extract``.
+
+    Raises:
+        DataError: When the file is missing, not HDF5, or not a graft feature file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Feature file {path} does not exist. Create it with 'graft extract'.")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path} is not a readable HDF5 file ({exc}).") from exc
+    with handle:
+        if handle.attrs.get("format") != FEATURE_FILE_FORMAT:
+            missing = [k for k in ("features", "labels", "label_names") if k not in handle]
+            raise DataError(
+                f"{path} is not a graft feature file (no format attribute"
+                f"{'; missing ' + ', '.join(missing) if missing else ''}). Create it with "
+                f"'graft extract DATA --out {path.name}'."
+            )
+        backbone = _json_attr(handle, "backbone", {})
+        return FeatureSet(
+            features=handle["features"][:],
+            labels=handle["labels"][:].astype(np.int64),
+            label_names=list(handle["label_names"].asstr()[:]),
+            paths=list(handle["paths"].asstr()[:]),
+            split=np.array(handle["split"].asstr()[:], dtype=object),
+            backbone=backbone,
+            key=str(handle.attrs.get("feature_key", "")),
+            root=str(handle.attrs.get("root", "")),
+            split_source=str(handle.attrs.get("split_source", "")),
+            split_params=_json_attr(handle, "split_params", {}),
+            skipped=[tuple(x) for x in _json_attr(handle, "skipped", [])],
+        )

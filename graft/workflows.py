@@ -1,0 +1,332 @@
+"""The jobs graft does, as library functions: extract, train, evaluate, predict.
+
+Each stage lives in its own subpackage; these functions only wire them together. The CLI and the
+HTTP server are thin layers over them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from graft.backbones import DEFAULT_BACKBONE, create_backbone
+from graft.bundle import Prediction, Predictor, save_model
+from graft.data import assign_splits, compute_splits, iter_image_files, scan_dataset
+from graft.errors import DataError
+from graft.evaluation import compute_metrics, format_report
+from graft.features import (
+    ExtractionReport,
+    FeatureSet,
+    create_engine,
+    extract_feature_set,
+    extract_to_file,
+    load_feature_file,
+)
+from graft.features.engine import OnnxEngine, export_backbone_onnx
+from graft.heads import (
+    DEFAULT_HEAD,
+    create_head,
+    describe_head,
+    head_to_onnx,
+    select_head,
+)
+
+__all__ = ["TrainResult", "EvaluateResult", "extract", "train", "evaluate", "predict"]
+
+Log = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _backbone_config(backbone: Any, weights: str | os.PathLike | None) -> dict[str, Any]:
+    config = backbone.config()
+    if weights is None or str(weights) == "random" or str(weights).startswith(("http://", "https://")):
+        config["weights"] = None if weights is None else str(weights)
+    else:
+        config["weights"] = str(Path(weights).expanduser().resolve())
+    return config
+
+
+def extract(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    layer: str | None = None,
+    weights: str | os.PathLike | None = None,
+    pool: str = "avg",
+    image_size: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    test_size: float = 0.2,
+    val_size: float = 0.0,
+    seed: int = 0,
+    group_regex: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, ExtractionReport]:
+    """Extract the features of an image folder (or CSV) into a feature file (HDF5)."""
+    dataset = assign_splits(scan_dataset(data), test_size=test_size, val_size=val_size, seed=seed,
+                            group_regex=group_regex)
+    net = create_backbone(backbone, layer=layer, weights=weights, pool=pool, image_size=image_size,
+                          cache_dir=cache_dir)
+    engine = create_engine(net, device=device, cache_dir=cache_dir)
+    return extract_to_file(dataset, engine, _backbone_config(net, weights), out,
+                           cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` produced."""
+
+    model_dir: Path
+    metrics: dict[str, Any]
+    report: str
+    extraction: ExtractionReport | None = None
+    head_scores: dict[str, float] = field(default_factory=dict)
+
+
+def _resplit(features: FeatureSet, test_size: float, val_size: float, seed: int,
+             group_regex: str | None) -> FeatureSet:
+    given = list(features.split) if features.split_source == "folders" else None
+    labels = [features.label_names[i] for i in features.labels]
+    features.split = np.array(
+        compute_splits(features.paths, labels, given=given, test_size=test_size,
+                       val_size=val_size, seed=seed, group_regex=group_regex),
+        dtype=object,
+    )
+    if given is None:
+        features.split_source = "hash"
+        features.split_params = {"test_size": test_size, "val_size": val_size, "seed": seed,
+                                 "group_regex": group_regex}
+    return features
+
+
+def _check_trainable(features: FeatureSet) -> None:
+    train_labels = set(np.unique(features.labels[features.split == "train"]).tolist())
+    missing = [features.label_names[i] for i in range(len(features.label_names))
+               if i not in train_labels]
+    if missing:
+        raise DataError(
+            f"No training images for class(es) {missing}: every class needs images in the "
+            f"training split. Add images, or lower --test-size."
+        )
+    if not np.any(features.split == "test"):
+        raise DataError(
+            "The held-out test split is empty, so the model cannot be scored honestly. "
+            "Use --test-size > 0, or give a test/ (or val/) folder."
+        )
+
+
+def train(
+    data: str | os.PathLike,
+    *,
+    out: str | os.PathLike = "graft-model",
+    backbone: str = DEFAULT_BACKBONE,
+    layer: str | None = None,
+    weights: str | os.PathLike | None = None,
+    pool: str = "avg",
+    image_size: int | None = None,
+    head: str = DEFAULT_HEAD,
+    test_size: float = 0.2,
+    val_size: float = 0.0,
+    seed: int = 0,
+    group_regex: str | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Log = _silent,
+) -> TrainResult:
+    """Train a classifier on pretrained features and score it on a held-out split.
+
+    Args:
+        data: An image folder (``DATA/<class>/<image>`` or pre-split), a CSV of path,label, or a
+            feature file written by :func:`extract`.
+        out: The model directory to write.
+        head: A head name from ``graft.heads.list_heads()``, or ``"auto"``.
+
+    Returns:
+        The model directory, held-out metrics and the printable classification report.
+    """
+    data = Path(data)
+    extraction = None
+    if data.suffix.lower() in (".h5", ".hdf5"):
+        features = load_feature_file(data)
+        stored = features.backbone
+        net = create_backbone(
+            stored["name"], layer=stored["layer"], pool=stored.get("pool", "avg"),
+            weights=weights if weights is not None else stored.get("weights"),
+            image_size=stored["preprocess"]["input_size"][1], cache_dir=cache_dir,
+        )
+        if net.weights_sha256 != stored["weights_sha256"]:
+            raise DataError(
+                f"{data} was extracted with other weights for {stored['name']} "
+                f"(sha256 {stored['weights_sha256'][:12]}..., now {net.weights_sha256[:12]}...). "
+                f"Pass the same --weights as for 'graft extract'."
+            )
+        engine = create_engine(net, device="cpu", cache_dir=cache_dir)
+        features = _resplit(features, test_size, val_size, seed, group_regex)
+        backbone_config = dict(stored)
+        if weights is not None:
+            backbone_config = _backbone_config(net, weights)
+    else:
+        dataset = assign_splits(scan_dataset(data), test_size=test_size, val_size=val_size,
+                                seed=seed, group_regex=group_regex)
+        net = create_backbone(backbone, layer=layer, weights=weights, pool=pool,
+                              image_size=image_size, cache_dir=cache_dir)
+        engine = create_engine(net, device=device, cache_dir=cache_dir)
+        backbone_config = _backbone_config(net, weights)
+        features, extraction = extract_feature_set(
+            dataset, engine, backbone_config, cache_dir=cache_dir, batch_size=batch_size,
+            progress=progress,
+        )
+        log(extraction.summary())
+    _check_trainable(features)
+    X_train, y_train = features.subset("train")
+    X_test, y_test = features.subset("test")
+    head_scores: dict[str, float] = {}
+    head_name = head
+    if head == "auto":
+        head_name, head_scores = select_head(X_train, y_train, random_state=seed)
+        log("Cross-validated accuracy on the training split: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in head_scores.items()) + f" -> {head_name}")
+    log(f"Training the {head_name} head on {len(y_train)} images...")
+    estimator = create_head(head_name, random_state=seed, y=y_train).fit(X_train, y_train)
+    head_onnx = head_to_onnx(estimator, X_train.shape[1])
+    probabilities = _align(estimator, estimator.predict_proba(X_test), len(features.label_names))
+    metrics = compute_metrics(y_test, probabilities, features.label_names)
+    metrics["n_train"] = int(len(y_train))
+    metrics["n_val"] = int(np.sum(features.split == "val"))
+    if len(X_val := features.subset("val")[0]):
+        y_val = features.subset("val")[1]
+        val_probs = _align(estimator, estimator.predict_proba(X_val), len(features.label_names))
+        metrics["val_accuracy"] = float(np.mean(val_probs.argmax(1) == y_val))
+    metrics["skipped"] = [{"path": p, "reason": r} for p, r in features.skipped]
+    head_info = {"name": head_name, **describe_head(estimator)}
+    if head_scores:
+        head_info["auto_cv_scores"] = head_scores
+    # The model directory ships the ONNX backbone graph (exported once, cached by key).
+    if isinstance(engine, OnnxEngine):
+        backbone_onnx = engine.path
+    else:
+        backbone_onnx = export_backbone_onnx(net, Path(out) / ".backbone-export.onnx")
+    model_dir = save_model(
+        out,
+        backbone_onnx=backbone_onnx,
+        head_onnx=head_onnx,
+        labels=features.label_names,
+        backbone=backbone_config,
+        feature_key=engine.key,
+        head=head_info,
+        metrics=metrics,
+        training={
+            "data": str(features.root or data),
+            "split_source": features.split_source,
+            "split_params": features.split_params,
+            "counts": features.counts(),
+            "n_skipped": len(features.skipped),
+        },
+    )
+    if not isinstance(engine, OnnxEngine):
+        Path(backbone_onnx).unlink(missing_ok=True)
+    return TrainResult(model_dir=model_dir, metrics=metrics,
+                       report=format_report(y_test, probabilities, features.label_names),
+                       extraction=extraction, head_scores=head_scores)
+
+
+def _align(estimator: Any, probabilities: np.ndarray, n_classes: int) -> np.ndarray:
+    """Columns in class-index order, even if the estimator saw only some classes."""
+    classes = np.asarray(estimator.classes_)
+    if len(classes) == n_classes and np.array_equal(classes, np.arange(n_classes)):
+        return probabilities
+    full = np.zeros((len(probabilities), n_classes), dtype=probabilities.dtype)
+    full[:, classes.astype(int)] = probabilities
+    return full
+
+
+@dataclass
+class EvaluateResult:
+    metrics: dict[str, Any]
+    report: str
+    extraction: ExtractionReport
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    split: str | None = None,
+    batch_size: int = 32,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EvaluateResult:
+    """Score a saved model on a labeled image folder (or CSV).
+
+    For pre-split data the ``test`` folder is scored (else ``val``); an unsplit folder is scored
+    whole. Features are cached under the model's backbone key, so re-scoring is instant.
+    """
+    predictor = Predictor(model_dir)
+    dataset = scan_dataset(data)
+    if dataset.split_source == "folders":
+        present = {s.split for s in dataset.samples}
+        chosen = split or ("test" if "test" in present else "val" if "val" in present else "train")
+        dataset.samples = [s for s in dataset.samples if s.split == chosen]
+    unknown = sorted(set(dataset.classes) - set(predictor.labels))
+    if unknown:
+        raise DataError(
+            f"{data} has classes the model does not know: {unknown}. The model knows "
+            f"{predictor.labels}."
+        )
+    dataset.classes = list(predictor.labels)
+    features, extraction = _extract_for_eval(dataset, predictor, batch_size, cache_dir, progress)
+    probabilities = predictor.probabilities_from_features(features.features)
+    metrics = compute_metrics(features.labels, probabilities, predictor.labels)
+    metrics["skipped"] = [{"path": p, "reason": r} for p, r in extraction.failures]
+    metrics["data"] = str(dataset.root)
+    return EvaluateResult(metrics=metrics,
+                          report=format_report(features.labels, probabilities, predictor.labels),
+                          extraction=extraction)
+
+
+def _extract_for_eval(dataset, predictor: Predictor, batch_size, cache_dir, progress):
+    from graft.features.extract import extract_dataset, open_cache
+
+    cache = open_cache(predictor.engine, cache_dir)
+    keys, report = extract_dataset(dataset, predictor.engine, cache=cache, batch_size=batch_size,
+                                   progress=progress)
+    rows = [i for i, key in enumerate(keys) if key is not None]
+    index = {label: i for i, label in enumerate(dataset.classes)}
+    features = FeatureSet(
+        features=cache.get([keys[i] for i in rows]),
+        labels=np.array([index[dataset.samples[i].label] for i in rows], dtype=np.int64),
+        label_names=list(dataset.classes),
+        paths=[dataset.samples[i].relpath for i in rows],
+        split=np.array([dataset.samples[i].split for i in rows], dtype=object),
+        backbone=predictor.config["backbone"],
+        key=predictor.engine.key,
+    )
+    return features, report
+
+
+def predict(
+    model_dir: str | os.PathLike,
+    paths: Iterable[str | os.PathLike],
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+) -> Iterator[Prediction]:
+    """Stream top-k predictions for image files and folders (folders are walked lazily)."""
+    predictor = Predictor(model_dir)
+
+    def files() -> Iterator[Path]:
+        for path in paths:
+            yield from iter_image_files(path)
+
+    return predictor.predict_paths(files(), top_k=top_k, batch_size=batch_size)
