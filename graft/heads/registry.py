@@ -63,7 +63,11 @@ HEADS: dict[str, tuple[str, Callable[..., BaseEstimator]]] = {
     "svm": (
         "RBF-kernel SVM",
         lambda seed, y=None: make_pipeline(
-            StandardScaler(), SVC(kernel="rbf", C=10.0, probability=True, random_state=seed)),
+            StandardScaler(),
+            # SVC(probability=True) is deprecated in scikit-learn 1.9: calibrate explicitly.
+            CalibratedClassifierCV(SVC(kernel="rbf", C=10.0, random_state=seed),
+                                   cv=_cv(3, y, seed), ensemble=False),
+        ),
     ),
     "random-forest": (
         "Random forest, 300 trees",

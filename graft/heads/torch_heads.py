@@ -81,7 +81,8 @@ class _TorchHead(ClassifierMixin, BaseEstimator):
             return torch.softmax(self.model_(torch.from_numpy(X)), dim=1).numpy()
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        probabilities = self.predict_proba(X)  # checks fitted before classes_ is touched
+        return self.classes_[np.argmax(probabilities, axis=1)]
 
     def to_onnx_module(self) -> nn.Module:
         """The fitted network with softmax: raw features in, class probabilities out."""
@@ -111,7 +112,7 @@ class TorchSoftmaxClassifier(_TorchHead):
         random_state: Seed for initialization and shuffling.
     """
 
-    def __init__(self, *, epochs: int = 60, lr: float = 1e-3, batch_size: int = 64,
+    def __init__(self, *, epochs: int = 100, lr: float = 3e-3, batch_size: int = 64,
                  weight_decay: float = 1e-2, dropout: float = 0.2, random_state: int | None = 0):
         self.epochs = epochs
         self.lr = lr
@@ -137,7 +138,7 @@ class TorchMLPClassifier(_TorchHead):
         random_state: Seed for initialization and shuffling.
     """
 
-    def __init__(self, *, hidden_units: tuple[int, ...] = (512,), epochs: int = 60,
+    def __init__(self, *, hidden_units: tuple[int, ...] = (512,), epochs: int = 100,
                  lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 1e-2,
                  dropout: float = 0.3, random_state: int | None = 0):
         self.hidden_units = hidden_units

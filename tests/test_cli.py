@@ -1,0 +1,109 @@
+"""End to end through the CLI, on synthetic images and a tiny random-weight backbone."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import TINY, make_dataset, make_image
+from graft.cli import main
+
+TINY_ARGS = ["--backbone", TINY, "--weights", "random", "-q"]
+
+
+@pytest.fixture
+def trained(tmp_path, capsys):
+    data = make_dataset(tmp_path / "colors", n_per_class=12)
+    (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    model = tmp_path / "model"
+    assert main(["train", str(data), "--out", str(model), *TINY_ARGS]) == 0
+    out = capsys.readouterr()
+    return data, model, out
+
+
+def test_train_writes_model_and_report(trained):
+    data, model, out = trained
+    assert "precision" in out.out and "accuracy" in out.out
+    assert "Skipped 1 file(s)" in out.err and "red/broken.jpg" in out.err
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9
+    assert metrics["n_train"] + metrics["n_test"] == 36
+    assert set(metrics["per_class"]) == {"blue", "green", "red"}
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n_test"]
+    assert metrics["skipped"][0]["path"] == "red/broken.jpg"
+    config = json.loads((model / "graft.json").read_text())
+    assert config["labels"] == ["blue", "green", "red"]
+    assert config["backbone"]["name"] == TINY and len(config["backbone"]["weights_sha256"]) == 64
+    assert config["preprocess"]["input_size"] == [3, 160, 160]
+    assert config["head"]["name"] == "logreg" and "C" in config["head"]["best_params"]
+    assert {"torch", "onnxruntime", "scikit-learn"} <= set(config["versions"])
+    assert (model / "backbone.onnx").is_file() and (model / "head.onnx").is_file()
+
+
+def test_predict_json_csv_and_folders(trained, tmp_path, capsys):
+    data, model, _ = trained
+    probe = make_image(tmp_path / "probe" / "x.png", (40, 60, 200), seed=999)
+    assert main(["predict", str(model), str(probe), str(data / "green"), "--json",
+                 "--top-k", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 1 + 12
+    assert lines[0]["predictions"][0]["label"] == "blue"
+    assert len(lines[0]["predictions"]) == 2
+    assert lines[0]["predictions"][0]["score"] >= lines[0]["predictions"][1]["score"]
+    green = [line for line in lines[1:] if line["predictions"][0]["label"] == "green"]
+    assert len(green) >= 10
+    out_csv = tmp_path / "p.csv"
+    assert main(["predict", str(model), str(data / "red"), "--csv", str(out_csv)]) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 13  # 12 images + the broken one, reported with its error
+    assert any(row["error"] for row in rows)
+    assert all(row["top_k"] for row in rows if not row["error"])
+
+
+def test_evaluate_matches_train_metrics(trained, capsys):
+    data, model, _ = trained
+    assert main(["evaluate", str(model), str(data), "--json", "-q"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_test"] == 36  # an unsplit folder is scored whole
+    assert metrics["accuracy"] >= 0.9
+
+
+def test_extract_then_train_from_features(tmp_path, capsys):
+    data = make_dataset(tmp_path / "colors", n_per_class=10)
+    features = tmp_path / "features.h5"
+    assert main(["extract", str(data), "--out", str(features), *TINY_ARGS]) == 0
+    assert main(["train", str(features), "--out", str(tmp_path / "m1"), "-q"]) == 0
+    assert main(["train", str(data), "--out", str(tmp_path / "m2"), *TINY_ARGS]) == 0
+    m1 = json.loads((tmp_path / "m1" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "m2" / "metrics.json").read_text())
+    assert m1["confusion_matrix"] == m2["confusion_matrix"]  # same split, same features
+    assert "from cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head", ["softmax", "mlp", "auto"])
+def test_other_heads(tmp_path, head):
+    data = make_dataset(tmp_path / "colors", n_per_class=10)
+    assert main(["train", str(data), "--out", str(tmp_path / "m"), "--head", head,
+                 *TINY_ARGS]) == 0
+    config = json.loads((tmp_path / "m" / "graft.json").read_text())
+    assert config["head"]["name"] in ("softmax", "mlp", "logreg", "linear-svm", "svm", "knn")
+
+
+def test_user_errors_exit_2_with_message(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "x.jpg"]) == 2
+    assert "not a graft model directory" in capsys.readouterr().err
+    data = make_dataset(tmp_path / "colors", n_per_class=3)
+    assert main(["train", str(data), "--backbone", "nosuchnet", "-q"]) == 2
+    assert "Unknown backbone" in capsys.readouterr().err
+
+
+def test_tampered_model_is_refused(trained, capsys):
+    _, model, _ = trained
+    with open(model / "head.onnx", "ab") as handle:
+        handle.write(b"tampered")
+    assert main(["predict", str(model), str(model)]) == 2
+    assert "SHA-256" in capsys.readouterr().err

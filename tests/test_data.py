@@ -1,0 +1,185 @@
+"""Finding images, splitting them stably, and decoding every kind of file."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_dataset, make_image
+from graft.data import (
+    PreprocessConfig,
+    assign_splits,
+    iter_image_files,
+    load_image,
+    resize_and_crop,
+    scan_dataset,
+    split_fraction,
+    to_rgb,
+)
+from graft.errors import ConfigError, DataError, ImageError
+
+
+def test_class_folders_nested_and_non_images_ignored(tmp_path):
+    make_dataset(tmp_path, n_per_class=3, classes=("red", "blue"))
+    make_image(tmp_path / "red" / "deeper" / "nested.png", (200, 0, 0), 1)
+    (tmp_path / "red" / "notes.txt").write_text("not an image")
+    (tmp_path / "red" / ".DS_Store").write_bytes(b"\0\1")
+    dataset = scan_dataset(tmp_path)
+    assert dataset.classes == ["blue", "red"]
+    assert dataset.layout == "folders"
+    assert len(dataset) == 7
+    assert "red/deeper/nested.png" in {s.relpath for s in dataset.samples}
+    assert {s.label for s in dataset.samples if "nested" in s.relpath} == {"red"}
+
+
+def test_presplit_layout_uses_given_splits(tmp_path):
+    make_dataset(tmp_path / "train", n_per_class=3, classes=("red", "blue"))
+    make_dataset(tmp_path / "validation", n_per_class=2, classes=("red", "blue"), start=10)
+    dataset = assign_splits(scan_dataset(tmp_path))
+    assert dataset.layout == "presplit"
+    counts = dataset.counts()
+    # train/val only: the held-out val folder is the test split
+    assert counts == {"train": {"blue": 3, "red": 3}, "test": {"blue": 2, "red": 2}}
+
+
+def test_presplit_with_test_keeps_val(tmp_path):
+    for split in ("train", "val", "test"):
+        make_dataset(tmp_path / split, n_per_class=2, classes=("red", "blue"))
+    counts = assign_splits(scan_dataset(tmp_path)).counts()
+    assert set(counts) == {"train", "val", "test"}
+
+
+def test_csv_layout(tmp_path):
+    make_dataset(tmp_path / "imgs", n_per_class=2, classes=("red", "blue"))
+    rows = ["path,label"] + [f"imgs/{c}/{c}_{i:03d}.jpg,{c}" for c in ("red", "blue") for i in (0, 1)]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    dataset = scan_dataset(tmp_path / "data.csv")
+    assert dataset.layout == "csv" and dataset.classes == ["blue", "red"] and len(dataset) == 4
+    (tmp_path / "bad.csv").write_text("imgs/red/missing.jpg,red\n")
+    with pytest.raises(DataError, match="does not exist"):
+        scan_dataset(tmp_path / "bad.csv")
+
+
+def test_empty_and_single_class_errors(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(DataError, match="No images found"):
+        scan_dataset(tmp_path)
+    make_image(tmp_path / "a" / "x.png", (1, 2, 3), 0)
+    with pytest.raises(DataError, match="at least two class"):
+        scan_dataset(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        scan_dataset(tmp_path / "nope")
+
+
+def test_split_is_stable_when_images_are_added(tmp_path):
+    make_dataset(tmp_path, n_per_class=40, classes=("red", "blue"))
+    before = {s.relpath: s.split for s in assign_splits(scan_dataset(tmp_path)).samples}
+    make_dataset(tmp_path, n_per_class=40, classes=("red", "blue"), start=40)
+    after = {s.relpath: s.split for s in assign_splits(scan_dataset(tmp_path)).samples}
+    assert all(after[path] == split for path, split in before.items())
+    test_share = sum(split == "test" for split in after.values()) / len(after)
+    assert 0.1 < test_share < 0.3
+    # independent of listing order and deterministic per seed
+    assert split_fraction("red/a.jpg", seed=1) == split_fraction("red/a.jpg", seed=1)
+    assert split_fraction("red/a.jpg", seed=1) != split_fraction("red/a.jpg", seed=2)
+
+
+def test_nohash_and_group_regex_keep_groups_together():
+    assert split_fraction("dog/rex_nohash_1.jpg") == split_fraction("dog/rex_nohash_2.jpg")
+    assert split_fraction("dog/rex_1.jpg") != split_fraction("dog/rex_2.jpg")
+    regex = r"(patient\d+)"
+    assert split_fraction("x/patient7_a.png", group_regex=regex) == split_fraction(
+        "y/patient7_b.png", group_regex=regex)
+
+
+def test_every_class_keeps_a_training_image(tmp_path):
+    make_dataset(tmp_path, n_per_class=2, classes=("red", "blue"))
+    dataset = assign_splits(scan_dataset(tmp_path), test_size=0.9)
+    for label in dataset.classes:
+        assert any(s.split == "train" and s.label == label for s in dataset.samples)
+
+
+def test_split_parameter_errors(tmp_path):
+    make_dataset(tmp_path, n_per_class=2, classes=("red", "blue"))
+    with pytest.raises(ConfigError, match="test_size"):
+        assign_splits(scan_dataset(tmp_path), test_size=1.5)
+    with pytest.raises(ConfigError, match="below 1"):
+        assign_splits(scan_dataset(tmp_path), test_size=0.6, val_size=0.5)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "1"])
+def test_modes_convert_to_rgb(mode):
+    rgb = Image.new("RGB", (8, 8), (255, 0, 0))
+    if mode in ("I;16", "I"):
+        image = Image.fromarray(np.full((8, 8), 65535 // 2, dtype=np.uint16))
+        image = image if mode == "I;16" else image.convert("I")
+    else:
+        image = rgb.convert(mode)
+    out = to_rgb(image)
+    assert out.mode == "RGB" and out.size == (8, 8)
+    if mode in ("I;16", "I"):
+        assert abs(int(np.asarray(out)[0, 0, 0]) - 127) <= 1  # scaled, not clipped to 255
+
+
+def test_transparent_pixels_become_white():
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(to_rgb(image)).min() == 255
+
+
+def test_exif_orientation_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    image.save(tmp_path / "rot.jpg", exif=exif)
+    assert load_image(tmp_path / "rot.jpg").size == (20, 40)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "WEBP", "TIFF", "JPEG"])
+def test_formats(tmp_path, fmt):
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.new("RGB", (30, 30), (10, 200, 30)).save(path, format=fmt)
+    assert load_image(path).mode == "RGB"
+
+
+def test_bad_files_raise_image_error_with_reason(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty file"):
+        load_image(tmp_path / "empty.jpg")
+    (tmp_path / "text.jpg").write_text("hello, not a jpeg")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(tmp_path / "text.jpg")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, format="JPEG")
+    (tmp_path / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    with pytest.raises(ImageError, match="cannot decode"):
+        load_image(tmp_path / "truncated.jpg")
+
+
+def test_decompression_bomb_refused(tmp_path, monkeypatch):
+    Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(tmp_path / "big.png")
+
+
+def test_resize_and_crop_matches_timm_geometry():
+    config = PreprocessConfig(input_size=(3, 224, 224), crop_pct=0.875)
+    image = Image.new("RGB", (640, 480), (5, 5, 5))
+    assert config.scale_size == (256, 256)
+    assert resize_and_crop(image, config).shape == (224, 224, 3)
+    squash = PreprocessConfig(input_size=(3, 100, 120), crop_mode="squash", crop_pct=1.0)
+    assert resize_and_crop(image, squash).shape == (100, 120, 3)
+    with pytest.raises(ConfigError, match="crop_mode"):
+        PreprocessConfig(crop_mode="diagonal")
+
+
+def test_iter_image_files_streams_sorted(tmp_path):
+    make_dataset(tmp_path, n_per_class=3, classes=("red",))
+    (tmp_path / "red" / "readme.md").write_text("x")
+    files = list(iter_image_files(tmp_path))
+    assert [f.name for f in files] == sorted(f.name for f in files) and len(files) == 3
+    with pytest.raises(DataError):
+        list(iter_image_files(tmp_path / "missing"))

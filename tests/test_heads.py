@@ -1,0 +1,70 @@
+"""Heads: scikit-learn contract, learning, ONNX parity, automatic selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_classification
+from sklearn.exceptions import NotFittedError
+
+from graft.errors import ConfigError
+from graft.heads import (
+    HEADS,
+    TorchSoftmaxClassifier,
+    create_head,
+    describe_head,
+    head_to_onnx,
+    onnx_probabilities,
+    select_head,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_classification(n_samples=240, n_features=24, n_informative=8, n_classes=3,
+                               class_sep=2.0, random_state=0)
+    X = X.astype(np.float32)
+    return X[:180], y[:180], X[180:], y[180:]
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_head_learns_and_exports_to_onnx(name, data):
+    X_train, y_train, X_test, y_test = data
+    head = create_head(name, y=y_train)
+    clone(head)  # the estimator contract: parameters only in __init__
+    head.fit(X_train, y_train)
+    assert head.score(X_test, y_test) > 0.75
+    probabilities = head.predict_proba(X_test)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    onnx_probs = onnx_probabilities(head_to_onnx(head, X_train.shape[1]), X_test)
+    np.testing.assert_allclose(onnx_probs, probabilities, atol=1e-4)
+    info = describe_head(head)
+    assert info["class"] and isinstance(info["params"], dict)
+
+
+def test_logreg_records_grid_search(data):
+    X_train, y_train, _, _ = data
+    info = describe_head(create_head("logreg", y=y_train).fit(X_train, y_train))
+    assert "C" in info["best_params"]
+    assert len(info["cv_results"]) == 5
+
+
+def test_torch_head_contract(data):
+    X_train, y_train, _, _ = data
+    head = TorchSoftmaxClassifier(epochs=5)
+    with pytest.raises(NotFittedError):
+        head.predict(X_train)
+    head.fit(X_train, y_train)
+    assert head.loss_curve_[-1] < head.loss_curve_[0]
+    assert clone(head).get_params()["epochs"] == 5
+    with pytest.raises(ConfigError, match="'epochs' parameter of TorchSoftmaxClassifier"):
+        TorchSoftmaxClassifier(epochs=0).fit(X_train, y_train)
+
+
+def test_unknown_head_and_auto(data):
+    with pytest.raises(ConfigError, match="Did you mean logreg"):
+        create_head("logreq")
+    X_train, y_train, _, _ = data
+    best, scores = select_head(X_train, y_train, candidates=("logreg", "knn", "naive-bayes"))
+    assert best in scores and scores[best] == max(scores.values())
