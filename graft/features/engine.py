@@ -35,7 +35,11 @@ __all__ = [
     "default_workers",
 ]
 
-_EXPORT_FORMAT = 1  # bump when the exported graph changes, so caches are rebuilt
+_EXPORT_FORMAT = 2  # bump when the exported graph changes, so caches are rebuilt
+# The exported graph has a fixed batch size: with every shape static, ONNX Runtime folds the shape
+# arithmetic of TF-"same" padding and plans memory once (measured 1.3-2x faster than a dynamic
+# batch axis for EfficientNet-Lite0 on 2 cores). Short batches are padded.
+EXPORT_BATCH = 32
 
 
 def default_workers() -> int:
@@ -81,8 +85,8 @@ class OnnxEngine(FeatureEngine):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle ORT threads must not spin: the decode threads need those cores between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # ORT's spinning worker threads stay on (its default): measured end to end with two
+        # decode threads on 2 cores, 81 img/s with spinning vs 74 without (EfficientNet-Lite0).
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(os.fspath(path), options, providers=providers)
@@ -90,10 +94,25 @@ class OnnxEngine(FeatureEngine):
         self.key = key
         self.preprocess = preprocess
         self.num_features = num_features
-        self._input = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self._input = graph_input.name
+        batch = graph_input.shape[0]
+        self._batch = batch if isinstance(batch, int) and batch > 0 else None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input: images})[0].astype(np.float32, copy=False)
+        if self._batch is None:
+            return self.session.run(None, {self._input: images})[0].astype(np.float32, copy=False)
+        outputs = []
+        for start in range(0, len(images), self._batch):
+            chunk = images[start: start + self._batch]
+            n = len(chunk)
+            if n < self._batch:
+                pad = np.zeros((self._batch - n, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            outputs.append(self.session.run(None, {self._input: chunk})[0][:n])
+        if not outputs:
+            return np.zeros((0, self.num_features), np.float32)
+        return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
 class TorchEngine(FeatureEngine):
@@ -131,7 +150,7 @@ def export_backbone_onnx(backbone: Any, path: str | os.PathLike, opset: int = 17
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = backbone.preprocess.size
     model = ImageModel(backbone).eval()
-    dummy = torch.zeros(2, height, width, 3, dtype=torch.uint8)
+    dummy = torch.zeros(EXPORT_BATCH, height, width, 3, dtype=torch.uint8)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".onnx")
     os.close(fd)
     try:
@@ -143,7 +162,6 @@ def export_backbone_onnx(backbone: Any, path: str | os.PathLike, opset: int = 17
                 tmp,
                 input_names=["images"],
                 output_names=["features"],
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
                 opset_version=opset,
                 dynamo=False,
             )
