@@ -1,4 +1,5 @@
-from graft.cli.main import main
 import sys
+
+from graft.cli.main import main
 
 sys.exit(main())

@@ -7,13 +7,13 @@ one type. Errors from third-party libraries are translated at the boundary with 
 from __future__ import annotations
 
 __all__ = [
-    "GraftError",
+    "BackboneError",
     "ConfigError",
     "DataError",
+    "GraftError",
     "ImageError",
-    "BackboneError",
-    "WeightsError",
     "ModelError",
+    "WeightsError",
 ]
 
 

@@ -7,9 +7,10 @@ HTTP server are thin layers over them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from graft.heads import (
     select_head,
 )
 
-__all__ = ["TrainResult", "EvaluateResult", "extract", "train", "evaluate", "predict"]
+__all__ = ["EvaluateResult", "TrainResult", "evaluate", "extract", "predict", "train"]
 
 Log = Callable[[str], None]
 
@@ -202,7 +203,7 @@ def train(
     head_onnx = head_to_onnx(estimator, X_train.shape[1])
     probabilities = _align(estimator, estimator.predict_proba(X_test), len(features.label_names))
     metrics = compute_metrics(y_test, probabilities, features.label_names)
-    metrics["n_train"] = int(len(y_train))
+    metrics["n_train"] = len(y_train)
     metrics["n_val"] = int(np.sum(features.split == "val"))
     if len(X_val := features.subset("val")[0]):
         y_val = features.subset("val")[1]
@@ -285,7 +286,10 @@ def evaluate(
             f"{predictor.labels}."
         )
     dataset.classes = list(predictor.labels)
-    features, extraction = _extract_for_eval(dataset, predictor, batch_size, cache_dir, progress)
+    features, extraction = extract_feature_set(
+        dataset, predictor.engine, predictor.config["backbone"], cache_dir=cache_dir,
+        batch_size=batch_size, progress=progress, min_per_class=0,
+    )
     probabilities = predictor.probabilities_from_features(features.features)
     metrics = compute_metrics(features.labels, probabilities, predictor.labels)
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in extraction.failures]
@@ -293,26 +297,6 @@ def evaluate(
     return EvaluateResult(metrics=metrics,
                           report=format_report(features.labels, probabilities, predictor.labels),
                           extraction=extraction)
-
-
-def _extract_for_eval(dataset, predictor: Predictor, batch_size, cache_dir, progress):
-    from graft.features.extract import extract_dataset, open_cache
-
-    cache = open_cache(predictor.engine, cache_dir)
-    keys, report = extract_dataset(dataset, predictor.engine, cache=cache, batch_size=batch_size,
-                                   progress=progress)
-    rows = [i for i, key in enumerate(keys) if key is not None]
-    index = {label: i for i, label in enumerate(dataset.classes)}
-    features = FeatureSet(
-        features=cache.get([keys[i] for i in rows]),
-        labels=np.array([index[dataset.samples[i].label] for i in rows], dtype=np.int64),
-        label_names=list(dataset.classes),
-        paths=[dataset.samples[i].relpath for i in rows],
-        split=np.array([dataset.samples[i].split for i in rows], dtype=object),
-        backbone=predictor.config["backbone"],
-        key=predictor.engine.key,
-    )
-    return features, report
 
 
 def predict(

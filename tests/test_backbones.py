@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, shared_path
+
 from graft.backbones import ImageModel, create_backbone, list_backbones, resolve_backbone_name
 from graft.data import load_for_network
 from graft.errors import BackboneError, ConfigError, WeightsError

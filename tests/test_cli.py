@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
-
 from conftest import TINY, make_dataset, make_image
+
 from graft.cli import main
 
 TINY_ARGS = ["--backbone", TINY, "--weights", "random", "-q"]

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import make_dataset, make_image
 from PIL import Image
 
-from conftest import make_dataset, make_image
 from graft.data import (
     PreprocessConfig,
     assign_splits,

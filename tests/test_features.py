@@ -10,8 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, make_dataset, make_image
+
 from graft.backbones import ImageModel
 from graft.data import assign_splits, scan_dataset
 from graft.errors import DataError

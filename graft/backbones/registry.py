@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -26,13 +26,13 @@ from graft.errors import BackboneError, ConfigError, WeightsError
 __all__ = [
     "DEFAULT_BACKBONE",
     "POOLS",
-    "BackboneSpec",
     "Backbone",
+    "BackboneSpec",
     "ImageModel",
-    "register_backbone",
-    "list_backbones",
-    "resolve_backbone_name",
     "create_backbone",
+    "list_backbones",
+    "register_backbone",
+    "resolve_backbone_name",
 ]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"

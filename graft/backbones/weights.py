@@ -9,20 +9,20 @@ import socket
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
 from graft.errors import WeightsError
 
 __all__ = [
-    "load_state_dict_file",
     "apply_state_dict",
-    "state_dict_sha256",
     "download_weights",
-    "packaged_weights_path",
     "hub_reachable",
+    "load_state_dict_file",
+    "packaged_weights_path",
+    "state_dict_sha256",
 ]
 
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")

@@ -31,7 +31,7 @@ import onnx
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import ModelError
 
-__all__ = ["MODEL_FORMAT", "save_model", "load_model_config", "file_sha256", "library_versions"]
+__all__ = ["MODEL_FORMAT", "file_sha256", "library_versions", "load_model_config", "save_model"]
 
 MODEL_FORMAT = "graft-model"
 MODEL_FORMAT_VERSION = 1

@@ -4,9 +4,10 @@ serving: images in, ``[{"label": ..., "score": ...}]`` out."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from graft.errors import ConfigError
 from graft.features.engine import OnnxEngine, iter_decoded_batches
 from graft.heads.onnx import PROBABILITIES
 
-__all__ = ["Predictor", "Prediction", "load_predictor", "top_k_labels"]
+__all__ = ["Prediction", "Predictor", "load_predictor", "top_k_labels"]
 
 
 @dataclass

@@ -7,14 +7,14 @@ import csv
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from graft import __version__
 from graft.backbones import DEFAULT_BACKBONE, POOLS
 from graft.errors import GraftError
 from graft.heads import DEFAULT_HEAD, list_heads
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _log(message: str) -> None:

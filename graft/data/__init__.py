@@ -14,8 +14,8 @@ from graft.data.images import IMAGE_EXTENSIONS, is_image_file, load_for_network,
 from graft.data.preprocess import PreprocessConfig, resize_and_crop
 
 __all__ = [
-    "SPLITS",
     "IMAGE_EXTENSIONS",
+    "SPLITS",
     "ImageDataset",
     "PreprocessConfig",
     "Sample",

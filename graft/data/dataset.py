@@ -7,22 +7,22 @@ import hashlib
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 from graft.data.images import is_image_file
 from graft.errors import ConfigError, DataError
 
 __all__ = [
     "SPLITS",
-    "Sample",
     "ImageDataset",
-    "scan_dataset",
+    "Sample",
     "assign_splits",
     "compute_splits",
-    "split_fraction",
     "iter_image_files",
+    "scan_dataset",
+    "split_fraction",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -233,10 +233,10 @@ def split_fraction(relpath: str, seed: int = 0, group_regex: str | None = None) 
             key = match.group(1) if match.groups() else match.group(0)
     else:
         head, _, name = relpath.rpartition("/")
-        stem, ext = os.path.splitext(name)
+        stem, _ = os.path.splitext(name)
         stripped = _NOHASH.sub("", stem)
         key = f"{head}/{stripped}" if stripped != stem else relpath
-    digest = hashlib.sha1(f"{seed}:{key}".encode("utf-8")).digest()
+    digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 

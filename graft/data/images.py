@@ -12,7 +12,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from graft.data.preprocess import PreprocessConfig, resize_and_crop
 from graft.errors import ImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "to_rgb", "load_for_network"]
+__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_for_network", "load_image", "to_rgb"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -42,7 +42,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image)
         if mode == "F":
             high = float(array.max()) if array.size else 1.0
-            array = array / (high if high > 1.0 else 1.0) * 255.0
+            array = array / (max(1.0, high)) * 255.0
         else:
             array = array.astype(np.float64) / (257.0 if array.max() > 255 else 1.0)
         gray = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), mode="L")

@@ -43,7 +43,7 @@ def compute_metrics(
     }
     metrics: dict[str, Any] = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "n_test": int(len(y_true)),
+        "n_test": len(y_true),
         "classes": list(label_names),
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),

@@ -12,10 +12,11 @@ import os
 import tempfile
 import warnings
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -24,15 +25,15 @@ from graft.data.preprocess import PreprocessConfig
 from graft.errors import ConfigError, ImageError
 
 __all__ = [
+    "DecodedBatch",
     "FeatureEngine",
     "OnnxEngine",
     "TorchEngine",
-    "DecodedBatch",
-    "create_engine",
-    "export_backbone_onnx",
     "backbone_key",
-    "iter_decoded_batches",
+    "create_engine",
     "default_workers",
+    "export_backbone_onnx",
+    "iter_decoded_batches",
 ]
 
 _EXPORT_FORMAT = 2  # bump when the exported graph changes, so caches are rebuilt

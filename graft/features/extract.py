@@ -17,8 +17,13 @@ from graft.errors import DataError
 from graft.features.engine import FeatureEngine, iter_decoded_batches
 from graft.features.store import FeatureCache, FeatureSet, fingerprint, write_feature_file
 
-__all__ = ["ExtractionReport", "open_cache", "extract_dataset", "extract_feature_set",
-           "extract_to_file"]
+__all__ = [
+    "ExtractionReport",
+    "extract_dataset",
+    "extract_feature_set",
+    "extract_to_file",
+    "open_cache",
+]
 
 _GATHER_ROWS = 4096
 
@@ -115,19 +120,50 @@ def extract_dataset(
     return keys, report
 
 
-def _usable(dataset: ImageDataset, keys: list[str | None]) -> list[int]:
+@dataclass
+class _Extracted:
+    """A dataset's usable rows after extraction: cache keys, samples and class indices."""
+
+    cache: FeatureCache
+    keys: list[str]
+    samples: list[Any]
+    labels: np.ndarray
+    report: ExtractionReport
+
+
+def _extract_usable(
+    dataset: ImageDataset,
+    engine: FeatureEngine,
+    *,
+    cache_dir: str | os.PathLike | None,
+    batch_size: int,
+    workers: int | None,
+    progress: bool,
+    min_per_class: int = 2,
+) -> _Extracted:
+    cache = open_cache(engine, cache_dir)
+    keys, report = extract_dataset(dataset, engine, cache=cache, batch_size=batch_size,
+                                   workers=workers, progress=progress)
     rows = [i for i, key in enumerate(keys) if key is not None]
+    samples = [dataset.samples[i] for i in rows]
     counts: dict[str, int] = {}
-    for i in rows:
-        counts[dataset.samples[i].label] = counts.get(dataset.samples[i].label, 0) + 1
-    few = [label for label in dataset.classes if counts.get(label, 0) < 2]
+    for sample in samples:
+        counts[sample.label] = counts.get(sample.label, 0) + 1
+    few = [label for label in dataset.classes if counts.get(label, 0) < min_per_class]
     if few:
         details = ", ".join(f"{label!r} ({counts.get(label, 0)} usable)" for label in few)
         raise DataError(
-            f"Class folder(s) with fewer than 2 usable images under {dataset.root}: {details}. "
-            f"Add images to them, or remove the folder(s)."
+            f"Class folder(s) with fewer than {min_per_class} usable images under "
+            f"{dataset.root}: {details}. Add images to them, or remove the folder(s)."
         )
-    return rows
+    index = {label: i for i, label in enumerate(dataset.classes)}
+    return _Extracted(
+        cache=cache,
+        keys=[keys[i] for i in rows],
+        samples=samples,
+        labels=np.array([index[s.label] for s in samples], dtype=np.int64),
+        report=report,
+    )
 
 
 def _attrs(dataset: ImageDataset, engine: FeatureEngine, backbone: dict[str, Any],
@@ -156,29 +192,30 @@ def extract_feature_set(
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
+    min_per_class: int = 2,
 ) -> tuple[FeatureSet, ExtractionReport]:
-    """Extract (or read from the cache) the features of ``dataset`` into memory."""
-    cache = open_cache(engine, cache_dir)
-    keys, report = extract_dataset(dataset, engine, cache=cache, batch_size=batch_size,
-                                   workers=workers, progress=progress)
-    rows = _usable(dataset, keys)
-    samples = [dataset.samples[i] for i in rows]
-    index = {label: i for i, label in enumerate(dataset.classes)}
-    features = cache.get([keys[i] for i in rows])
+    """Extract (or read from the cache) the features of ``dataset`` into memory.
+
+    Args:
+        min_per_class: Fewer usable images in a class is an error (2 for training; 0 to score
+            whatever there is).
+    """
+    done = _extract_usable(dataset, engine, cache_dir=cache_dir, batch_size=batch_size,
+                           workers=workers, progress=progress, min_per_class=min_per_class)
     feature_set = FeatureSet(
-        features=features,
-        labels=np.array([index[s.label] for s in samples], dtype=np.int64),
+        features=done.cache.get(done.keys),
+        labels=done.labels,
         label_names=list(dataset.classes),
-        paths=[s.relpath for s in samples],
-        split=np.array([s.split for s in samples], dtype=object),
+        paths=[s.relpath for s in done.samples],
+        split=np.array([s.split for s in done.samples], dtype=object),
         backbone=backbone,
         key=engine.key,
         root=str(dataset.root),
         split_source=dataset.split_source,
         split_params=dict(dataset.split_params),
-        skipped=list(report.failures),
+        skipped=list(done.report.failures),
     )
-    return feature_set, report
+    return feature_set, done.report
 
 
 def extract_to_file(
@@ -193,24 +230,19 @@ def extract_to_file(
     progress: bool = True,
 ) -> tuple[Path, ExtractionReport]:
     """Extract ``dataset`` into the feature file ``out``, streaming from the cache (flat memory)."""
-    cache = open_cache(engine, cache_dir)
-    keys, report = extract_dataset(dataset, engine, cache=cache, batch_size=batch_size,
-                                   workers=workers, progress=progress)
-    rows = _usable(dataset, keys)
-    samples = [dataset.samples[i] for i in rows]
-    index = {label: i for i, label in enumerate(dataset.classes)}
-    usable_keys = [keys[i] for i in rows]
-    chunks = (cache.get(usable_keys[i: i + _GATHER_ROWS])
-              for i in range(0, len(usable_keys), _GATHER_ROWS))
+    done = _extract_usable(dataset, engine, cache_dir=cache_dir, batch_size=batch_size,
+                           workers=workers, progress=progress)
+    chunks = (done.cache.get(done.keys[i: i + _GATHER_ROWS])
+              for i in range(0, len(done.keys), _GATHER_ROWS))
     path = write_feature_file(
         out,
         chunks=chunks,
-        n_rows=len(rows),
+        n_rows=len(done.keys),
         num_features=engine.num_features,
-        labels=np.array([index[s.label] for s in samples]),
+        labels=done.labels,
         label_names=list(dataset.classes),
-        paths=[s.relpath for s in samples],
-        split=[s.split for s in samples],
-        attrs=_attrs(dataset, engine, backbone, report),
+        paths=[s.relpath for s in done.samples],
+        split=[s.split for s in done.samples],
+        attrs=_attrs(dataset, engine, backbone, done.report),
     )
-    return path, report
+    return path, done.report

@@ -18,9 +18,10 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -29,11 +30,11 @@ from graft.errors import DataError
 
 __all__ = [
     "FEATURE_FILE_FORMAT",
-    "fingerprint",
     "FeatureCache",
     "FeatureSet",
-    "write_feature_file",
+    "fingerprint",
     "load_feature_file",
+    "write_feature_file",
 ]
 
 FEATURE_FILE_FORMAT = "graft-features"

@@ -17,7 +17,7 @@ from graft.errors import ModelError
 from graft.heads.registry import final_estimator
 from graft.heads.torch_heads import _TorchHead
 
-__all__ = ["head_to_onnx", "PROBABILITIES"]
+__all__ = ["PROBABILITIES", "head_to_onnx"]
 
 PROBABILITIES = "probabilities"
 

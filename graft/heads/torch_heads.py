@@ -11,7 +11,7 @@ from torch import nn
 
 from graft.errors import ConfigError
 
-__all__ = ["TorchSoftmaxClassifier", "TorchMLPClassifier"]
+__all__ = ["TorchMLPClassifier", "TorchSoftmaxClassifier"]
 
 
 class _TorchHead(ClassifierMixin, BaseEstimator):
