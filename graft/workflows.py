@@ -205,8 +205,8 @@ def train(
     metrics = compute_metrics(y_test, probabilities, features.label_names)
     metrics["n_train"] = len(y_train)
     metrics["n_val"] = int(np.sum(features.split == "val"))
-    if len(X_val := features.subset("val")[0]):
-        y_val = features.subset("val")[1]
+    X_val, y_val = features.subset("val")
+    if len(y_val):
         val_probs = _align(estimator, estimator.predict_proba(X_val), len(features.label_names))
         metrics["val_accuracy"] = float(np.mean(val_probs.argmax(1) == y_val))
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in features.skipped]
