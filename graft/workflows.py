@@ -77,7 +77,7 @@ def extract(
                             group_regex=group_regex)
     net = create_backbone(backbone, layer=layer, weights=weights, pool=pool, image_size=image_size,
                           cache_dir=cache_dir)
-    engine = create_engine(net, device=device, cache_dir=cache_dir)
+    engine = create_engine(net, device=device, cache_dir=cache_dir, batch_size=batch_size)
     return extract_to_file(dataset, engine, _backbone_config(net, weights), out,
                            cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
@@ -172,7 +172,7 @@ def train(
                 f"(sha256 {stored['weights_sha256'][:12]}..., now {net.weights_sha256[:12]}...). "
                 f"Pass the same --weights as for 'graft extract'."
             )
-        engine = create_engine(net, device="cpu", cache_dir=cache_dir)
+        engine = create_engine(net, device="cpu", cache_dir=cache_dir, batch_size=batch_size)
         features = _resplit(features, test_size, val_size, seed, group_regex)
         backbone_config = dict(stored)
         if weights is not None:
@@ -182,7 +182,7 @@ def train(
                                 seed=seed, group_regex=group_regex)
         net = create_backbone(backbone, layer=layer, weights=weights, pool=pool,
                               image_size=image_size, cache_dir=cache_dir)
-        engine = create_engine(net, device=device, cache_dir=cache_dir)
+        engine = create_engine(net, device=device, cache_dir=cache_dir, batch_size=batch_size)
         backbone_config = _backbone_config(net, weights)
         features, extraction = extract_feature_set(
             dataset, engine, backbone_config, cache_dir=cache_dir, batch_size=batch_size,
@@ -204,8 +204,8 @@ def train(
     probabilities = _align(estimator, estimator.predict_proba(X_test), len(features.label_names))
     metrics = compute_metrics(y_test, probabilities, features.label_names)
     metrics["n_train"] = len(y_train)
-    metrics["n_val"] = int(np.sum(features.split == "val"))
     X_val, y_val = features.subset("val")
+    metrics["n_val"] = len(y_val)
     if len(y_val):
         val_probs = _align(estimator, estimator.predict_proba(X_val), len(features.label_names))
         metrics["val_accuracy"] = float(np.mean(val_probs.argmax(1) == y_val))
@@ -273,7 +273,7 @@ def evaluate(
     For pre-split data the ``test`` folder is scored (else ``val``); an unsplit folder is scored
     whole. Features are cached under the model's backbone key, so re-scoring is instant.
     """
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, batch_size=batch_size)
     dataset = scan_dataset(data)
     if dataset.split_source == "folders":
         present = {s.split for s in dataset.samples}
@@ -307,10 +307,10 @@ def predict(
     batch_size: int = 32,
 ) -> Iterator[Prediction]:
     """Stream top-k predictions for image files and folders (folders are walked lazily)."""
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, batch_size=batch_size)
 
     def files() -> Iterator[Path]:
         for path in paths:
             yield from iter_image_files(path)
 
-    return predictor.predict_paths(files(), top_k=top_k, batch_size=batch_size)
+    return predictor.predict_paths(files(), top_k=top_k)

@@ -26,15 +26,18 @@ from graft.features import (
 
 
 def test_onnx_engine_matches_torch(tiny_backbone, tmp_path):
-    engine = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path)
+    engine = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path, batch_size=4)
     assert engine.name == "onnxruntime"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(5, *tiny_backbone.preprocess.size, 3), dtype=np.uint8)
     with torch.no_grad():
         expected = ImageModel(tiny_backbone)(torch.from_numpy(images)).numpy()
-    got = engine(images)
+    got = engine(images)  # not the engine's batch size: the dynamic-batch session
     assert got.shape == (5, tiny_backbone.num_features)
     assert np.abs(got - expected).max() < 1e-4
+    pinned = engine(images[:4])  # a full batch: the session with the batch axis pinned to 4
+    assert np.abs(pinned - expected[:4]).max() < 1e-4
+    assert engine(images[:0]).shape == (0, tiny_backbone.num_features)
     torch_engine = create_engine(tiny_backbone, device="torch")
     assert np.abs(torch_engine(images) - expected).max() < 1e-5
 

@@ -51,7 +51,7 @@ class Predictor:
     """A loaded model directory: backbone and head ONNX sessions, labels and preprocessing."""
 
     def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None,
-                 verify: bool = True) -> None:
+                 batch_size: int = 32, verify: bool = True) -> None:
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
@@ -64,6 +64,7 @@ class Predictor:
             preprocess=self.preprocess,
             num_features=int(self.config["backbone"]["num_features"]),
             threads=threads,
+            batch_size=batch_size,
         )
         self.head = ort.InferenceSession(
             os.fspath(self.model_dir / self.config["files"]["head"]["path"]),
@@ -95,14 +96,17 @@ class Predictor:
         paths: Iterable[str | os.PathLike],
         *,
         top_k: int = 5,
-        batch_size: int = 32,
         workers: int | None = None,
     ) -> Iterator[Prediction]:
-        """Stream predictions for image files in the order given (unreadable files get an error)."""
+        """Stream predictions for image files in the order given (unreadable files get an error).
+
+        Files are decoded and run in batches of the predictor's ``batch_size``.
+        """
         if top_k < 1:
             raise ConfigError(f"The 'top_k' parameter must be >= 1. Got {top_k!r} instead.")
         for batch in iter_decoded_batches(
-            ((i, p) for i, p in enumerate(paths)), self.preprocess, batch_size=batch_size,
+            ((i, p) for i, p in enumerate(paths)), self.preprocess,
+            batch_size=self.engine.batch_size,
             workers=workers, path_of=lambda item: item[1],
         ):
             results = [(i, Prediction(os.fspath(p), error=reason)) for (i, p), reason in batch.failures]
