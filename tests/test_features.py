@@ -148,3 +148,19 @@ def test_killed_extraction_resumes_without_corruption(tiny_backbone, tmp_path):
     resumed, _ = extract_feature_set(assign_splits(scan_dataset(root)), engine,
                                      tiny_backbone.config(), progress=False)
     np.testing.assert_allclose(resumed.features, fresh.features, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_images", [1, 7, 8, 25])
+def test_decoded_batches_keep_every_item_in_order(tiny_backbone, tmp_path, n_images):
+    from graft.features import iter_decoded_batches
+
+    paths = [make_image(tmp_path / f"{i:03d}.png", (i, 0, 0), i) for i in range(n_images)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    items = paths[:3] + [bad] + paths[3:]
+    batches = list(iter_decoded_batches(items, tiny_backbone.preprocess, batch_size=4, workers=2))
+    decoded = [item for b in batches for item in b.items]
+    assert decoded == paths
+    assert [item for b in batches for item, _ in b.failures] == [bad]
+    assert all(len(b.items) == len(b.images) <= 4 for b in batches)
+    assert all(len(b.items) == 4 for b in batches[:-1])

@@ -232,6 +232,9 @@ class DecodedBatch:
     failures: list[tuple[Any, str]] = field(default_factory=list)
 
 
+_END = object()
+
+
 def _decode(path: Any, config: PreprocessConfig) -> np.ndarray | str:
     try:
         return load_for_network(path, config)
@@ -260,15 +263,18 @@ def iter_decoded_batches(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode") as pool:
         pending: deque = deque()
         iterator = iter(items)
-        exhausted = False
         batch = DecodedBatch()
         arrays: list[np.ndarray] = []
+
+        def finish() -> DecodedBatch:
+            batch.images = (np.stack(arrays) if arrays
+                            else np.zeros((0, height, width, 3), np.uint8))
+            return batch
+
         while True:
-            while not exhausted and len(pending) < window:
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    exhausted = True
+            while len(pending) < window:
+                item = next(iterator, _END)
+                if item is _END:
                     break
                 pending.append((item, pool.submit(_decode, path_of(item), config)))
             if not pending:
@@ -280,11 +286,8 @@ def iter_decoded_batches(
             else:
                 batch.items.append(item)
                 arrays.append(result)
-            if len(arrays) >= batch_size or (not pending and exhausted):
-                batch.images = (np.stack(arrays) if arrays
-                                else np.zeros((0, height, width, 3), np.uint8))
-                yield batch
+            if len(arrays) >= batch_size:
+                yield finish()
                 batch, arrays = DecodedBatch(), []
-        if batch.failures:
-            batch.images = np.zeros((0, height, width, 3), np.uint8)
-            yield batch
+        if arrays or batch.failures:
+            yield finish()
