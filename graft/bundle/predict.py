@@ -57,15 +57,19 @@ class Predictor:
         self.model_dir = Path(model_dir)
         self.config = load_model_config(self.model_dir, verify=verify)
         self.labels: list[str] = list(self.config["labels"])
-        self.preprocess = PreprocessConfig.from_dict(self.config["preprocess"])
-        self.engine = OnnxEngine(
-            self.model_dir / self.config["files"]["backbone"]["path"],
-            key=self.config["feature_key"],
-            preprocess=self.preprocess,
-            num_features=int(self.config["backbone"]["num_features"]),
-            threads=threads,
-            batch_size=batch_size,
-        )
+        self.engines = [
+            OnnxEngine(
+                self.model_dir / backbone["file"]["path"],
+                key=backbone["feature_key"],
+                preprocess=PreprocessConfig.from_dict(backbone["preprocess"]),
+                num_features=int(backbone["num_features"]),
+                threads=threads,
+                batch_size=batch_size,
+            )
+            for backbone in self.config["backbones"]
+        ]
+        self.preprocess = [engine.preprocess for engine in self.engines]
+        self.batch_size = batch_size
         self.head = ort.InferenceSession(
             os.fspath(self.model_dir / self.config["files"]["head"]["path"]),
             providers=["CPUExecutionProvider"],
@@ -78,18 +82,21 @@ class Predictor:
             return np.zeros((0, len(self.labels)), np.float32)
         return self.head.run([PROBABILITIES], {"features": features})[0]
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Forward for ``uint8`` (N, H, W, 3) preprocessed images."""
-        return self.probabilities_from_features(self.engine(images))
+    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+        """Forward: one ``uint8`` (N, H, W, 3) batch per backbone, prepared as its config says."""
+        features = [engine(batch) for engine, batch in zip(self.engines, images)]
+        return self.probabilities_from_features(np.hstack(features))
 
     def predict_images(self, images: Iterable[Any], top_k: int = 5) -> list[list[dict[str, Any]]]:
         """Predict PIL images (already decoded, e.g. from an HTTP upload)."""
         from graft.data.images import to_rgb
 
-        arrays = [resize_and_crop(to_rgb(image), self.preprocess) for image in images]
-        if not arrays:
+        images = [to_rgb(image) for image in images]
+        if not images:
             return []
-        return top_k_labels(self.probabilities(np.stack(arrays)), self.labels, top_k)
+        batches = [np.stack([resize_and_crop(image, config) for image in images])
+                   for config in self.preprocess]
+        return top_k_labels(self.probabilities(batches), self.labels, top_k)
 
     def predict_paths(
         self,
@@ -105,8 +112,7 @@ class Predictor:
         if top_k < 1:
             raise ConfigError(f"The 'top_k' parameter must be >= 1. Got {top_k!r} instead.")
         for batch in iter_decoded_batches(
-            ((i, p) for i, p in enumerate(paths)), self.preprocess,
-            batch_size=self.engine.batch_size,
+            ((i, p) for i, p in enumerate(paths)), self.preprocess, batch_size=self.batch_size,
             workers=workers, path_of=lambda item: item[1],
         ):
             results = [(i, Prediction(os.fspath(p), error=reason)) for (i, p), reason in batch.failures]

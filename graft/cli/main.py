@@ -23,16 +23,18 @@ def _log(message: str) -> None:
 
 def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
-    group.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                       help=f"registry or timm model name (default: {DEFAULT_BACKBONE}; "
-                            f"see 'graft backbones')")
-    group.add_argument("--layer", default=None,
-                       help="where to cut the network: 'pool' (default), 'logits' or a stage name")
+    group.add_argument("--backbone", action="append", default=None, metavar="NAME",
+                       help=f"registry or timm model name (default: {DEFAULT_BACKBONE}; see "
+                            f"'graft backbones'); fuse several with A+B or a repeated --backbone")
+    group.add_argument("--layer", action="append", default=None, metavar="LAYER",
+                       help="where to cut: 'pool' (default for most), 'logits', a stage, or a "
+                            "named cut (vgg16: fc6, fc7, pool5); NAME=LAYER per fused backbone")
     group.add_argument("--pool", default="avg", choices=POOLS,
-                       help="reduction of a spatial map when --layer is a stage")
-    group.add_argument("--weights", default=None,
-                       help="local .pth/.safetensors state dict or http(s) URL; default: offline "
-                            "weights shipped with graft, else the model hub; 'random' for tests")
+                       help="reduction of a spatial map (stages, or 'pool' with max/avgmax/flatten)")
+    group.add_argument("--weights", action="append", default=None, metavar="PATH",
+                       help="local .pth/.safetensors/Keras .h5 file or http(s) URL; NAME=PATH per "
+                            "fused backbone; default: offline weights shipped with graft, else "
+                            "the model hub; 'random' for tests")
     group.add_argument("--image-size", type=int, default=None,
                        help="input resolution (default: the backbone's)")
     group.add_argument("--batch-size", type=int, default=32)
@@ -208,21 +210,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
-    from graft.backbones import list_backbones
+    from graft.backbones import describe_backbone, list_backbones
 
-    rows = []
-    for spec in list_backbones():
-        offline = spec.offline_weights() is not None if spec.offline_weights else False
-        rows.append({"name": spec.name, "aliases": list(spec.aliases),
-                     "default_layer": spec.default_layer, "offline_weights": offline,
-                     "description": spec.description})
+    rows = [describe_backbone(spec.name) for spec in list_backbones()]
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            flag = "offline" if row["offline_weights"] else "hub/--weights"
-            print(f"{row['name']:<24} {flag:<14} {row['description']}")
-        print("\nAny other timm model name works too (with hub access or --weights PATH).")
+        return 0
+    print(f"{'name':<22} {'default cut':<18} {'input':<8} {'weights':<14} description")
+    for row in rows:
+        weights = "offline" if row["offline_weights"] else "hub/--weights"
+        cut = f"{row['default_layer']} ({row['default_dim']}-d)"
+        print(f"{row['name']:<22} {cut:<18} {row['input_size'][1]:<8} {weights:<14} "
+              f"{row['description']}")
+        cuts = ", ".join(f"{x['layer']} {x['dim']}" for x in row["layers"])
+        print(f"{'':<22} layers: {cuts}")
+    print("\nAny other timm model name works too (with hub access or --weights PATH); "
+          "--json for everything.")
     return 0
 
 

@@ -10,7 +10,14 @@ from graft.data.dataset import (
     scan_dataset,
     split_fraction,
 )
-from graft.data.images import IMAGE_EXTENSIONS, is_image_file, load_for_network, load_image, to_rgb
+from graft.data.images import (
+    IMAGE_EXTENSIONS,
+    is_image_file,
+    load_for_network,
+    load_for_networks,
+    load_image,
+    to_rgb,
+)
 from graft.data.preprocess import PreprocessConfig, resize_and_crop
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "is_image_file",
     "iter_image_files",
     "load_for_network",
+    "load_for_networks",
     "load_image",
     "resize_and_crop",
     "scan_dataset",

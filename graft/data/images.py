@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from graft.data.preprocess import PreprocessConfig, resize_and_crop
 from graft.errors import ImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_for_network", "load_image", "to_rgb"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "is_image_file",
+    "load_for_network",
+    "load_for_networks",
+    "load_image",
+    "to_rgb",
+]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -93,6 +101,21 @@ def load_image(path: str | os.PathLike, min_size: tuple[int, int] | None = None)
 
 def load_for_network(path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:
     """Decode, orient, resize and crop one file: ``uint8`` HxWx3, ready for the backbone graph."""
+    return load_for_networks(path, [config])[0]
+
+
+def load_for_networks(
+    path: str | os.PathLike, configs: Sequence[PreprocessConfig]
+) -> list[np.ndarray]:
+    """Decode a file once and prepare it for each config (fused backbones); one array per config.
+
+    Configs that differ only in normalization (done inside the networks) share one resize.
+    """
     # Square request: EXIF rotation may still swap the sides after decoding.
-    side = max(config.scale_size)
-    return resize_and_crop(load_image(path, min_size=(side, side)), config)
+    side = max(max(config.scale_size) for config in configs)
+    image = load_image(path, min_size=(side, side))
+    prepared: dict[tuple, np.ndarray] = {}
+    for config in configs:
+        if config.geometry not in prepared:
+            prepared[config.geometry] = resize_and_crop(image, config)
+    return [prepared[config.geometry] for config in configs]

@@ -43,9 +43,11 @@ class PreprocessConfig:
             ``"squash"`` resizes both sides, ignoring the aspect ratio.
         mean: Per-channel mean of ``[0, 1]`` pixel values, subtracted inside the network.
         std: Per-channel standard deviation, divided inside the network.
-        pixel_scale: 255.0 when the network expects ``[0, 1]`` inputs before normalization
-            (torch/timm); 1.0 when it expects ``[0, 255]`` (Keras/Caffe style, mean in pixels).
-        channel_order: ``"RGB"`` or ``"BGR"`` (Caffe-style networks).
+        channel_order: ``"RGB"`` or ``"BGR"`` (Caffe-style networks, whose channels are swapped
+            after normalization).
+
+    ``mean`` and ``std`` are in ``[0, 1]`` pixel units and RGB order, as in timm. Caffe-style
+    "subtract the mean pixel" networks use ``mean = pixel_mean / 255`` and ``std = 1 / 255``.
     """
 
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -54,7 +56,6 @@ class PreprocessConfig:
     crop_mode: str = "center"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    pixel_scale: float = 255.0
     channel_order: str = field(default="RGB")
 
     def __post_init__(self) -> None:
@@ -79,6 +80,11 @@ class PreprocessConfig:
     def size(self) -> tuple[int, int]:
         """``(height, width)`` of the network input."""
         return int(self.input_size[1]), int(self.input_size[2])
+
+    @property
+    def geometry(self) -> tuple:
+        """What the CPU-side resize and crop depend on (not mean/std, applied in the network)."""
+        return (tuple(self.input_size), self.interpolation, self.crop_pct, self.crop_mode)
 
     @property
     def scale_size(self) -> tuple[int, int]:

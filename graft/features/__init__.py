@@ -8,6 +8,7 @@ from graft.features.engine import (
     backbone_key,
     create_engine,
     export_backbone_onnx,
+    fused_key,
     iter_decoded_batches,
 )
 from graft.features.extract import (
@@ -40,6 +41,7 @@ __all__ = [
     "extract_feature_set",
     "extract_to_file",
     "fingerprint",
+    "fused_key",
     "iter_decoded_batches",
     "load_feature_file",
     "open_cache",

@@ -12,7 +12,7 @@ import os
 import tempfile
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from graft.data.images import load_for_network
+from graft.data.images import load_for_networks
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import ConfigError, ImageError
 
@@ -33,6 +33,7 @@ __all__ = [
     "create_engine",
     "default_workers",
     "export_backbone_onnx",
+    "fused_key",
     "iter_decoded_batches",
 ]
 
@@ -50,6 +51,14 @@ def backbone_key(config: dict[str, Any]) -> str:
     ident = {k: config[k] for k in ("name", "layer", "pool", "weights_sha256", "preprocess")}
     ident["export_format"] = _EXPORT_FORMAT
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def fused_key(keys: Sequence[str]) -> str:
+    """Identity of fused features (backbones concatenated in this order)."""
+    keys = list(keys)
+    if len(keys) == 1:
+        return keys[0]
+    return hashlib.sha256("+".join(keys).encode()).hexdigest()[:20]
 
 
 class FeatureEngine:
@@ -228,23 +237,23 @@ class DecodedBatch:
     """Images decoded and resized for the network, plus the items that failed and why."""
 
     items: list[Any] = field(default_factory=list)
-    images: np.ndarray | None = None
+    images: list[np.ndarray] = field(default_factory=list)  # one (N, H, W, 3) array per config
     failures: list[tuple[Any, str]] = field(default_factory=list)
 
 
 _END = object()
 
 
-def _decode(path: Any, config: PreprocessConfig) -> np.ndarray | str:
+def _decode(path: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray] | str:
     try:
-        return load_for_network(path, config)
+        return load_for_networks(path, configs)
     except ImageError as exc:
         return str(exc).split(": ", 1)[-1]
 
 
 def iter_decoded_batches(
     items: Iterable[Any],
-    config: PreprocessConfig,
+    configs: Sequence[PreprocessConfig],
     *,
     batch_size: int = 32,
     workers: int | None = None,
@@ -252,23 +261,28 @@ def iter_decoded_batches(
 ) -> Iterator[DecodedBatch]:
     """Decode ``items`` in worker threads, a bounded window ahead, and yield them in order in batches.
 
-    Memory stays flat: at most a few batches are in flight however many items there are. Items
-    that fail to decode are returned in ``failures`` with the reason, never dropped silently.
+    Each image is decoded once and prepared for every config (``batch.images[j]`` is for
+    ``configs[j]``). Memory stays flat: at most a few batches are in flight however many items
+    there are. Items that fail to decode are returned in ``failures`` with the reason, never
+    dropped silently.
     """
     if batch_size < 1:
         raise ConfigError(f"The 'batch_size' parameter must be >= 1. Got {batch_size!r} instead.")
     workers = workers or default_workers()
     window = batch_size * 3
-    height, width = config.size
+    configs = list(configs)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode") as pool:
         pending: deque = deque()
         iterator = iter(items)
         batch = DecodedBatch()
-        arrays: list[np.ndarray] = []
+        arrays: list[list[np.ndarray]] = []
 
         def finish() -> DecodedBatch:
-            batch.images = (np.stack(arrays) if arrays
-                            else np.zeros((0, height, width, 3), np.uint8))
+            batch.images = [
+                np.stack([prepared[j] for prepared in arrays]) if arrays
+                else np.zeros((0, *config.size, 3), np.uint8)
+                for j, config in enumerate(configs)
+            ]
             return batch
 
         while True:
@@ -276,7 +290,7 @@ def iter_decoded_batches(
                 item = next(iterator, _END)
                 if item is _END:
                     break
-                pending.append((item, pool.submit(_decode, path_of(item), config)))
+                pending.append((item, pool.submit(_decode, path_of(item), configs)))
             if not pending:
                 break
             item, future = pending.popleft()

@@ -1,9 +1,15 @@
-"""Extracting a dataset's features: cached, incremental, resumable, with a progress bar."""
+"""Extracting a dataset's features: cached, incremental, resumable, with a progress bar.
+
+Fused backbones (``vgg16+resnet50``) are extracted in one pass, each image decoded once, and
+each backbone keeps its own cache: features computed for ``vgg16`` alone are reused by any
+fusion that includes it, and the other way round.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from graft.config import resolve_cache_dir
-from graft.data.dataset import ImageDataset
+from graft.data.dataset import ImageDataset, Sample
 from graft.errors import DataError
-from graft.features.engine import FeatureEngine, iter_decoded_batches
+from graft.features.engine import FeatureEngine, fused_key, iter_decoded_batches
 from graft.features.store import FeatureCache, FeatureSet, fingerprint, write_feature_file
 
 __all__ = [
@@ -51,9 +57,6 @@ class ExtractionReport:
             text += f", {len(self.failures)} skipped"
         return text
 
-    def failure_lines(self) -> list[str]:
-        return [f"  {path}: {reason}" for path, reason in self.failures]
-
 
 def open_cache(engine: FeatureEngine, cache_dir: str | os.PathLike | None = None,
                shard_size: int = 512) -> FeatureCache:
@@ -64,22 +67,29 @@ def open_cache(engine: FeatureEngine, cache_dir: str | os.PathLike | None = None
 
 def extract_dataset(
     dataset: ImageDataset,
-    engine: FeatureEngine,
+    engines: Sequence[FeatureEngine],
+    caches: Sequence[FeatureCache],
     *,
-    cache: FeatureCache,
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
 ) -> tuple[list[str | None], ExtractionReport]:
-    """Make sure every image of ``dataset`` is in ``cache``; compute only the missing ones.
+    """Make sure every image of ``dataset`` is in each backbone's cache; compute only what is missing.
+
+    Args:
+        engines: One engine per (fused) backbone.
+        caches: The cache of each engine, in the same order.
 
     Returns:
         The cache key of every sample (None for a file that could not be read), and a report.
+        An image counts as computed if any backbone had to compute it.
     """
+    if len(engines) != len(caches) or not engines:
+        raise ValueError("extract_dataset needs one cache per engine, and at least one engine.")
     start = time.perf_counter()
     report = ExtractionReport(n_images=len(dataset.samples))
     keys: list[str | None] = []
-    todo: list[tuple[int, str]] = []
+    todo: list[tuple[int, str, tuple[int, ...]]] = []
     for index, sample in enumerate(dataset.samples):
         try:
             key = fingerprint(sample.path)
@@ -87,33 +97,41 @@ def extract_dataset(
             report.failures.append((sample.relpath, f"cannot stat ({exc.strerror or exc})"))
             keys.append(None)
             continue
-        if key in cache:
-            report.n_cached += 1
-        elif (reason := cache.failure(key)) is not None:
+        reason = next((r for c in caches if (r := c.failure(key)) is not None), None)
+        missing = tuple(j for j, cache in enumerate(caches) if key not in cache)
+        if reason is not None:
             report.failures.append((sample.relpath, reason))
             key = None
+        elif missing:
+            todo.append((index, key, missing))
         else:
-            todo.append((index, key))
+            report.n_cached += 1
         keys.append(key)
     bar = tqdm(total=len(todo), unit="img", desc="Extracting features", disable=not progress or
                not todo, dynamic_ncols=True, smoothing=0.1)
     try:
         batches = iter_decoded_batches(
-            todo, engine.preprocess, batch_size=batch_size, workers=workers,
-            path_of=lambda item: dataset.samples[item[0]].path,
+            todo, [engine.preprocess for engine in engines], batch_size=batch_size,
+            workers=workers, path_of=lambda item: dataset.samples[item[0]].path,
         )
         for batch in batches:
-            for (index, key), reason in batch.failures:
+            for (index, key, _), reason in batch.failures:
                 report.failures.append((dataset.samples[index].relpath, reason))
-                cache.add_failure(key, reason)
+                for cache in caches:
+                    cache.add_failure(key, reason)
                 keys[index] = None
-            if batch.items:
-                cache.add([key for _, key in batch.items], engine(batch.images))
-                report.n_computed += len(batch.items)
+            for j, (engine, cache) in enumerate(zip(engines, caches)):
+                rows = [r for r, (_, _, missing) in enumerate(batch.items) if j in missing]
+                if rows:
+                    images = batch.images[j]
+                    images = images if len(rows) == len(images) else images[rows]
+                    cache.add([batch.items[r][1] for r in rows], engine(images))
+            report.n_computed += len(batch.items)
             bar.update(len(batch.items) + len(batch.failures))
     finally:
         # Ctrl-C or an error keeps every complete batch: the next run resumes from here.
-        cache.flush()
+        for cache in caches:
+            cache.flush()
         bar.close()
     report.failures.sort()
     report.seconds = time.perf_counter() - start
@@ -124,16 +142,21 @@ def extract_dataset(
 class _Extracted:
     """A dataset's usable rows after extraction: cache keys, samples and class indices."""
 
-    cache: FeatureCache
+    caches: list[FeatureCache]
     keys: list[str]
-    samples: list[Any]
+    samples: list[Sample]
     labels: np.ndarray
     report: ExtractionReport
+
+    def features(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop``, the backbones' features side by side."""
+        keys = self.keys[start:stop]
+        return np.hstack([cache.get(keys) for cache in self.caches])
 
 
 def _extract_usable(
     dataset: ImageDataset,
-    engine: FeatureEngine,
+    engines: Sequence[FeatureEngine],
     *,
     cache_dir: str | os.PathLike | None,
     batch_size: int,
@@ -141,8 +164,8 @@ def _extract_usable(
     progress: bool,
     min_per_class: int = 2,
 ) -> _Extracted:
-    cache = open_cache(engine, cache_dir)
-    keys, report = extract_dataset(dataset, engine, cache=cache, batch_size=batch_size,
+    caches = [open_cache(engine, cache_dir) for engine in engines]
+    keys, report = extract_dataset(dataset, engines, caches, batch_size=batch_size,
                                    workers=workers, progress=progress)
     rows = [i for i, key in enumerate(keys) if key is not None]
     samples = [dataset.samples[i] for i in rows]
@@ -158,7 +181,7 @@ def _extract_usable(
         )
     index = {label: i for i, label in enumerate(dataset.classes)}
     return _Extracted(
-        cache=cache,
+        caches=caches,
         keys=[keys[i] for i in rows],
         samples=samples,
         labels=np.array([index[s.label] for s in samples], dtype=np.int64),
@@ -166,27 +189,14 @@ def _extract_usable(
     )
 
 
-def _attrs(dataset: ImageDataset, engine: FeatureEngine, backbone: dict[str, Any],
-           report: ExtractionReport) -> dict[str, Any]:
-    from graft import __version__
-
-    return {
-        "graft_version": __version__,
-        "root": str(dataset.root),
-        "layout": dataset.layout,
-        "backbone": backbone,
-        "preprocess": engine.preprocess.to_dict(),
-        "feature_key": engine.key,
-        "split_source": dataset.split_source,
-        "split_params": dataset.split_params,
-        "skipped": [list(x) for x in report.failures],
-    }
+def _as_list(engines: FeatureEngine | Sequence[FeatureEngine]) -> list[FeatureEngine]:
+    return [engines] if isinstance(engines, FeatureEngine) else list(engines)
 
 
 def extract_feature_set(
     dataset: ImageDataset,
-    engine: FeatureEngine,
-    backbone: dict[str, Any],
+    engines: FeatureEngine | Sequence[FeatureEngine],
+    backbones: Sequence[dict[str, Any]],
     *,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 32,
@@ -197,19 +207,22 @@ def extract_feature_set(
     """Extract (or read from the cache) the features of ``dataset`` into memory.
 
     Args:
+        engines: One engine, or one per fused backbone (features are concatenated in order).
+        backbones: The config of each backbone, stored with the features.
         min_per_class: Fewer usable images in a class is an error (2 for training; 0 to score
             whatever there is).
     """
-    done = _extract_usable(dataset, engine, cache_dir=cache_dir, batch_size=batch_size,
+    engines = _as_list(engines)
+    done = _extract_usable(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,
                            workers=workers, progress=progress, min_per_class=min_per_class)
     feature_set = FeatureSet(
-        features=done.cache.get(done.keys),
+        features=done.features(),
         labels=done.labels,
         label_names=list(dataset.classes),
         paths=[s.relpath for s in done.samples],
         split=np.array([s.split for s in done.samples], dtype=object),
-        backbone=backbone,
-        key=engine.key,
+        backbones=list(backbones),
+        key=fused_key([engine.key for engine in engines]),
         root=str(dataset.root),
         split_source=dataset.split_source,
         split_params=dict(dataset.split_params),
@@ -220,8 +233,8 @@ def extract_feature_set(
 
 def extract_to_file(
     dataset: ImageDataset,
-    engine: FeatureEngine,
-    backbone: dict[str, Any],
+    engines: FeatureEngine | Sequence[FeatureEngine],
+    backbones: Sequence[dict[str, Any]],
     out: str | os.PathLike,
     *,
     cache_dir: str | os.PathLike | None = None,
@@ -230,19 +243,30 @@ def extract_to_file(
     progress: bool = True,
 ) -> tuple[Path, ExtractionReport]:
     """Extract ``dataset`` into the feature file ``out``, streaming from the cache (flat memory)."""
-    done = _extract_usable(dataset, engine, cache_dir=cache_dir, batch_size=batch_size,
+    from graft import __version__
+
+    engines = _as_list(engines)
+    done = _extract_usable(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,
                            workers=workers, progress=progress)
-    chunks = (done.cache.get(done.keys[i: i + _GATHER_ROWS])
-              for i in range(0, len(done.keys), _GATHER_ROWS))
+    chunks = (done.features(i, i + _GATHER_ROWS) for i in range(0, len(done.keys), _GATHER_ROWS))
     path = write_feature_file(
         out,
         chunks=chunks,
         n_rows=len(done.keys),
-        num_features=engine.num_features,
+        num_features=sum(engine.num_features for engine in engines),
         labels=done.labels,
         label_names=list(dataset.classes),
         paths=[s.relpath for s in done.samples],
         split=[s.split for s in done.samples],
-        attrs=_attrs(dataset, engine, backbone, done.report),
+        attrs={
+            "graft_version": __version__,
+            "root": str(dataset.root),
+            "layout": dataset.layout,
+            "backbones": list(backbones),
+            "feature_key": fused_key([engine.key for engine in engines]),
+            "split_source": dataset.split_source,
+            "split_params": dataset.split_params,
+            "skipped": [list(x) for x in done.report.failures],
+        },
     )
     return path, done.report

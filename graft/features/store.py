@@ -6,7 +6,7 @@ when complete, so killing extraction loses at most one shard of work and never l
 file; the next run resumes from the shards that exist.
 
 Feature file (``graft extract --out F.h5``): ``features``, ``labels``, ``label_names``, ``paths``,
-``split``, with the backbone and preprocessing config as attributes; written in chunks (memory
+``split``, with each backbone's config (preprocessing included) as attributes; written in chunks (memory
 stays flat), then renamed into place.
 """
 
@@ -168,7 +168,7 @@ class FeatureSet:
     label_names: list[str]
     paths: list[str]
     split: np.ndarray
-    backbone: dict[str, Any]
+    backbones: list[dict[str, Any]]  # one config per (fused) backbone, in feature order
     key: str
     root: str = ""
     split_source: str = ""
@@ -263,14 +263,14 @@ def load_feature_file(path: str | os.PathLike) -> FeatureSet:
                 f"{'; missing ' + ', '.join(missing) if missing else ''}). Create it with "
                 f"'graft extract DATA --out {path.name}'."
             )
-        backbone = _json_attr(handle, "backbone", {})
+        backbones = _json_attr(handle, "backbones", [])
         return FeatureSet(
             features=handle["features"][:],
             labels=handle["labels"][:].astype(np.int64),
             label_names=list(handle["label_names"].asstr()[:]),
             paths=list(handle["paths"].asstr()[:]),
             split=np.array(handle["split"].asstr()[:], dtype=object),
-            backbone=backbone,
+            backbones=backbones,
             key=str(handle.attrs.get("feature_key", "")),
             root=str(handle.attrs.get("root", "")),
             split_source=str(handle.attrs.get("split_source", "")),

