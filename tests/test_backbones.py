@@ -128,3 +128,14 @@ def test_torchvision_mobilenet_v2_weights_imagenet_predictions():
     paths, expected = _photos()
     predicted = _imagenet_top1(backbone.name, path, paths)
     assert sum(p == e for p, e in zip(predicted, expected)) >= 8, predicted
+
+
+@pytest.mark.slow
+def test_keras_squeezenet_weights_imagenet_predictions():
+    """HWIO->OIHW, the fire-module order and Caffe-style BGR mean are right only if this passes."""
+    path = shared_path("weights", "squeezenet_weights_tf_dim_ordering_tf_kernels.h5")
+    backbone = create_backbone("squeezenet", weights=path)
+    assert backbone.num_features == 512 and backbone.preprocess.channel_order == "BGR"
+    paths, expected = _photos()
+    predicted = _imagenet_top1(backbone.name, path, paths)
+    assert sum(p == e for p, e in zip(predicted, expected)) >= 7, predicted

@@ -9,7 +9,8 @@
       metrics.json   held-out scores
       backbone.onnx  uint8 NHWC images -> features (normalization inside the graph); fused
                      backbones have one graph each, backbone-0-NAME.onnx, backbone-1-NAME.onnx...
-      head.onnx      features (the backbones' side by side) -> class probabilities
+      head.onnx      features (fused backbones: each rescaled, then side by side; see
+                     graft.features.fusion) -> class probabilities
 
 Why separate ONNX graphs and not one: the feature cache is keyed by each backbone graph, so
 ``graft evaluate`` reuses cached features, and one backbone file can serve many heads. All are
@@ -32,6 +33,7 @@ import onnx
 
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import ModelError
+from graft.features.fusion import FUSION
 
 __all__ = ["MODEL_FORMAT", "file_sha256", "library_versions", "load_model_config", "save_model"]
 
@@ -103,6 +105,7 @@ def save_model(
         "task": "image-classification",
         "labels": list(labels),
         "backbones": entries,
+        "fusion": FUSION if len(entries) > 1 else "none",
         "head": head,
         "inputs": {
             "images": "uint8 (N, H, W, 3) RGB per backbone, resized and cropped as its "

@@ -15,6 +15,7 @@ from graft.bundle.model import load_model_config
 from graft.data.preprocess import PreprocessConfig, resize_and_crop
 from graft.errors import ConfigError
 from graft.features.engine import OnnxEngine, iter_decoded_batches
+from graft.features.fusion import fuse_features
 from graft.heads.onnx import PROBABILITIES
 
 __all__ = ["Prediction", "Predictor", "load_predictor", "top_k_labels"]
@@ -85,7 +86,7 @@ class Predictor:
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """Forward: one ``uint8`` (N, H, W, 3) batch per backbone, prepared as its config says."""
         features = [engine(batch) for engine, batch in zip(self.engines, images)]
-        return self.probabilities_from_features(np.hstack(features))
+        return self.probabilities_from_features(fuse_features(features))
 
     def predict_images(self, images: Iterable[Any], top_k: int = 5) -> list[list[dict[str, Any]]]:
         """Predict PIL images (already decoded, e.g. from an HTTP upload)."""

@@ -18,6 +18,7 @@ from graft.features.extract import (
     extract_to_file,
     open_cache,
 )
+from graft.features.fusion import FUSION, fuse_features
 from graft.features.store import (
     FeatureCache,
     FeatureSet,
@@ -27,6 +28,7 @@ from graft.features.store import (
 )
 
 __all__ = [
+    "FUSION",
     "DecodedBatch",
     "ExtractionReport",
     "FeatureCache",
@@ -41,6 +43,7 @@ __all__ = [
     "extract_feature_set",
     "extract_to_file",
     "fingerprint",
+    "fuse_features",
     "fused_key",
     "iter_decoded_batches",
     "load_feature_file",

@@ -21,6 +21,7 @@ from graft.config import resolve_cache_dir
 from graft.data.dataset import ImageDataset, Sample
 from graft.errors import DataError
 from graft.features.engine import FeatureEngine, fused_key, iter_decoded_batches
+from graft.features.fusion import FUSION, fuse_features
 from graft.features.store import FeatureCache, FeatureSet, fingerprint, write_feature_file
 
 __all__ = [
@@ -149,9 +150,9 @@ class _Extracted:
     report: ExtractionReport
 
     def features(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows ``start:stop``, the backbones' features side by side."""
+        """Rows ``start:stop``, the backbones' features fused (see :func:`fuse_features`)."""
         keys = self.keys[start:stop]
-        return np.hstack([cache.get(keys) for cache in self.caches])
+        return fuse_features([cache.get(keys) for cache in self.caches])
 
 
 def _extract_usable(
@@ -263,6 +264,7 @@ def extract_to_file(
             "root": str(dataset.root),
             "layout": dataset.layout,
             "backbones": list(backbones),
+            "fusion": FUSION if len(engines) > 1 else "none",
             "feature_key": fused_key([engine.key for engine in engines]),
             "split_source": dataset.split_source,
             "split_params": dataset.split_params,
