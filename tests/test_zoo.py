@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, make_dataset, shared_path
+
 from graft.backbones import (
     ImageModel,
     create_backbone,

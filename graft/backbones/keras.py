@@ -11,7 +11,7 @@ import torch
 
 from graft.errors import WeightsError
 
-__all__ = ["read_keras_h5", "keras_conv", "keras_dense"]
+__all__ = ["keras_conv", "keras_dense", "read_keras_h5"]
 
 
 def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
