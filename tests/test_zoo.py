@@ -159,3 +159,19 @@ def test_fusion_rescales_each_backbone_to_unit_rms():
     assert fused.shape == (4, 10)
     np.testing.assert_allclose(np.sqrt((fused[:, :8] ** 2).mean(1)), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.sqrt((fused[:, 8:] ** 2).mean(1)), 1.0, rtol=1e-5)
+
+
+def test_fused_feature_file_trains(tmp_path):
+    data = make_dataset(tmp_path / "colors", n_per_class=8)
+    features = tmp_path / "fused.h5"
+    assert main(["extract", str(data), "--out", str(features), "--backbone",
+                 f"{TINY}+test_resnet", "--weights", "random", "-q"]) == 0
+    from graft.features import load_feature_file
+
+    loaded = load_feature_file(features)
+    assert [b["name"] for b in loaded.backbones] == [TINY, "test_resnet"]
+    expected_dim = sum(b["num_features"] for b in loaded.backbones)
+    assert loaded.features.shape == (24, expected_dim)
+    assert main(["train", str(features), "--out", str(tmp_path / "m"), "-q"]) == 0
+    config = json.loads((tmp_path / "m" / "graft.json").read_text())
+    assert len(config["backbones"]) == 2 and config["fusion"] != "none"
