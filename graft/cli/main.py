@@ -81,6 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_args(p)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("finetune", parents=[common],
+                       help="fine-tune a pretrained network end to end; write a model directory")
+    p.add_argument("data", help="image folder or CSV (pre-split folders keep their splits)")
+    p.add_argument("--out", default="graft-finetuned", help="model directory")
+    p.add_argument("--backbone", default="mobilenetv2_100")
+    p.add_argument("--weights", default=None, help="local weights file or URL (see 'train')")
+    p.add_argument("--epochs", type=int, default=10, help="stage 1: frozen backbone, new head")
+    p.add_argument("--fine-tune-epochs", type=int, default=10,
+                   help="stage 2: top blocks unfrozen (0 skips it)")
+    p.add_argument("--unfreeze", default="2", help="blocks to unfreeze in stage 2, or 'all'")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--fine-tune-lr", type=float, default=1e-5)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--augment", default="flip,rotate,crop",
+                   help="comma-separated: flip, rotate, crop, color; or 'none'")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--class-weights", default=None, choices=("auto", "none"))
+    p.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
+    p.add_argument("--test-size", type=float, default=0.2)
+    p.add_argument("--val-size", type=float, default=0.1,
+                   help="share of the training images held out for validation, if no val split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=None, help="image loading processes")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=_cmd_finetune)
+
     p = sub.add_parser("predict", parents=[common], help="top-k predictions for images and folders")
     p.add_argument("model", help="model directory written by 'graft train'")
     p.add_argument("paths", nargs="+", help="image files or folders (walked recursively)")
@@ -153,6 +182,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.extraction is not None:
         _print_skipped(result.extraction.failures)
     print(f"Model written to {result.model_dir}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from graft.finetune import FinetuneConfig, finetune
+
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    result = finetune(args.data, out=args.out, config=config, resume=args.resume,
+                      cache_dir=args.cache_dir, progress=not args.quiet, log=_log)
+    metrics = result.metrics
+    stages = ", ".join(f"stage {k}: {v:.3f}" for k, v in metrics["stage_test_accuracy"].items())
+    print(f"\nHeld-out test split: {metrics['n_test']} images ({stages})\n")
+    print(result.report)
+    print(f"Model written to {result.model_dir} (learning curves: learning_curves.png)")
     return 0
 
 

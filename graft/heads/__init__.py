@@ -1,6 +1,6 @@
 """Heads: scikit-learn and small PyTorch classifiers on cached features, exportable to ONNX."""
 
-from graft.heads.onnx import PROBABILITIES, head_to_onnx, onnx_probabilities
+from graft.heads.onnx import PROBABILITIES, head_to_onnx, module_to_onnx, onnx_probabilities
 from graft.heads.registry import (
     DEFAULT_HEAD,
     HEADS,
@@ -23,6 +23,7 @@ __all__ = [
     "final_estimator",
     "head_to_onnx",
     "list_heads",
+    "module_to_onnx",
     "onnx_probabilities",
     "select_head",
 ]

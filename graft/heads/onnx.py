@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from graft.errors import ModelError
 from graft.heads.registry import final_estimator
 from graft.heads.torch_heads import _TorchHead
 
-__all__ = ["PROBABILITIES", "head_to_onnx"]
+__all__ = ["PROBABILITIES", "head_to_onnx", "module_to_onnx", "onnx_probabilities"]
 
 PROBABILITIES = "probabilities"
 
@@ -31,13 +32,18 @@ def head_to_onnx(estimator: BaseEstimator, n_features: int) -> onnx.ModelProto:
 
 
 def _torch_to_onnx(head: _TorchHead, n_features: int) -> onnx.ModelProto:
+    return module_to_onnx(head.to_onnx_module(), n_features)
+
+
+def module_to_onnx(module: Any, n_features: int) -> onnx.ModelProto:
+    """A torch module mapping (N, D) features to (N, C) probabilities, as a head graph."""
     import torch
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            head.to_onnx_module(), (torch.zeros(2, n_features),), buffer,
+            module.eval(), (torch.zeros(2, n_features),), buffer,
             input_names=["features"], output_names=[PROBABILITIES],
             dynamic_axes={"features": {0: "batch"}, PROBABILITIES: {0: "batch"}},
             opset_version=17, dynamo=False,

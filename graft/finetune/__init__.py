@@ -1,0 +1,15 @@
+"""Fine-tuning: frozen base + new head, then the top blocks unfrozen at a lower learning rate."""
+
+from graft.finetune.data import AUGMENTATIONS, parse_augment
+from graft.finetune.model import FinetuneModel, parameter_groups
+from graft.finetune.trainer import FinetuneConfig, FinetuneResult, finetune
+
+__all__ = [
+    "AUGMENTATIONS",
+    "FinetuneConfig",
+    "FinetuneModel",
+    "FinetuneResult",
+    "finetune",
+    "parameter_groups",
+    "parse_augment",
+]

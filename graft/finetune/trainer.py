@@ -1,0 +1,371 @@
+"""Fine-tuning end to end: stage 1 trains a new head on a frozen backbone, stage 2 unfreezes the
+top blocks at a lower learning rate (the Keras transfer-learning tutorial's recipe)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from graft.backbones import create_backbone, state_dict_sha256
+from graft.bundle import save_model
+from graft.data import assign_splits, scan_dataset, split_fraction
+from graft.data.dataset import ImageDataset as Dataset
+from graft.errors import ConfigError, DataError
+from graft.evaluation import compute_metrics, format_report, plot_learning_curves
+from graft.features.engine import backbone_key, default_workers, export_backbone_onnx
+from graft.finetune.data import ImageDataset, parse_augment
+from graft.finetune.model import FinetuneModel
+from graft.heads import module_to_onnx
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class FinetuneConfig:
+    """Every option of ``graft finetune`` (the CLI maps onto these fields)."""
+
+    backbone: str = "mobilenetv2_100"
+    weights: str | None = None
+    image_size: int | None = None
+    epochs: int = 10
+    fine_tune_epochs: int = 10
+    unfreeze: str = "2"
+    lr: float = 1e-3
+    fine_tune_lr: float = 1e-5
+    batch_size: int = 32
+    augment: str = "flip,rotate,crop"
+    dropout: float = 0.2
+    class_weights: str | None = None
+    patience: int = 3
+    seed: int = 0
+    test_size: float = 0.2
+    val_size: float = 0.1
+    device: str = "auto"
+    workers: int | None = None
+
+    def validate(self) -> None:
+        for name in ("epochs", "fine_tune_epochs", "patience"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an int >= 0. "
+                                  f"Got {getattr(self, name)!r}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size!r}.")
+        for name in ("lr", "fine_tune_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0. "
+                                  f"Got {getattr(self, name)!r}.")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1). Got {self.dropout!r}.")
+        if self.class_weights not in (None, "auto", "none"):
+            raise ConfigError(f"--class-weights must be 'auto' or 'none'. Got {self.class_weights!r}.")
+        if self.unfreeze != "all" and not str(self.unfreeze).isdigit():
+            raise ConfigError(f"--unfreeze must be a number of blocks or 'all'. Got {self.unfreeze!r}.")
+        parse_augment(self.augment)
+
+
+@dataclass
+class FinetuneResult:
+    model_dir: Path
+    metrics: dict[str, Any]
+    report: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _splits(dataset: Dataset, config: FinetuneConfig) -> Dataset:
+    """Train/val/test: the held-out test as ``graft train`` makes it; early stopping needs a val
+    split, so without one a stable share of the training images is set aside."""
+    dataset = assign_splits(dataset, test_size=config.test_size, val_size=0.0, seed=config.seed)
+    if not any(s.split == "val" for s in dataset.samples) and config.val_size > 0:
+        samples = [
+            dataclasses.replace(s, split="val")
+            if s.split == "train" and split_fraction(s.relpath, seed=config.seed + 7919)
+            < config.val_size else s
+            for s in dataset.samples
+        ]
+        dataset = dataclasses.replace(dataset, samples=samples)
+    return dataset
+
+
+def _usable(dataset: Dataset, workers: int) -> tuple[Dataset, list[tuple[str, str]]]:
+    """Drop (and report) files that cannot be decoded, before they can crash a training epoch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from graft.data.images import load_image
+    from graft.errors import ImageError
+
+    def check(sample):
+        try:
+            load_image(sample.path, min_size=(64, 64))
+            return None
+        except ImageError as exc:
+            return sample.relpath, str(exc).split(": ", 1)[-1]
+
+    with ThreadPoolExecutor(workers) as pool:
+        problems = list(pool.map(check, dataset.samples))
+    failures = sorted(p for p in problems if p)
+    bad = {path for path, _ in failures}
+    return (dataclasses.replace(dataset, samples=[s for s in dataset.samples if s.relpath not in bad]),
+            failures)
+
+
+def _run_epoch(model: FinetuneModel, loader, loss_fn, device, optimizer=None, scaler=None,
+               desc: str = "", progress: bool = True) -> tuple[float, float]:
+    training = optimizer is not None
+    model.train(training)
+    total_loss, correct, count = 0.0, 0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    with torch.set_grad_enabled(training):
+        for images, labels in bar:
+            images, labels = images.to(device, non_blocking=True), labels.to(device)
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                logits = model(images)
+                loss = loss_fn(logits.float(), labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+            total_loss += loss.item() * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            count += len(labels)
+    bar.close()
+    return total_loss / max(count, 1), correct / max(count, 1)
+
+
+def _predict(model: FinetuneModel, loader, device) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    probs, labels = [], []
+    with torch.no_grad():
+        for images, y in loader:
+            probs.append(torch.softmax(model(images.to(device)).float(), 1).cpu().numpy())
+            labels.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def finetune(
+    data: str | os.PathLike,
+    *,
+    out: str | os.PathLike = "graft-finetuned",
+    config: FinetuneConfig | None = None,
+    resume: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> FinetuneResult:
+    """Fine-tune a pretrained backbone on an image folder and write a model directory.
+
+    Stage 1 trains global pooling + dropout + a dense layer on a frozen backbone; stage 2
+    unfreezes the top ``unfreeze`` blocks and continues at ``fine_tune_lr``. Each stage validates
+    every epoch, stops early after ``patience`` epochs without a lower validation loss, and keeps
+    its best weights. A checkpoint after every epoch lets ``resume=True`` continue an interrupted
+    run. The result is the same model directory as ``graft train`` writes.
+    """
+    config = config or FinetuneConfig()
+    config.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    device = _device(config.device)
+    workers = config.workers if config.workers is not None else min(2, default_workers())
+
+    dataset, failures = _usable(_splits(scan_dataset(data), config), max(1, workers))
+    for path, reason in failures:
+        log(f"  skipped {path}: {reason}")
+    index = {label: i for i, label in enumerate(dataset.classes)}
+    by_split = {split: [s for s in dataset.samples if s.split == split]
+                for split in ("train", "val", "test")}
+    missing = [c for c in dataset.classes if not any(s.label == c for s in by_split["train"])]
+    if missing or not by_split["test"] or not by_split["val"]:
+        raise DataError(
+            f"Fine-tuning needs training images of every class (missing: {missing or 'none'}), a "
+            f"validation split ({len(by_split['val'])} images) and a test split "
+            f"({len(by_split['test'])} images). Add images or adjust --test-size/--val-size."
+        )
+
+    backbone = create_backbone(config.backbone, weights=config.weights,
+                               image_size=config.image_size, cache_dir=cache_dir)
+    source = backbone.weights_source
+    model = FinetuneModel(backbone, len(dataset.classes), dropout=config.dropout).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    augment = parse_augment(config.augment)
+
+    def loader(split: str, train: bool) -> torch.utils.data.DataLoader:
+        samples = by_split[split]
+        ds = ImageDataset(samples, [index[s.label] for s in samples], backbone.preprocess,
+                          augment if train else ())
+        generator = torch.Generator().manual_seed(config.seed)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=config.batch_size, shuffle=train, num_workers=workers,
+            generator=generator, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    loaders = {"train": loader("train", True), "val": loader("val", False),
+               "test": loader("test", False)}
+    weight = None
+    if config.class_weights == "auto":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        y = np.array([index[s.label] for s in by_split["train"]])
+        weight = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(index)), y=y),
+                              dtype=torch.float32, device=device)
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+    state = {"stage": 1, "epoch": 0, "history": [], "best": None, "bad_epochs": 0,
+             "stage_best": {}, "seconds": {"1": [], "2": []}}
+    checkpoint_path = out / CHECKPOINT
+    config_json = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    optimizer_state = None
+    if resume and checkpoint_path.is_file():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if saved["config"] != config_json:
+            raise ConfigError(
+                f"{checkpoint_path} was written with other options; resume with the same "
+                f"options, or start afresh without --resume."
+            )
+        if saved["stage"] == 2:
+            model.unfreeze(config.unfreeze)
+        model.load_state_dict(saved["model"])
+        optimizer_state = saved["optimizer"]
+        state = json.loads(saved["state"])
+        state["best"] = saved["best"]
+        state["stage_best"] = saved["stage_best"]
+        log(f"Resuming at stage {state['stage']}, after epoch {state['epoch']}.")
+
+    def save_checkpoint(optimizer) -> None:
+        """Atomically; the optimizer's state only within a stage (stage 2 starts a new one)."""
+        meta = {k: v for k, v in state.items() if k not in ("best", "stage_best")}
+        tmp = checkpoint_path.with_suffix(".tmp")
+        torch.save({"config": config_json, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else {},
+                    "state": json.dumps(meta),
+                    "stage": state["stage"], "best": state["best"],
+                    "stage_best": state["stage_best"]}, tmp)
+        os.replace(tmp, checkpoint_path)
+
+    stage_test: dict[str, float] = {}
+    for stage, epochs, lr in ((1, config.epochs, config.lr), (2, config.fine_tune_epochs,
+                                                             config.fine_tune_lr)):
+        if stage < state["stage"]:
+            continue
+        if stage == 2 and state["epoch"] == 0:
+            model.unfreeze(config.unfreeze)
+        trainable = model.trainable_parameters()
+        log(f"Stage {stage}: {trainable:,} trainable parameters, lr {lr:g}, up to {epochs} epochs.")
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        if optimizer_state:
+            optimizer.load_state_dict(optimizer_state)
+            optimizer_state = None
+        while state["epoch"] < epochs and state["bad_epochs"] < max(config.patience, 1):
+            start = time.perf_counter()
+            train_loss, train_acc = _run_epoch(model, loaders["train"], loss_fn, device, optimizer,
+                                               scaler, desc=f"stage {stage} epoch "
+                                               f"{state['epoch'] + 1}", progress=progress)
+            val_loss, val_acc = _run_epoch(model, loaders["val"], loss_fn, device,
+                                           progress=False)
+            seconds = time.perf_counter() - start
+            state["epoch"] += 1
+            state["seconds"][str(stage)].append(seconds)
+            state["history"].append({"stage": stage, "epoch": state["epoch"],
+                                     "train_loss": train_loss, "train_accuracy": train_acc,
+                                     "val_loss": val_loss, "val_accuracy": val_acc,
+                                     "seconds": seconds})
+            log(f"  stage {stage} epoch {state['epoch']}: loss {train_loss:.4f} acc "
+                f"{train_acc:.3f} | val loss {val_loss:.4f} acc {val_acc:.3f} ({seconds:.1f}s)")
+            best = state["stage_best"].get(str(stage))
+            if best is None or val_loss < best["val_loss"]:
+                state["stage_best"][str(stage)] = {"val_loss": val_loss,
+                                                   "model": copy.deepcopy(model.state_dict())}
+                state["bad_epochs"] = 0
+            else:
+                state["bad_epochs"] += 1
+            save_checkpoint(optimizer)
+        best = state["stage_best"].get(str(stage))
+        if best is not None:
+            model.load_state_dict(best["model"])  # each stage continues from its best epoch
+            probs, labels = _predict(model, loaders["test"], device)
+            stage_test[str(stage)] = float(np.mean(probs.argmax(1) == labels))
+        if stage == 1:
+            state.update(stage=2, epoch=0, bad_epochs=0)
+            save_checkpoint(None)
+
+    # The final model: the best stage by validation loss.
+    finals = {k: v for k, v in state["stage_best"].items() if v is not None}
+    if finals:
+        chosen = min(finals, key=lambda k: finals[k]["val_loss"])
+        model.load_state_dict(finals[chosen]["model"])
+    probabilities, y_test = _predict(model, loaders["test"], device)
+    metrics = compute_metrics(y_test, probabilities, dataset.classes)
+    metrics.update({
+        "n_train": len(by_split["train"]), "n_val": len(by_split["val"]),
+        "history": state["history"],
+        "seconds_per_epoch": {k: float(np.mean(v)) for k, v in state["seconds"].items() if v},
+        "stage_test_accuracy": stage_test,
+        "skipped": [{"path": p, "reason": r} for p, r in failures],
+    })
+    model_dir = _save(model, backbone, source, config, dataset, by_split, metrics, out)
+    if state["history"]:
+        figure = plot_learning_curves(state["history"])
+        figure.savefig(out / "learning_curves.png", dpi=100)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    return FinetuneResult(model_dir=model_dir, metrics=metrics,
+                          report=format_report(y_test, probabilities, dataset.classes),
+                          history=state["history"])
+
+
+def _save(model: FinetuneModel, backbone, source: str, config: FinetuneConfig, dataset,
+          by_split, metrics: dict[str, Any], out: Path) -> Path:
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    backbone.weights_sha256 = state_dict_sha256(backbone.model)
+    backbone.weights_source = f"finetuned from {source}"
+    backbone_config = backbone.config()
+    backbone_config["weights"] = None
+    onnx_path = export_backbone_onnx(backbone, out / ".backbone-export.onnx")
+    head = nn.Sequential(copy.deepcopy(model.classifier), nn.Softmax(dim=1))
+    try:
+        return save_model(
+            out,
+            backbone_onnx=[onnx_path],
+            head_onnx=module_to_onnx(head, backbone.num_features),
+            labels=dataset.classes,
+            backbones=[backbone_config],
+            feature_keys=[backbone_key(backbone_config)],
+            head={"name": "finetune", "class": "Linear", "params": {
+                k: v for k, v in dataclasses.asdict(config).items()}},
+            metrics=metrics,
+            training={
+                "data": str(dataset.root), "split_source": dataset.split_source,
+                "counts": {split: len(samples) for split, samples in by_split.items()},
+                "n_skipped": len(metrics["skipped"]),
+            },
+        )
+    finally:
+        onnx_path.unlink(missing_ok=True)
