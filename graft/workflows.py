@@ -23,7 +23,8 @@ from graft.backbones import (
 )
 from graft.bundle import Prediction, Predictor, save_model
 from graft.data import assign_splits, compute_splits, iter_image_files, scan_dataset
-from graft.errors import DataError
+from graft.data.augment import parse_augment
+from graft.errors import ConfigError, DataError
 from graft.evaluation import compute_metrics, format_report
 from graft.features import (
     ExtractionReport,
@@ -31,6 +32,7 @@ from graft.features import (
     create_engine,
     extract_feature_set,
     extract_to_file,
+    extract_views,
     load_feature_file,
 )
 from graft.features.engine import FeatureEngine, OnnxEngine, export_backbone_onnx
@@ -201,6 +203,8 @@ def train(
     batch_size: int = 32,
     device: str = "auto",
     cache_dir: str | os.PathLike | None = None,
+    augment_views: int = 0,
+    augment: str = "flip,rotate,crop",
     progress: bool = True,
     log: Log = _silent,
 ) -> TrainResult:
@@ -211,13 +215,25 @@ def train(
             feature file written by :func:`extract`.
         out: The model directory to write.
         head: A head name from ``graft.heads.list_heads()``, or ``"auto"``.
+        augment_views: Also extract this many random augmented views (``augment``) of every
+            training image and train the head on them too, at cache speed on re-runs. The test
+            split is never augmented.
 
     Returns:
         The model directory, held-out metrics and the printable classification report.
     """
     data = Path(data)
     extraction = None
+    augment_spec = parse_augment(augment)
+    if augment_views < 0:
+        raise ConfigError(f"--augment-views must be >= 0. Got {augment_views!r}.")
+    if augment_views and not augment_spec:
+        raise ConfigError("--augment-views needs at least one --augment transformation.")
     if data.suffix.lower() in (".h5", ".hdf5"):
+        if augment_views:
+            raise ConfigError(
+                "--augment-views needs the images: train on the image folder, not a feature file."
+            )
         features = load_feature_file(data)
         nets, engines, configs = _rebuild(features.backbones, weights, source=data,
                                           device="cpu", cache_dir=cache_dir,
@@ -236,6 +252,15 @@ def train(
         log(extraction.summary())
     _check_trainable(features)
     X_train, y_train = features.subset("train")
+    n_original = len(y_train)
+    if augment_views:
+        X_views, y_views, view_report = extract_views(
+            dataset, engines, views=augment_views, augment=augment_spec, cache_dir=cache_dir,
+            batch_size=batch_size, progress=progress,
+        )
+        log(f"Augmented views ({augment_views} per training image, {','.join(augment_spec)}): "
+            + view_report.summary())
+        X_train, y_train = np.vstack([X_train, X_views]), np.concatenate([y_train, y_views])
     X_test, y_test = features.subset("test")
     head_scores: dict[str, float] = {}
     head_name = head
@@ -248,7 +273,10 @@ def train(
     head_onnx = head_to_onnx(estimator, X_train.shape[1])
     probabilities = _align(estimator, estimator.predict_proba(X_test), len(features.label_names))
     metrics = compute_metrics(y_test, probabilities, features.label_names)
-    metrics["n_train"] = len(y_train)
+    metrics["n_train"] = n_original
+    if augment_views:
+        metrics["augment_views"] = {"views": augment_views, "augment": list(augment_spec),
+                                    "n_train_rows": len(y_train)}
     X_val, y_val = features.subset("val")
     metrics["n_val"] = len(y_val)
     if len(y_val):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 from conftest import TINY, make_dataset, make_image
@@ -109,3 +110,28 @@ def test_tampered_model_is_refused(trained, capsys):
         handle.write(b"tampered")
     assert main(["predict", str(model), str(model)]) == 2
     assert "SHA-256" in capsys.readouterr().err
+
+
+def test_augment_views_are_cached_training_rows(tmp_path, capsys):
+    data = make_dataset(tmp_path / "colors", n_per_class=8)
+    args = ["train", str(data), "--out", str(tmp_path / "m"), "--augment-views", "2",
+            "--augment", "flip,rotate,crop,color", *TINY_ARGS]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    views = metrics["augment_views"]
+    assert views["n_train_rows"] == 3 * metrics["n_train"]
+    assert views["augment"] == ["flip", "rotate", "crop", "color"]
+    assert metrics["n_train"] + metrics["n_test"] == 24  # the test split is never augmented
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"Augmented views .*: (\d+) images: \1 from cache, 0 extracted", err), err
+    again = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert again["confusion_matrix"] == metrics["confusion_matrix"]  # same views, same model
+
+
+def test_augment_views_need_images(tmp_path, capsys):
+    data = make_dataset(tmp_path / "colors", n_per_class=4)
+    assert main(["extract", str(data), "--out", str(tmp_path / "f.h5"), *TINY_ARGS]) == 0
+    assert main(["train", str(tmp_path / "f.h5"), "--augment-views", "2", "-q"]) == 2
+    assert "needs the images" in capsys.readouterr().err

@@ -183,3 +183,20 @@ def test_iter_image_files_streams_sorted(tmp_path):
     assert [f.name for f in files] == sorted(f.name for f in files) and len(files) == 3
     with pytest.raises(DataError):
         list(iter_image_files(tmp_path / "missing"))
+
+
+def test_augmented_views_are_reproducible_and_differ():
+    from graft.data.augment import augment_for_network, parse_augment
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8))
+    config = PreprocessConfig(input_size=(3, 64, 64))
+    spec = parse_augment("flip,rotate,crop,color")
+    first = augment_for_network(image, config, spec, np.random.default_rng(1))
+    again = augment_for_network(image, config, spec, np.random.default_rng(1))
+    other = augment_for_network(image, config, spec, np.random.default_rng(2))
+    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    plain = augment_for_network(image, config, (), np.random.default_rng(1))
+    np.testing.assert_array_equal(plain, resize_and_crop(image, config))

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="graft-model", help="model directory (default: graft-model)")
     p.add_argument("--head", default=DEFAULT_HEAD, choices=list(list_heads()),
                    help=f"classifier on the features (default: {DEFAULT_HEAD})")
+    p.add_argument("--augment-views", type=int, default=0, metavar="K",
+                   help="also extract K random augmented views of every training image (cached)")
+    p.add_argument("--augment", default="flip,rotate,crop",
+                   help="transformations for --augment-views: flip, rotate, crop, color")
     _add_backbone_args(p)
     _add_split_args(p)
     p.set_defaults(func=_cmd_train)
@@ -174,6 +178,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from graft.workflows import train
 
     result = train(args.data, out=args.out, head=args.head, progress=not args.quiet, log=_log,
+                   augment_views=args.augment_views, augment=args.augment,
                    **_backbone_kwargs(args), **_split_kwargs(args))
     metrics = result.metrics
     print(f"\nHeld-out test split: {metrics['n_test']} images "

@@ -33,12 +33,17 @@ _NOHASH = re.compile(r"_nohash_.*$")
 
 @dataclass(frozen=True)
 class Sample:
-    """One labeled image. ``relpath`` is relative to the dataset root, with ``/`` separators."""
+    """One labeled image. ``relpath`` is relative to the dataset root, with ``/`` separators.
+
+    ``view`` 0 is the image itself; ``view`` k > 0 is its k-th random augmented view
+    (``graft train --augment-views``), reproducible from the file and k.
+    """
 
     path: Path
     relpath: str
     label: str
     split: str = ""
+    view: int = 0
 
 
 @dataclass

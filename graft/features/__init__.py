@@ -16,7 +16,9 @@ from graft.features.extract import (
     extract_dataset,
     extract_feature_set,
     extract_to_file,
+    extract_views,
     open_cache,
+    view_key,
 )
 from graft.features.fusion import FUSION, fuse_features
 from graft.features.store import (
@@ -42,11 +44,13 @@ __all__ = [
     "extract_dataset",
     "extract_feature_set",
     "extract_to_file",
+    "extract_views",
     "fingerprint",
     "fuse_features",
     "fused_key",
     "iter_decoded_batches",
     "load_feature_file",
     "open_cache",
+    "view_key",
     "write_feature_file",
 ]

@@ -244,9 +244,10 @@ class DecodedBatch:
 _END = object()
 
 
-def _decode(path: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray] | str:
+def _decode(load: Callable[..., list[np.ndarray]], item: Any,
+            configs: Sequence[PreprocessConfig]) -> list[np.ndarray] | str:
     try:
-        return load_for_networks(path, configs)
+        return load(item, configs)
     except ImageError as exc:
         return str(exc).split(": ", 1)[-1]
 
@@ -258,11 +259,12 @@ def iter_decoded_batches(
     batch_size: int = 32,
     workers: int | None = None,
     path_of: Callable[[Any], Any] = lambda item: item,
+    load: Callable[[Any, Sequence[PreprocessConfig]], list[np.ndarray]] | None = None,
 ) -> Iterator[DecodedBatch]:
     """Decode ``items`` in worker threads, a bounded window ahead, and yield them in order in batches.
 
     Each image is decoded once and prepared for every config (``batch.images[j]`` is for
-    ``configs[j]``). Memory stays flat: at most a few batches are in flight however many items
+    ``configs[j]``), by ``load(item, configs)`` if given, else from the file ``path_of(item)``. Memory stays flat: at most a few batches are in flight however many items
     there are. Items that fail to decode are returned in ``failures`` with the reason, never
     dropped silently.
     """
@@ -271,6 +273,9 @@ def iter_decoded_batches(
     workers = workers or default_workers()
     window = batch_size * 3
     configs = list(configs)
+    if load is None:
+        def load(item: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
+            return load_for_networks(path_of(item), configs)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode") as pool:
         pending: deque = deque()
         iterator = iter(items)
@@ -290,7 +295,7 @@ def iter_decoded_batches(
                 item = next(iterator, _END)
                 if item is _END:
                     break
-                pending.append((item, pool.submit(_decode, path_of(item), configs)))
+                pending.append((item, pool.submit(_decode, load, item, configs)))
             if not pending:
                 break
             item, future = pending.popleft()

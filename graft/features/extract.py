@@ -7,6 +7,8 @@ fusion that includes it, and the other way round.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -18,7 +20,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from graft.config import resolve_cache_dir
+from graft.data.augment import augment_for_network
 from graft.data.dataset import ImageDataset, Sample
+from graft.data.images import load_for_networks, load_image
+from graft.data.preprocess import PreprocessConfig
 from graft.errors import DataError
 from graft.features.engine import FeatureEngine, fused_key, iter_decoded_batches
 from graft.features.fusion import FUSION, fuse_features
@@ -29,7 +34,9 @@ __all__ = [
     "extract_dataset",
     "extract_feature_set",
     "extract_to_file",
+    "extract_views",
     "open_cache",
+    "view_key",
 ]
 
 _GATHER_ROWS = 4096
@@ -59,6 +66,13 @@ class ExtractionReport:
         return text
 
 
+def view_key(key: str, view: int, augment: tuple[str, ...]) -> str:
+    """Cache key of an image's ``view``-th augmented view (the image's own key for view 0)."""
+    if view == 0:
+        return key
+    return hashlib.sha1(f"{key}|view{view}|{','.join(augment)}".encode()).hexdigest()
+
+
 def open_cache(engine: FeatureEngine, cache_dir: str | os.PathLike | None = None,
                shard_size: int = 512) -> FeatureCache:
     """The on-disk feature cache for ``engine``'s backbone."""
@@ -74,12 +88,15 @@ def extract_dataset(
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
+    augment: tuple[str, ...] = (),
 ) -> tuple[list[str | None], ExtractionReport]:
     """Make sure every image of ``dataset`` is in each backbone's cache; compute only what is missing.
 
     Args:
         engines: One engine per (fused) backbone.
         caches: The cache of each engine, in the same order.
+        augment: How samples with ``view > 0`` are augmented (see ``augment_for_network``);
+            each view is cached under its own key, reproducible from the file and the view.
 
     Returns:
         The cache key of every sample (None for a file that could not be read), and a report.
@@ -93,7 +110,7 @@ def extract_dataset(
     todo: list[tuple[int, str, tuple[int, ...]]] = []
     for index, sample in enumerate(dataset.samples):
         try:
-            key = fingerprint(sample.path)
+            key = view_key(fingerprint(sample.path), sample.view, augment)
         except OSError as exc:
             report.failures.append((sample.relpath, f"cannot stat ({exc.strerror or exc})"))
             keys.append(None)
@@ -111,9 +128,19 @@ def extract_dataset(
     bar = tqdm(total=len(todo), unit="img", desc="Extracting features", disable=not progress or
                not todo, dynamic_ncols=True, smoothing=0.1)
     try:
+        def load(item: tuple, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
+            sample = dataset.samples[item[0]]
+            if sample.view == 0:
+                return load_for_networks(sample.path, configs)
+            side = max(max(config.scale_size) for config in configs)
+            image = load_image(sample.path, min_size=(side, side))
+            seed = int(item[1][:15], 16)  # the view's key: the same view every time
+            return [augment_for_network(image, config, augment, np.random.default_rng(seed))
+                    for config in configs]
+
         batches = iter_decoded_batches(
             todo, [engine.preprocess for engine in engines], batch_size=batch_size,
-            workers=workers, path_of=lambda item: dataset.samples[item[0]].path,
+            workers=workers, load=load,
         )
         for batch in batches:
             for (index, key, _), reason in batch.failures:
@@ -164,10 +191,11 @@ def _extract_usable(
     workers: int | None,
     progress: bool,
     min_per_class: int = 2,
+    augment: tuple[str, ...] = (),
 ) -> _Extracted:
     caches = [open_cache(engine, cache_dir) for engine in engines]
     keys, report = extract_dataset(dataset, engines, caches, batch_size=batch_size,
-                                   workers=workers, progress=progress)
+                                   workers=workers, progress=progress, augment=augment)
     rows = [i for i, key in enumerate(keys) if key is not None]
     samples = [dataset.samples[i] for i in rows]
     counts: dict[str, int] = {}
@@ -188,6 +216,31 @@ def _extract_usable(
         labels=np.array([index[s.label] for s in samples], dtype=np.int64),
         report=report,
     )
+
+
+def extract_views(
+    dataset: ImageDataset,
+    engines: FeatureEngine | Sequence[FeatureEngine],
+    *,
+    views: int,
+    augment: tuple[str, ...],
+    split: str = "train",
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, ExtractionReport]:
+    """Features of ``views`` random augmented views of every ``split`` image, cached like the rest.
+
+    Returns:
+        Features, class indices (into ``dataset.classes``) and the extraction report.
+    """
+    samples = [dataclasses.replace(s, view=v) for s in dataset.samples if s.split == split
+               for v in range(1, views + 1)]
+    done = _extract_usable(dataclasses.replace(dataset, samples=samples), _as_list(engines),
+                           cache_dir=cache_dir, batch_size=batch_size, workers=workers,
+                           progress=progress, min_per_class=0, augment=augment)
+    return done.features(), done.labels, done.report
 
 
 def _as_list(engines: FeatureEngine | Sequence[FeatureEngine]) -> list[FeatureEngine]:

@@ -1,6 +1,6 @@
 """Fine-tuning: frozen base + new head, then the top blocks unfrozen at a lower learning rate."""
 
-from graft.finetune.data import AUGMENTATIONS, parse_augment
+from graft.data.augment import AUGMENTATIONS, parse_augment
 from graft.finetune.model import FinetuneModel, parameter_groups
 from graft.finetune.trainer import FinetuneConfig, FinetuneResult, finetune
 

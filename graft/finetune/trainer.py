@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 from graft.backbones import create_backbone, state_dict_sha256
 from graft.bundle import save_model
 from graft.data import assign_splits, scan_dataset, split_fraction
+from graft.data.augment import parse_augment
 from graft.data.dataset import ImageDataset as Dataset
 from graft.errors import ConfigError, DataError
 from graft.evaluation import compute_metrics, format_report, plot_learning_curves
 from graft.features.engine import backbone_key, default_workers, export_backbone_onnx
-from graft.finetune.data import ImageDataset, parse_augment
+from graft.finetune.data import ImageDataset
 from graft.finetune.model import FinetuneModel
 from graft.heads import module_to_onnx
 
