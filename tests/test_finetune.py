@@ -44,7 +44,9 @@ def test_unfreeze_counts_trainable_parameters():
 
 def test_finetune_learns_saves_and_predicts(colors, tmp_path, capsys):
     out = tmp_path / "ft"
-    result = finetune(colors, out=out, config=_config(), progress=False)
+    logs: list[str] = []
+    result = finetune(colors, out=out, config=_config(), progress=False, log=logs.append)
+    assert any("features were computed once" in line for line in logs)  # augmentation is off
     history = result.history
     stage1 = [h for h in history if h["stage"] == 1]
     assert stage1[-1]["train_loss"] < stage1[0]["train_loss"]

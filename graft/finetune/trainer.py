@@ -130,7 +130,10 @@ def _usable(dataset: Dataset, workers: int) -> tuple[Dataset, list[tuple[str, st
 
 
 def _run_epoch(model: FinetuneModel, loader, loss_fn, device, optimizer=None, scaler=None,
-               desc: str = "", progress: bool = True) -> tuple[float, float]:
+               desc: str = "", progress: bool = True, forward=None) -> tuple[float, float]:
+    """One pass over ``loader``; trains when given an optimizer. ``forward`` replaces
+    ``model(images)`` (the head alone, on cached backbone features)."""
+    forward = forward or model
     training = optimizer is not None
     model.train(training)
     total_loss, correct, count = 0.0, 0, 0
@@ -139,7 +142,7 @@ def _run_epoch(model: FinetuneModel, loader, loss_fn, device, optimizer=None, sc
         for images, labels in bar:
             images, labels = images.to(device, non_blocking=True), labels.to(device)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
-                logits = model(images)
+                logits = forward(images)
                 loss = loss_fn(logits.float(), labels)
             if training:
                 optimizer.zero_grad(set_to_none=True)
@@ -155,6 +158,21 @@ def _run_epoch(model: FinetuneModel, loader, loss_fn, device, optimizer=None, sc
             count += len(labels)
     bar.close()
     return total_loss / max(count, 1), correct / max(count, 1)
+
+
+def _frozen_features(model: FinetuneModel, loader, device, batch_size: int,
+                     seed: int, shuffle: bool) -> torch.utils.data.DataLoader:
+    """The frozen backbone's features of every image, computed once, as a loader of
+    (features, label) batches: with no augmentation, a stage-1 epoch then costs only the head."""
+    model.eval()
+    features, labels = [], []
+    with torch.no_grad():
+        for images, y in loader:
+            features.append(model.image_model(images.to(device)).float())
+            labels.append(y.to(device))
+    dataset = torch.utils.data.TensorDataset(torch.cat(features), torch.cat(labels))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def _predict(model: FinetuneModel, loader, device) -> tuple[np.ndarray, np.ndarray]:
@@ -283,13 +301,26 @@ def finetune(
         if optimizer_state:
             optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
+        epoch_loaders, forward = {"train": loaders["train"], "val": loaders["val"]}, None
+        if stage == 1 and not augment and state["epoch"] < epochs:
+            start = time.perf_counter()
+            epoch_loaders = {
+                "train": _frozen_features(model, loader("train", False), device,
+                                          config.batch_size, config.seed, shuffle=True),
+                "val": _frozen_features(model, loaders["val"], device, config.batch_size,
+                                        config.seed, shuffle=False),
+            }
+            forward = lambda x: model.classifier(model.dropout(x))  # noqa: E731
+            log(f"  no augmentation: the frozen backbone's features were computed once "
+                f"({time.perf_counter() - start:.1f}s); each stage-1 epoch trains only the head")
         while state["epoch"] < epochs and state["bad_epochs"] < max(config.patience, 1):
             start = time.perf_counter()
-            train_loss, train_acc = _run_epoch(model, loaders["train"], loss_fn, device, optimizer,
-                                               scaler, desc=f"stage {stage} epoch "
-                                               f"{state['epoch'] + 1}", progress=progress)
-            val_loss, val_acc = _run_epoch(model, loaders["val"], loss_fn, device,
-                                           progress=False)
+            train_loss, train_acc = _run_epoch(model, epoch_loaders["train"], loss_fn, device,
+                                               optimizer, scaler, desc=f"stage {stage} epoch "
+                                               f"{state['epoch'] + 1}", progress=progress,
+                                               forward=forward)
+            val_loss, val_acc = _run_epoch(model, epoch_loaders["val"], loss_fn, device,
+                                           progress=False, forward=forward)
             seconds = time.perf_counter() - start
             state["epoch"] += 1
             state["seconds"][str(stage)].append(seconds)
