@@ -27,6 +27,20 @@ def colors(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("ft") / "colors", n_per_class=12)
 
 
+def test_frozen_prefix_split_matches_the_full_network():
+    import torch
+
+    model = FinetuneModel(create_backbone(TINY, weights="random"), n_classes=3).eval()
+    images = torch.randint(0, 256, (2, *model.backbone.preprocess.size, 3), dtype=torch.uint8)
+    for blocks in (0, 2, 4):
+        model.unfreeze(blocks)
+        prefix, rest = model.split_frozen_prefix()
+        with torch.no_grad():
+            assert torch.allclose(rest(prefix(images)), model(images), atol=1e-5)
+    model.unfreeze("all")
+    assert model.split_frozen_prefix() is None  # nothing frozen: nothing to cache
+
+
 def test_unfreeze_counts_trainable_parameters():
     model = FinetuneModel(create_backbone(TINY, weights="random"), n_classes=3)
     head = sum(p.numel() for p in model.classifier.parameters())
@@ -46,7 +60,8 @@ def test_finetune_learns_saves_and_predicts(colors, tmp_path, capsys):
     out = tmp_path / "ft"
     logs: list[str] = []
     result = finetune(colors, out=out, config=_config(), progress=False, log=logs.append)
-    assert any("features were computed once" in line for line in logs)  # augmentation is off
+    cached = [line for line in logs if "frozen prefix" in line]  # augmentation is off
+    assert len(cached) == 2  # stage 1 (whole backbone) and stage 2 (below the unfrozen blocks)
     history = result.history
     stage1 = [h for h in history if h["stage"] == 1]
     assert stage1[-1]["train_loss"] < stage1[0]["train_loss"]

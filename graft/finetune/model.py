@@ -77,3 +77,82 @@ class FinetuneModel(nn.Module):
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _stages(self) -> list[nn.Module] | None:
+        """The backbone's feature extractor as a flat sequence of modules, if it is one.
+
+        Many timm networks run their top-level children in order (EfficientNet/MobileNet:
+        stem, blocks..., head conv; ResNet: stem, layer1-4). That is checked on a probe input,
+        never assumed; None when it does not hold.
+        """
+        if self.backbone.layer != "pool" or self.backbone.pool != "avg":
+            return None
+        model = self.backbone.model
+        skip = {"global_pool", "head", "fc", "classifier", "head_drop", "pre_logits"}
+        stages: list[nn.Module] = []
+        for name, child in model.named_children():
+            if name in skip:
+                continue
+            if isinstance(child, nn.Sequential) and name in ("blocks", "stages", "features"):
+                stages.extend(child.children())
+            else:
+                stages.append(child)
+        probe = torch.randn(2, *self.backbone.preprocess.input_size,
+                            device=next(model.parameters()).device)
+        with torch.no_grad():
+            x = probe
+            try:
+                for stage in stages:
+                    x = stage(x)
+            except Exception:  # a network that is not a plain sequence
+                return None
+            if x.shape != (expected := model.forward_features(probe)).shape or not torch.allclose(
+                    x, expected, atol=1e-4, rtol=1e-4):
+                return None
+        return stages
+
+    def split_frozen_prefix(self) -> tuple[nn.Module, nn.Module] | None:
+        """(prefix, rest): the frozen modules before the first trainable one, and the rest.
+
+        With no augmentation the prefix's output for an image never changes, so it can be
+        computed once and each epoch runs only ``rest`` (in stage 1, with the whole backbone
+        frozen, the prefix ends with the pooled features and ``rest`` is the new head). None if
+        the backbone is not a checked plain sequence, or nothing is frozen.
+        """
+        stages = self._stages()
+        if not stages:
+            return None
+        first = next((i for i, stage in enumerate(stages)
+                      if any(p.requires_grad for p in stage.parameters())), len(stages))
+        if first == 0:
+            return None
+        frozen_all = first == len(stages)  # stage 1: the prefix ends with the pooled features
+        backbone, image_model = self.backbone, self.image_model
+
+        class Prefix(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.stages = nn.Sequential(*stages[:first])
+
+            def forward(self, images: torch.Tensor) -> torch.Tensor:
+                x = (images.permute(0, 3, 1, 2).float() - image_model.mean) / image_model.std
+                if image_model.bgr:
+                    x = x.flip(1)
+                x = self.stages(x)
+                if frozen_all:
+                    x = backbone.model.forward_head(x, pre_logits=True).flatten(1)
+                return x
+
+        outer = self
+
+        class Rest(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.stages = nn.Sequential(*stages[first:])
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if not frozen_all:
+                    x = backbone.model.forward_head(self.stages(x), pre_logits=True).flatten(1)
+                return outer.classifier(outer.dropout(x))
+
+        return Prefix(), Rest()

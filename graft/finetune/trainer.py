@@ -160,19 +160,47 @@ def _run_epoch(model: FinetuneModel, loader, loss_fn, device, optimizer=None, sc
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
-def _frozen_features(model: FinetuneModel, loader, device, batch_size: int,
-                     seed: int, shuffle: bool) -> torch.utils.data.DataLoader:
-    """The frozen backbone's features of every image, computed once, as a loader of
-    (features, label) batches: with no augmentation, a stage-1 epoch then costs only the head."""
-    model.eval()
-    features, labels = [], []
+_PREFIX_CACHE_BYTES = 2 << 30  # cache frozen-prefix outputs up to 2 GiB in memory
+
+
+def _prefix_outputs(prefix: nn.Module, loader, device, batch_size: int, seed: int,
+                    shuffle: bool) -> torch.utils.data.DataLoader:
+    """The frozen prefix's output for every image, computed once, as a loader of (output, label)."""
+    prefix.eval()
+    outputs, labels = [], []
     with torch.no_grad():
         for images, y in loader:
-            features.append(model.image_model(images.to(device)).float())
+            outputs.append(prefix(images.to(device)).float())
             labels.append(y.to(device))
-    dataset = torch.utils.data.TensorDataset(torch.cat(features), torch.cat(labels))
+    dataset = torch.utils.data.TensorDataset(torch.cat(outputs), torch.cat(labels))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                                        generator=torch.Generator().manual_seed(seed))
+
+
+def _cached_prefix_loaders(model: FinetuneModel, make_loader, val_loader, device,
+                           config: FinetuneConfig, n_images: int, log):
+    """With augmentation off: loaders over the frozen prefix's outputs, and the forward of the
+    rest; (None, None) when the network cannot be split or the cache would be too large."""
+    split = model.split_frozen_prefix()
+    if split is None:
+        return None, None
+    prefix, rest = split
+    probe = torch.zeros(1, *model.backbone.preprocess.size, 3, dtype=torch.uint8, device=device)
+    with torch.no_grad():
+        per_image = prefix.eval()(probe).numel() * 4
+    if per_image * n_images > _PREFIX_CACHE_BYTES:
+        log(f"  frozen-prefix cache skipped: {per_image * n_images / 2**30:.1f} GiB needed")
+        return None, None
+    start = time.perf_counter()
+    loaders = {
+        "train": _prefix_outputs(prefix, make_loader("train", False), device, config.batch_size,
+                                 config.seed, shuffle=True),
+        "val": _prefix_outputs(prefix, val_loader, device, config.batch_size, config.seed,
+                               shuffle=False),
+    }
+    log(f"  no augmentation: the frozen prefix ({len(prefix.stages)} modules) ran once "
+        f"({time.perf_counter() - start:.1f}s); each epoch runs only the trainable part")
+    return loaders, rest
 
 
 def _predict(model: FinetuneModel, loader, device) -> tuple[np.ndarray, np.ndarray]:
@@ -302,17 +330,12 @@ def finetune(
             optimizer.load_state_dict(optimizer_state)
             optimizer_state = None
         epoch_loaders, forward = {"train": loaders["train"], "val": loaders["val"]}, None
-        if stage == 1 and not augment and state["epoch"] < epochs:
-            start = time.perf_counter()
-            epoch_loaders = {
-                "train": _frozen_features(model, loader("train", False), device,
-                                          config.batch_size, config.seed, shuffle=True),
-                "val": _frozen_features(model, loaders["val"], device, config.batch_size,
-                                        config.seed, shuffle=False),
-            }
-            forward = lambda x: model.classifier(model.dropout(x))  # noqa: E731
-            log(f"  no augmentation: the frozen backbone's features were computed once "
-                f"({time.perf_counter() - start:.1f}s); each stage-1 epoch trains only the head")
+        if not augment and state["epoch"] < epochs:
+            cached, rest = _cached_prefix_loaders(
+                model, loader, loaders["val"], device, config,
+                len(by_split["train"]) + len(by_split["val"]), log)
+            if cached is not None:
+                epoch_loaders, forward = cached, rest
         while state["epoch"] < epochs and state["bad_epochs"] < max(config.patience, 1):
             start = time.perf_counter()
             train_loss, train_acc = _run_epoch(model, epoch_loaders["train"], loss_fn, device,
