@@ -6,6 +6,7 @@ HTTP server are thin layers over them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from graft.bundle import Prediction, Predictor, save_model
 from graft.data import assign_splits, compute_splits, iter_image_files, scan_dataset
 from graft.data.augment import parse_augment
 from graft.errors import ConfigError, DataError
-from graft.evaluation import compute_metrics, format_report
+from graft.evaluation import compute_metrics, format_report, write_report
 from graft.features import (
     ExtractionReport,
     FeatureSet,
@@ -314,6 +315,30 @@ def train(
     for path, temporary in exported:
         if temporary:
             Path(path).unlink(missing_ok=True)
+    root = Path(features.root or ".")
+    paths = np.array([str(root / p) for p in features.paths], dtype=object)
+    write_report(
+        model_dir, title=f"{Path(out).name}: {head_name} on {'+'.join(c['name'] for c in configs)}",
+        metrics=metrics, labels=features.label_names, y_true=y_test, probabilities=probabilities,
+        test_paths=paths[features.split == "test"],
+        config={
+            "data": str(features.root or data),
+            "backbone": " + ".join(f"{c['name']} ({c['layer']}, {c['num_features']}-d)"
+                                   for c in configs),
+            "weights": ", ".join(c["weights_source"] for c in configs),
+            "input": ", ".join("x".join(map(str, c["preprocess"]["input_size"][1:]))
+                               for c in configs),
+            "head": head_name,
+            **{f"head {k}": v for k, v in head_info.get("best_params", {}).items()},
+            "split": (f"given folders ({features.split_source})" if features.split_source
+                      == "folders" else f"hash split, test {test_size}, val {val_size}, "
+                      f"seed {seed}"),
+            "augmented views": augment_views,
+        },
+        counts=features.counts(),
+        train_paths=paths[features.split == "train"], train_labels=features.subset("train")[1],
+        cv_results=head_info.get("cv_results"),
+    )
     return TrainResult(model_dir=model_dir, metrics=metrics,
                        report=format_report(y_test, probabilities, features.label_names),
                        extraction=extraction, head_scores=head_scores)
@@ -343,6 +368,7 @@ def evaluate(
     split: str | None = None,
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> EvaluateResult:
     """Score a saved model on a labeled image folder (or CSV).
@@ -371,6 +397,19 @@ def evaluate(
     metrics = compute_metrics(features.labels, probabilities, predictor.labels)
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in extraction.failures]
     metrics["data"] = str(dataset.root)
+    if report is not None:
+        backbones = predictor.config["backbones"]
+        write_report(
+            report, title=f"{Path(model_dir).name} on {dataset.root.name}", metrics=metrics,
+            labels=predictor.labels, y_true=features.labels, probabilities=probabilities,
+            test_paths=[str(dataset.root / p) for p in features.paths],
+            config={"model": str(model_dir), "data": str(dataset.root),
+                    "backbone": " + ".join(f"{b['name']} ({b['layer']})" for b in backbones),
+                    "head": predictor.config["head"]["name"]},
+            counts=features.counts(),
+        )
+        metrics_path = Path(report) / "metrics.json"
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return EvaluateResult(metrics=metrics,
                           report=format_report(features.labels, probabilities, predictor.labels),
                           extraction=extraction)

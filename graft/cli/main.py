@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write report.html, its figures and metrics.json into DIR")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
@@ -186,7 +188,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(result.report)
     if result.extraction is not None:
         _print_skipped(result.extraction.failures)
-    print(f"Model written to {result.model_dir}")
+    print(f"Model written to {result.model_dir} (open report.html in it)")
     return 0
 
 
@@ -203,7 +205,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     stages = ", ".join(f"stage {k}: {v:.3f}" for k, v in metrics["stage_test_accuracy"].items())
     print(f"\nHeld-out test split: {metrics['n_test']} images ({stages})\n")
     print(result.report)
-    print(f"Model written to {result.model_dir} (learning curves: learning_curves.png)")
+    print(f"Model written to {result.model_dir} (open report.html in it)")
     return 0
 
 
@@ -250,13 +252,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from graft.workflows import evaluate
 
     result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size,
-                      cache_dir=args.cache_dir, progress=not args.quiet)
+                      cache_dir=args.cache_dir, report=args.report, progress=not args.quiet)
     if args.json:
         print(json.dumps(result.metrics, indent=2))
     else:
         print(f"{result.metrics['n_test']} images from {result.metrics['data']}\n")
         print(result.report)
     _print_skipped(result.extraction.failures)
+    if args.report:
+        _log(f"Report written to {os.path.join(args.report, 'report.html')}")
     return 0
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # never needs a display; set before pyplot is imported
 
@@ -13,7 +15,13 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_learning_curves"]
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_grid_search",
+    "plot_image_grid",
+    "plot_learning_curves",
+    "plot_misclassified",
+]
 
 
 def plot_learning_curves(history: Sequence[dict[str, Any]], axes: Sequence[Any] | None = None
@@ -45,5 +53,92 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], axes: Sequence[Any] 
     axes[0].set_title("Training and validation")
     axes[1].set_xlabel("epoch")
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.tight_layout()
+    return figure
+
+
+def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    if ax is None:
+        figure, ax = plt.subplots(figsize=figsize)
+        return figure, ax
+    return ax.figure, ax
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], *,
+                          normalize: bool = False, ax: Any = None) -> Figure:
+    """Heat map of a confusion matrix (rows: true class; ``normalize``: each row sums to 1)."""
+    counts = np.asarray(matrix, dtype=float)
+    values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    size = max(4.0, 0.45 * len(labels) + 2.5)
+    figure, ax = _axes(ax, (size + 1, size))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix" + (" (row-normalized)" if normalize else " (counts)"))
+    if len(labels) <= 20:
+        threshold = values.max() / 2 if values.size else 0
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                if counts[i, j] == 0:
+                    continue  # a sea of zeros hides the cells that matter
+                text = f"{values[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if values[i, j] > threshold else "black")
+    figure.tight_layout()
+    return figure
+
+
+def _thumbnail(path: str | Path, size: int = 224) -> np.ndarray:
+    from graft.data.images import load_image
+
+    image = load_image(path, min_size=(size, size))
+    image.thumbnail((size, size))
+    return np.asarray(image)
+
+
+def plot_image_grid(paths: Sequence[str | Path], titles: Sequence[str], *, columns: int = 3,
+                    figure: Figure | None = None) -> Figure:
+    """Images with a title each, in a grid (the Keras tutorial's 3x3 of training images)."""
+    rows = max(1, -(-len(paths) // columns))
+    figure = figure or plt.figure(figsize=(3.2 * columns, 3.4 * rows))
+    for index, (path, title) in enumerate(zip(paths, titles)):
+        ax = figure.add_subplot(rows, columns, index + 1)
+        ax.imshow(_thumbnail(path))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def plot_misclassified(items: Sequence[dict[str, Any]], *, columns: int = 4,
+                       figure: Figure | None = None) -> Figure:
+    """The worst mistakes: each item has ``path``, ``true``, ``predicted`` and ``score``."""
+    titles = [f"true: {item['true']}\npredicted: {item['predicted']} ({item['score']:.2f})"
+              for item in items]
+    return plot_image_grid([item["path"] for item in items], titles, columns=columns,
+                           figure=figure)
+
+
+def plot_grid_search(cv_results: Sequence[dict[str, Any]], *, ax: Any = None) -> Figure:
+    """Cross-validated score against a searched hyper-parameter (log scale), with +-1 std."""
+    figure, ax = _axes(ax, (6, 4))
+    name = next(iter(cv_results[0]["params"]))
+    values = np.array([float(r["params"][name]) for r in cv_results])
+    means = np.array([r["mean_test_score"] for r in cv_results])
+    stds = np.array([r["std_test_score"] for r in cv_results])
+    order = np.argsort(values)
+    ax.errorbar(values[order], means[order], yerr=stds[order], marker="o", capsize=3)
+    best = int(np.argmax(means))
+    ax.scatter([values[best]], [means[best]], s=120, facecolors="none", edgecolors="red",
+               label=f"best: {name.split('__')[-1]}={values[best]:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(name.split("__")[-1])
+    ax.set_ylabel("mean CV accuracy")
+    ax.set_title("Grid search (cross-validation on the training split)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
     figure.tight_layout()
     return figure

@@ -24,7 +24,7 @@ from graft.data import assign_splits, scan_dataset, split_fraction
 from graft.data.augment import parse_augment
 from graft.data.dataset import ImageDataset as Dataset
 from graft.errors import ConfigError, DataError
-from graft.evaluation import compute_metrics, format_report, plot_learning_curves
+from graft.evaluation import compute_metrics, format_report, write_report
 from graft.features.engine import backbone_key, default_workers, export_backbone_onnx
 from graft.finetune.data import ImageDataset
 from graft.finetune.model import FinetuneModel
@@ -385,12 +385,19 @@ def finetune(
         "skipped": [{"path": p, "reason": r} for p, r in failures],
     })
     model_dir = _save(model, backbone, source, config, dataset, by_split, metrics, out)
-    if state["history"]:
-        figure = plot_learning_curves(state["history"])
-        figure.savefig(out / "learning_curves.png", dpi=100)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+    write_report(
+        model_dir, title=f"{out.name}: fine-tuned {backbone.name}", metrics=metrics,
+        labels=dataset.classes, y_true=y_test, probabilities=probabilities,
+        test_paths=[s.path for s in by_split["test"]],
+        config={"data": str(dataset.root), "backbone": backbone.name, "weights": source,
+                **{k.replace("_", " "): v for k, v in dataclasses.asdict(config).items()
+                   if k not in ("backbone", "weights")}},
+        counts={split: {c: sum(s.label == c for s in samples) for c in dataset.classes}
+                for split, samples in by_split.items()},
+        train_paths=[s.path for s in by_split["train"]],
+        train_labels=[index[s.label] for s in by_split["train"]],
+        history=state["history"],
+    )
     return FinetuneResult(model_dir=model_dir, metrics=metrics,
                           report=format_report(y_test, probabilities, dataset.classes),
                           history=state["history"])

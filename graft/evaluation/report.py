@@ -1,0 +1,213 @@
+"""One self-contained HTML report per run: config, scores, confusion matrices, curves, images.
+
+``report.html`` links the PNG figures written beside it (relative paths), so the folder opens
+offline and can be copied or zipped whole.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from graft.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_grid_search,
+    plot_image_grid,
+    plot_learning_curves,
+    plot_misclassified,
+)
+
+__all__ = ["sample_images", "worst_mistakes", "write_report"]
+
+REPORT_FILE = "report.html"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;
+color:#1d2330}
+main{max-width:1100px;margin:0 auto;padding:24px 32px 48px}
+h1{font-size:26px;margin:8px 0 4px}h2{font-size:19px;margin:32px 0 10px;border-bottom:1px solid
+#d9dde3;padding-bottom:4px}
+.sub{color:#5b6473;margin:0 0 16px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
+.card{background:#fff;border:1px solid #d9dde3;border-radius:8px;padding:10px 16px;min-width:120px}
+.card .v{font-size:24px;font-weight:600}.card .k{color:#5b6473;font-size:12px}
+table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0}
+th,td{border:1px solid #d9dde3;padding:4px 10px;text-align:right}
+th{background:#eef1f5}td.l,th.l{text-align:left}
+tr.low td{background:#fdecea}
+figure{margin:10px 0;background:#fff;border:1px solid #d9dde3;border-radius:8px;padding:8px}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{color:#5b6473;font-size:12px;margin-top:4px}
+.row{display:flex;flex-wrap:wrap;gap:12px}.row figure{flex:1 1 420px}
+code{background:#eef1f5;padding:1px 4px;border-radius:3px}
+"""
+
+
+def worst_mistakes(y_true: np.ndarray, probabilities: np.ndarray, paths: Sequence[str | Path],
+                   labels: Sequence[str], limit: int = 12) -> list[dict[str, Any]]:
+    """Misclassified images, most confidently wrong first."""
+    predicted = probabilities.argmax(1)
+    wrong = np.flatnonzero(predicted != y_true)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:limit]
+    return [{"path": str(paths[i]), "true": labels[int(y_true[i])],
+             "predicted": labels[int(predicted[i])], "score": float(probabilities[i, predicted[i]])}
+            for i in wrong]
+
+
+def sample_images(paths: Sequence[str | Path], y: Sequence[int], labels: Sequence[str],
+                  n: int = 9) -> tuple[list[str], list[str]]:
+    """``n`` images spread over the classes (round robin, first images of each class)."""
+    by_class: dict[int, list[str]] = {}
+    for path, label in zip(paths, y):
+        by_class.setdefault(int(label), []).append(str(path))
+    chosen: list[tuple[str, str]] = []
+    depth = 0
+    while len(chosen) < n and any(depth < len(v) for v in by_class.values()):
+        for label in sorted(by_class):
+            if depth < len(by_class[label]) and len(chosen) < n:
+                chosen.append((by_class[label][depth], labels[label]))
+        depth += 1
+    return [p for p, _ in chosen], [t for _, t in chosen]
+
+
+def _save(figure, path: Path) -> str:
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path.name
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1,
+           classes: Sequence[str] | None = None) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>'
+                   for i, h in enumerate(header))
+    body = []
+    for r, row in enumerate(rows):
+        cells = "".join(
+            f'<td class="{"l" if i < left else ""}">'
+            f'{html.escape(f"{v:.3f}" if isinstance(v, float) else str(v))}</td>'
+            for i, v in enumerate(row))
+        css = f' class="{classes[r]}"' if classes and classes[r] else ""
+        body.append(f"<tr{css}>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _figure(src: str, caption: str) -> str:
+    return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def write_report(
+    directory: str | os.PathLike,
+    *,
+    title: str,
+    metrics: dict[str, Any],
+    labels: Sequence[str],
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    test_paths: Sequence[str | Path],
+    config: dict[str, Any],
+    counts: dict[str, dict[str, int]] | None = None,
+    train_paths: Sequence[str | Path] = (),
+    train_labels: Sequence[int] = (),
+    history: Sequence[dict[str, Any]] | None = None,
+    cv_results: Sequence[dict[str, Any]] | None = None,
+) -> Path:
+    """Write ``report.html`` and its PNG figures into ``directory``; return the HTML path.
+
+    Args:
+        title: The heading (e.g. the model directory's name).
+        metrics: As :func:`graft.evaluation.compute_metrics` returns them.
+        y_true, probabilities, test_paths: The scored images (absolute paths or relative to
+            the current directory), for the confusion matrix and the gallery of mistakes.
+        config: What was run: shown as a table (backbone, cut, head, hyper-parameters...).
+        counts: ``{split: {class: images}}``.
+        train_paths, train_labels: Training images, for the 3x3 sample grid.
+        history: Epoch records, for learning curves (fine-tuning).
+        cv_results: Grid-search results (``logreg``), for the C vs CV score plot.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    labels = list(labels)
+    files: dict[str, str] = {}
+    cm = metrics["confusion_matrix"]
+    files["cm"] = _save(plot_confusion_matrix(cm, labels), directory / "confusion_matrix.png")
+    files["cmn"] = _save(plot_confusion_matrix(cm, labels, normalize=True),
+                         directory / "confusion_matrix_normalized.png")
+    if history:
+        files["curves"] = _save(plot_learning_curves(history), directory / "learning_curves.png")
+    if len(train_paths):
+        paths, titles = sample_images(train_paths, train_labels, labels)
+        files["samples"] = _save(plot_image_grid(paths, titles), directory / "samples.png")
+    mistakes = worst_mistakes(np.asarray(y_true), np.asarray(probabilities), test_paths, labels)
+    if mistakes:
+        files["mistakes"] = _save(plot_misclassified(mistakes), directory / "misclassified.png")
+    if cv_results and len(cv_results) > 1:
+        files["grid"] = _save(plot_grid_search(cv_results), directory / "grid_search.png")
+
+    cards = [("accuracy", metrics["accuracy"]), *(
+        (f"top-{k} accuracy", metrics[f"top_{k}_accuracy"]) for k in (3, 5)
+        if f"top_{k}_accuracy" in metrics), ("macro F1", metrics["macro_avg"]["f1"]),
+        ("test images", metrics["n_test"])]
+    if "n_train" in metrics:
+        cards.append(("training images", metrics["n_train"]))
+    card_html = "".join(
+        f'<div class="card"><div class="v">{v:.3f}</div><div class="k">{html.escape(k)}</div></div>'
+        if isinstance(v, float) else
+        f'<div class="card"><div class="v">{v}</div><div class="k">{html.escape(k)}</div></div>'
+        for k, v in cards)
+    per_class = metrics["per_class"]
+    macro_f1 = metrics["macro_avg"]["f1"]
+    rows = [[name, m["precision"], m["recall"], m["f1"], m["support"]] for name, m in per_class.items()]
+    flags = ["low" if m["f1"] < macro_f1 - 0.1 else "" for m in per_class.values()]
+    rows += [["macro avg", *metrics["macro_avg"].values(), metrics["n_test"]],
+             ["weighted avg", *metrics["weighted_avg"].values(), metrics["n_test"]]]
+    flags += ["", ""]
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        (f'<p class="sub">Scored on {metrics["n_test"]} held-out images the model never saw in '
+         f"training.</p>"),
+        f'<div class="cards">{card_html}</div>',
+        "<h2>Run</h2>",
+        _table(["setting", "value"],
+               [[k, f"{v:g}" if isinstance(v, float) else v] for k, v in config.items()], left=2),
+    ]
+    if counts:
+        splits = [s for s in ("train", "val", "test") if s in counts]
+        count_rows = [[c, *(counts[s].get(c, 0) for s in splits)] for c in labels]
+        count_rows.append(["total", *(sum(counts[s].values()) for s in splits)])
+        sections += ["<h2>Data</h2>", _table(["class", *splits], count_rows)]
+    sections += [
+        "<h2>Per class</h2>",
+        '<p class="sub">Rows in red: F1 more than 0.1 below the macro average.</p>',
+        _table(["class", "precision", "recall", "F1", "support"], rows, classes=flags),
+        "<h2>Confusion matrix</h2>",
+        # Side by side while small enough to read; one under the other for many classes.
+        (f'<div class="{"row" if len(labels) <= 8 else ""}">'
+         + _figure(files["cm"], "counts (rows: true class; empty cells are 0)")
+         + _figure(files["cmn"], "row-normalized: the diagonal is each class's recall")
+         + "</div>"),
+    ]
+    if "curves" in files:
+        sections += ["<h2>Learning curves</h2>",
+                     _figure(files["curves"], "training and validation, per epoch")]
+    if "grid" in files:
+        sections += ["<h2>Hyper-parameter search</h2>",
+                     _figure(files["grid"], "mean cross-validated accuracy, +-1 std")]
+    if "samples" in files:
+        sections += ["<h2>Training images</h2>",
+                     _figure(files["samples"], "a sample of the training set with its labels")]
+    sections.append("<h2>Worst mistakes</h2>")
+    sections.append(_figure(files["mistakes"], "misclassified test images, most confident first")
+                    if "mistakes" in files else '<p class="sub">No test image was misclassified.</p>')
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)} - graft report</title><style>{_CSS}</style></head>"
+            f"<body><main>{''.join(sections)}</main></body></html>\n")
+    path = directory / REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,151 @@
+"""Reports a person can open: numbers equal scikit-learn's, the HTML references real figures,
+and it renders in a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, make_dataset
+from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
+
+from graft.cli import main
+from graft.evaluation import (
+    compute_metrics,
+    plot_confusion_matrix,
+    plot_grid_search,
+    plot_learning_curves,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY_ARGS = ["--backbone", TINY, "--weights", "random", "-q"]
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.headings: list[str] = []
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.headings.append(data)
+            self._in_h2 = False
+
+
+def _parse(report: Path) -> _Images:
+    parser = _Images()
+    parser.feed(report.read_text(encoding="utf-8"))
+    for source in parser.sources:
+        figure = report.parent / source
+        assert not Path(source).is_absolute() and figure.is_file(), source
+        data = figure.read_bytes()
+        assert data.startswith(PNG) and len(data) > 2000, source
+    return parser
+
+
+def test_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c", "d", "e", "f"]
+    y = rng.integers(0, 6, size=200)
+    probabilities = rng.dirichlet(np.ones(6), size=200)
+    probabilities[np.arange(100), y[:100]] += 1.0  # better than chance
+    probabilities /= probabilities.sum(1, keepdims=True)
+    metrics = compute_metrics(y, probabilities, labels)
+    expected = classification_report(y, probabilities.argmax(1), labels=range(6),
+                                      target_names=labels, output_dict=True, zero_division=0)
+    assert metrics["accuracy"] == pytest.approx(expected["accuracy"])
+    for name in labels:
+        for key in ("precision", "recall", "f1"):
+            assert metrics["per_class"][name][key] == pytest.approx(
+                expected[name][key if key != "f1" else "f1-score"])
+        assert metrics["per_class"][name]["support"] == expected[name]["support"]
+    for average in ("macro", "weighted"):
+        assert metrics[f"{average}_avg"]["f1"] == pytest.approx(expected[f"{average} avg"]["f1-score"])
+    assert metrics["confusion_matrix"] == confusion_matrix(y, probabilities.argmax(1)).tolist()
+    assert metrics["top_3_accuracy"] == pytest.approx(top_k_accuracy_score(y, probabilities, k=3))
+
+
+def test_plot_functions_draw_on_given_axes():
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots()
+    assert plot_confusion_matrix([[3, 1], [0, 4]], ["x", "y"], normalize=True, ax=ax) is figure
+    figure, ax = plt.subplots()
+    results = [{"params": {"C": c}, "mean_test_score": s, "std_test_score": 0.01}
+               for c, s in ((0.1, 0.8), (1.0, 0.9), (10.0, 0.85))]
+    assert plot_grid_search(results, ax=ax) is figure
+    history = [{"stage": s, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_accuracy": 0.5,
+                "val_accuracy": 0.5} for s, e in ((1, 1), (1, 2), (2, 3))]
+    figure, axes = plt.subplots(2, 1)
+    assert plot_learning_curves(history, axes=axes) is figure
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def trained_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data = make_dataset(root / "colors", n_per_class=10)
+    model = root / "model"
+    assert main(["train", str(data), "--out", str(model), *TINY_ARGS]) == 0
+    return data, model
+
+
+def test_train_writes_a_report(trained_report):
+    _, model = trained_report
+    parsed = _parse(model / "report.html")
+    assert {"Run", "Data", "Per class", "Confusion matrix", "Hyper-parameter search",
+            "Training images", "Worst mistakes"} <= set(parsed.headings)
+    assert {"confusion_matrix.png", "confusion_matrix_normalized.png", "samples.png",
+            "grid_search.png"} <= set(parsed.sources)
+    metrics = json.loads((model / "metrics.json").read_text())
+    html = (model / "report.html").read_text()
+    assert f"{metrics['accuracy']:.3f}" in html
+
+
+def test_evaluate_report_dir(trained_report, tmp_path):
+    data, model = trained_report
+    out = tmp_path / "eval-report"
+    assert main(["evaluate", str(model), str(data), "--report", str(out), "-q"]) == 0
+    _parse(out / "report.html")
+    assert json.loads((out / "metrics.json").read_text())["n_test"] == 30
+
+
+def test_finetune_report_has_learning_curves(tmp_path):
+    data = make_dataset(tmp_path / "colors", n_per_class=8)
+    assert main(["finetune", str(data), "--out", str(tmp_path / "ft"), "--backbone", TINY,
+                 "--weights", "random", "--epochs", "2", "--fine-tune-epochs", "1",
+                 "--batch-size", "8", "--workers", "0", "--augment", "none", "-q"]) == 0
+    parsed = _parse(tmp_path / "ft" / "report.html")
+    assert "learning_curves.png" in parsed.sources and "Learning curves" in parsed.headings
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed")
+def test_report_renders_in_headless_chromium(trained_report, tmp_path):
+    from PIL import Image
+
+    _, model = trained_report
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
+         "--window-size=1280,2400", f"--screenshot={shot}",
+         (model / "report.html").resolve().as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (2400, 1280)
+    # A rendered page, not a blank or error page: text, tables and figures make many shades.
+    assert len(np.unique(pixels)) > 50 and pixels.std() > 20
