@@ -3,6 +3,91 @@
 Pretrained CNN features (cached, extracted fast with ONNX Runtime), scikit-learn and small PyTorch
 heads, honest held-out evaluation, and a self-describing model directory that predicts with
 onnxruntime alone.
+
+The public API::
+
+    import graft
+    predictor = graft.load("my-model")           # numpy + Pillow + onnxruntime only
+    predictor("photo.jpg", top_k=3)              # [{"label": ..., "index": ..., "score": ...}]
+    predictor.predict_proba(["a.jpg", "b.png"])  # (N, C) array
+
+    result = graft.train("flowers/", out="my-model", head="logreg")   # needs graft[train]
+    graft.evaluate("my-model", "flowers/")       # its held-out test split, honestly
+    graft.extract("flowers/", "features.h5")
+    clf = graft.ImageClassifier(head="svm")      # scikit-learn estimator over image paths
+
+Names are imported on first use, so ``import graft`` stays light and loading a model never
+imports the training stack.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from graft.errors import (
+    BackboneError,
+    ConfigError,
+    DataError,
+    GraftError,
+    ImageError,
+    MissingExtraError,
+    ModelError,
+    WeightsError,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "BackboneError",
+    "ConfigError",
+    "DataError",
+    "EvaluateResult",
+    "GraftError",
+    "ImageClassifier",
+    "ImageError",
+    "MissingExtraError",
+    "ModelError",
+    "Prediction",
+    "Predictor",
+    "TrainConfig",
+    "TrainResult",
+    "WeightsError",
+    "__version__",
+    "evaluate",
+    "extract",
+    "load",
+    "predict",
+    "train",
+]
+
+_LAZY = {
+    "load": "graft.inference.predictor",
+    "Predictor": "graft.inference.predictor",
+    "Prediction": "graft.inference.predictor",
+    "predict": "graft.workflows.predict",
+    "evaluate": "graft.workflows.evaluate",
+    "EvaluateResult": "graft.workflows.evaluate",
+    "extract": "graft.workflows.extract",
+    "train": "graft.workflows.train",
+    "TrainConfig": "graft.workflows.train",
+    "TrainResult": "graft.workflows.train",
+    "ImageClassifier": "graft.estimator",
+}
+_NEEDS_TRAIN = {"extract", "train", "TrainConfig", "TrainResult", "ImageClassifier"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        if name in _NEEDS_TRAIN:
+            from graft.extras import require
+
+            require("train", command=f"graft.{name}")
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'graft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -12,6 +12,7 @@ __all__ = [
     "DataError",
     "GraftError",
     "ImageError",
+    "MissingExtraError",
     "ModelError",
     "WeightsError",
 ]
@@ -43,3 +44,8 @@ class WeightsError(BackboneError):
 
 class ModelError(GraftError):
     """A saved model directory is missing, incomplete, or from an incompatible version."""
+
+
+class MissingExtraError(GraftError, ImportError):
+    """A command needs an optional part of graft that is not installed (the message names the
+    ``pip install`` command)."""

@@ -12,7 +12,8 @@ import torch
 from conftest import TINY, shared_path
 
 from graft.backbones import ImageModel, create_backbone, list_backbones, resolve_backbone_name
-from graft.data import load_for_network
+from graft.backbones.weights import load_state_dict_file
+from graft.inference import preprocess
 from graft.errors import BackboneError, ConfigError, WeightsError
 
 # ImageNet-1k class indices
@@ -69,6 +70,28 @@ def test_weights_that_do_not_fit(tmp_path):
         create_backbone(TINY, weights=tmp_path / "junk.pth")
 
 
+@pytest.mark.parametrize("name, content", [
+    ("junk.pth", bytes(range(256)) * 8),
+    ("text.pth", b"these are not weights\n"),
+    ("junk.safetensors", bytes(range(256)) * 8),
+    ("text.safetensors", b"these are not weights\n"),
+    ("module.pth", None),
+])
+def test_unreadable_weights_file_message_is_short_and_safe(tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:  # a whole pickled module: loading it could run code
+        torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(WeightsError) as info:
+        load_state_dict_file(path)
+    message = str(info.value)
+    assert str(path) in message and "check the --weights path" in message.lower()
+    # torch's own text advises weights_only=False, which lets the file run code: never shown.
+    assert "weights_only" not in message and "\n" not in message
+    assert len(message) < 400
+
+
 def test_safetensors_and_url_weights(tmp_path, tiny_backbone):
     from safetensors.torch import save_file
 
@@ -96,7 +119,7 @@ def test_safetensors_and_url_weights(tmp_path, tiny_backbone):
 
 def _imagenet_top1(name, weights, paths):
     model = ImageModel(create_backbone(name, layer="logits", weights=weights)).eval()
-    images = np.stack([load_for_network(p, model.backbone.preprocess) for p in paths])
+    images = np.stack([preprocess(p, model.backbone.preprocess)[0] for p in paths])
     with torch.no_grad():
         return model(torch.from_numpy(images)).argmax(1).tolist()
 

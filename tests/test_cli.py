@@ -58,19 +58,51 @@ def test_predict_json_csv_and_folders(trained, tmp_path, capsys):
     green = [line for line in lines[1:] if line["predictions"][0]["label"] == "green"]
     assert len(green) >= 10
     out_csv = tmp_path / "p.csv"
-    assert main(["predict", str(model), str(data / "red"), "--csv", str(out_csv)]) == 0
+    # Exit status 1: some inputs could not be read (each is reported).
+    assert main(["predict", str(model), str(data / "red"), "--csv", str(out_csv)]) == 1
+    assert "1 of 13 file(s) could not be read" in capsys.readouterr().err
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 13  # 12 images + the broken one, reported with its error
     assert any(row["error"] for row in rows)
     assert all(row["top_k"] for row in rows if not row["error"])
 
 
-def test_evaluate_matches_train_metrics(trained, capsys):
+def test_evaluate_scores_the_held_out_split_of_training_data(trained, capsys):
     data, model, _ = trained
+    trained_metrics = json.loads((model / "metrics.json").read_text())
     assert main(["evaluate", str(model), str(data), "--json", "-q"]) == 0
-    metrics = json.loads(capsys.readouterr().out)
-    assert metrics["n_test"] == 36  # an unsplit folder is scored whole
-    assert metrics["accuracy"] >= 0.9
+    out = capsys.readouterr()
+    metrics = json.loads(out.out)
+    # Only the held-out test split, recomputed from graft.json, and the console says so.
+    assert metrics["split"] == "test" and "Scoring the test split" in out.err
+    assert metrics["n_test"] == trained_metrics["n_test"] < 36
+    assert metrics["confusion_matrix"] == trained_metrics["confusion_matrix"]
+    assert metrics["accuracy"] == pytest.approx(trained_metrics["accuracy"])
+    assert metrics["overlap_with_training"] == 0
+    # --split all scores everything, warns, and counts the training images it saw.
+    assert main(["evaluate", str(model), str(data), "--split", "all", "--json", "-q"]) == 0
+    out = capsys.readouterr()
+    everything = json.loads(out.out)
+    assert everything["n_test"] == 36  # every readable image (the broken one is skipped)
+    assert everything["overlap_with_training"] == trained_metrics["n_train"]
+    assert "inflated" in out.err and f"{trained_metrics['n_train']} of the 36" in out.err
+
+
+def test_evaluate_counts_copies_of_training_images(trained, tmp_path, capsys):
+    import shutil
+
+    data, model, _ = trained
+    other = make_dataset(tmp_path / "other", n_per_class=3, start=500)
+    for name in sorted((data / "green").iterdir())[:4]:  # renamed copies of training images
+        shutil.copyfile(name, other / "green" / f"copy-{name.name}")
+    assert main(["evaluate", str(model), str(other), "--json", "-q"]) == 0
+    out = capsys.readouterr()
+    metrics = json.loads(out.out)
+    assert metrics["split"] == "all" and metrics["n_test"] == 13
+    train_config = json.loads((model / "graft.json").read_text())
+    assert train_config["files"]["train_fingerprints"]["path"]
+    assert 1 <= metrics["overlap_with_training"] <= 4
+    assert "also in the model's training data" in out.err
 
 
 def test_extract_then_train_from_features(tmp_path, capsys):
@@ -135,3 +167,41 @@ def test_augment_views_need_images(tmp_path, capsys):
     assert main(["extract", str(data), "--out", str(tmp_path / "f.h5"), *TINY_ARGS]) == 0
     assert main(["train", str(tmp_path / "f.h5"), "--augment-views", "2", "-q"]) == 2
     assert "needs the images" in capsys.readouterr().err
+
+
+def test_output_inside_data_or_over_other_files_is_refused(tmp_path, capsys, monkeypatch):
+    data = make_dataset(tmp_path / "colors", n_per_class=4)
+    monkeypatch.chdir(data)  # `cd data && graft train .`: the default --out is inside DATA
+    assert main(["train", ".", *TINY_ARGS]) == 2
+    assert "inside the dataset" in capsys.readouterr().err
+    assert not (data / "graft-model").exists()
+    precious = tmp_path / "documents"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    assert main(["train", str(data), "--out", str(precious), *TINY_ARGS]) == 2
+    assert "not a graft model directory" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_a_model_directory_inside_data_is_not_a_class(tmp_path, capsys):
+    data = make_dataset(tmp_path / "colors", n_per_class=6)
+    model = tmp_path / "m"
+    assert main(["train", str(data), "--out", str(model), *TINY_ARGS]) == 0
+    import shutil
+
+    shutil.copytree(model, data / "graft-model")  # e.g. from an older graft, or copied by hand
+    assert main(["train", str(data), "--out", str(model), *TINY_ARGS]) == 0
+    config = json.loads((model / "graft.json").read_text())
+    assert config["labels"] == ["blue", "green", "red"]
+
+
+def test_predict_exit_status_when_nothing_is_readable(trained, tmp_path, capsys):
+    _, model, _ = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(model), str(empty)]) == 2
+    assert "No images found" in capsys.readouterr().err
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert main(["predict", str(model), str(bad)]) == 1
+    assert "1 of 1 file(s) could not be read" in capsys.readouterr().err

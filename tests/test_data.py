@@ -13,13 +13,12 @@ from graft.data import (
     PreprocessConfig,
     assign_splits,
     iter_image_files,
-    load_image,
     resize_and_crop,
     scan_dataset,
     split_fraction,
-    to_rgb,
 )
 from graft.errors import ConfigError, DataError, ImageError
+from graft.inference import load_image, to_rgb
 
 
 def test_class_folders_nested_and_non_images_ignored(tmp_path):
@@ -104,7 +103,7 @@ def test_every_class_keeps_a_training_image(tmp_path):
 
 def test_split_parameter_errors(tmp_path):
     make_dataset(tmp_path, n_per_class=2, classes=("red", "blue"))
-    with pytest.raises(ConfigError, match="test_size"):
+    with pytest.raises(ConfigError, match="test-size"):
         assign_splits(scan_dataset(tmp_path), test_size=1.5)
     with pytest.raises(ConfigError, match="below 1"):
         assign_splits(scan_dataset(tmp_path), test_size=0.6, val_size=0.5)

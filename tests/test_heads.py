@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -41,6 +43,17 @@ def test_head_learns_and_exports_to_onnx(name, data):
     np.testing.assert_allclose(onnx_probs, probabilities, atol=1e-4)
     info = describe_head(head)
     assert info["class"] and isinstance(info["params"], dict)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_svm_head_fits_and_exports_without_future_warnings(n_classes):
+    # Every --head svm user would see scikit-learn's deprecation warnings otherwise.
+    X, y = make_classification(n_samples=90, n_features=12, n_informative=6, n_classes=n_classes,
+                               random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        head = create_head("svm", y=y).fit(X, y)
+        head_to_onnx(head, X.shape[1])
 
 
 def test_logreg_records_grid_search(data):

@@ -20,6 +20,7 @@ from graft.evaluation import (
     plot_confusion_matrix,
     plot_grid_search,
     plot_learning_curves,
+    write_report,
 )
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -93,6 +94,25 @@ def test_plot_functions_draw_on_given_axes():
     plt.close("all")
 
 
+def test_run_table_shows_settings_as_people_read_them(tmp_path):
+    labels = ["cat", "dog", "fox"]
+    y = np.array([0, 1, 2, 0, 1, 2])
+    probabilities = np.eye(3)[y] * 0.8 + 0.2 / 3  # all correct: no gallery of mistakes to draw
+    config = {"backbone": "tiny", "weights": None, "group regex": None, "augment": True,
+              "balanced": False, "learning rate": 0.001, "image size": 224, "layers": ["a", "b"],
+              "extra": {}}
+    report = write_report(tmp_path, title="run", metrics=compute_metrics(y, probabilities, labels),
+                          labels=labels, y_true=y, probabilities=probabilities,
+                          test_paths=[f"{i}.jpg" for i in range(6)], config=config)
+    page = report.read_text(encoding="utf-8")
+    for raw in (">None<", ">True<", ">False<", ">[", ">{"):
+        assert raw not in page
+    for setting, shown in (("weights", "\u2014"), ("group regex", "\u2014"), ("augment", "yes"),
+                           ("balanced", "no"), ("learning rate", "0.001"), ("image size", "224"),
+                           ("layers", "a, b"), ("extra", "\u2014")):
+        assert f'<td class="l">{setting}</td><td class="l">{shown}</td>' in page
+
+
 @pytest.fixture(scope="module")
 def trained_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
@@ -112,12 +132,14 @@ def test_train_writes_a_report(trained_report):
     metrics = json.loads((model / "metrics.json").read_text())
     html = (model / "report.html").read_text()
     assert f"{metrics['accuracy']:.3f}" in html
+    assert ">None<" not in html
 
 
 def test_evaluate_report_dir(trained_report, tmp_path):
     data, model = trained_report
     out = tmp_path / "eval-report"
-    assert main(["evaluate", str(model), str(data), "--report", str(out), "-q"]) == 0
+    assert main(["evaluate", str(model), str(data), "--split", "all", "--report", str(out),
+                 "-q"]) == 0
     _parse(out / "report.html")
     assert json.loads((out / "metrics.json").read_text())["n_test"] == 30
 

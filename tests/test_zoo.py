@@ -131,7 +131,7 @@ def test_cli_fused_train_predict(tmp_path, capsys):
                                          for s in list_backbones()])
 def test_onnx_parity(name, layer, tmp_path):
     backbone = create_backbone(name, weights="random", layer=layer)
-    engine = create_engine(backbone, device="cpu", cache_dir=tmp_path, batch_size=2)
+    engine = create_engine(backbone, device="cpu", cache_dir=tmp_path)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(2, *backbone.preprocess.size, 3), dtype=np.uint8)
     with torch.no_grad():

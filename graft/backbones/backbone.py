@@ -7,12 +7,12 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from graft.catalog import POOLS
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import BackboneError
 
 __all__ = ["POOLS", "Backbone", "ImageModel", "reduce_map"]
 
-POOLS = ("avg", "max", "avgmax", "flatten")
 
 Cut = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 

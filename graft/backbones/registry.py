@@ -17,12 +17,14 @@ from torch import nn
 from graft.backbones.backbone import POOLS, Backbone, Cut
 from graft.backbones.keras import read_keras_h5
 from graft.backbones.weights import (
+    _first_line,
     apply_state_dict,
     download_weights,
     hub_reachable,
     load_state_dict_file,
     state_dict_sha256,
 )
+from graft.catalog import DEFAULT_BACKBONE
 from graft.config import resolve_cache_dir
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import BackboneError, ConfigError, WeightsError
@@ -40,7 +42,6 @@ __all__ = [
     "resolve_backbone_name",
 ]
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 _KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 
@@ -234,9 +235,10 @@ def _load_from_hub(spec: BackboneSpec) -> nn.Module:
     try:
         return timm.create_model(spec.name, pretrained=True)
     except Exception as exc:  # hub/network errors come in many types
+        reason = _first_line(str(exc))  # never torch's advice to load with weights_only=False
         raise WeightsError(
-            f"Downloading pretrained weights for {spec.name!r} failed ({type(exc).__name__}: "
-            f"{exc}). {fix}"
+            f"Downloading pretrained weights for {spec.name!r} failed ({type(exc).__name__}"
+            f"{': ' + reason if reason else ''}). {fix}"
         ) from exc
 
 

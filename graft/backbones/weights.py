@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import socket
 import tempfile
 import urllib.parse
@@ -47,26 +48,35 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"Weights file {path} does not exist. Check the --weights path.")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if suffix in (".h5", ".hdf5", ".keras"):
+        raise WeightsError(
+            f"{path}: Keras .h5 weights need a Keras-aware backbone; this backbone takes "
+            f"PyTorch .pth/.pt/.bin or .safetensors state dicts."
+        )
+    if path.stat().st_size == 0:
+        raise WeightsError(f"Weights file {path} is empty. Check the --weights path.")
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path), device="cpu")
-        elif suffix in (".h5", ".hdf5", ".keras"):
+        except Exception as exc:  # safetensors raises its own error type and OSError
+            reason = _first_line(str(exc))
             raise WeightsError(
-                f"{path}: Keras .h5 weights need a Keras-aware backbone; this backbone takes "
-                f"PyTorch .pth/.pt/.bin or .safetensors state dicts."
-            )
-        else:
+                f"Cannot read weights from {path}: it is not a valid .safetensors file"
+                f"{f' ({reason})' if reason else ''}. Check the --weights path, or pass a "
+                f"PyTorch .pth/.pt/.bin state dict instead."
+            ) from exc
+    else:
+        try:
             # weights_only=True: a checkpoint from someone else cannot run code while loading.
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except WeightsError:
-        raise
-    except Exception as exc:  # torch and safetensors raise many types for a bad file
-        raise WeightsError(
-            f"Cannot read weights from {path} ({type(exc).__name__}: {exc}). Expected a PyTorch "
-            f"state dict (.pth/.pt/.bin, saved with torch.save(model.state_dict())) or .safetensors."
-        ) from exc
+        except Exception as exc:  # torch raises many types for a bad file
+            raise WeightsError(
+                f"Cannot read weights from {path}: {_torch_load_reason(exc)}. Expected a PyTorch "
+                f"state dict (saved with torch.save(model.state_dict(), path)) or a .safetensors "
+                f"file; check the --weights path."
+            ) from exc
     for _ in range(2):
         if isinstance(state, Mapping):
             inner = next((state[k] for k in _CONTAINER_KEYS if isinstance(state.get(k), Mapping)), None)
@@ -78,6 +88,30 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"Save weights with torch.save(model.state_dict(), path)."
         )
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _first_line(text: str, limit: int = 120) -> str:
+    """A short first line of a library's error message, or "" when it has none fit to show.
+
+    torch's messages run over many lines and advise loading with ``weights_only=False``, which
+    would let the file run code: that advice must never reach users.
+    """
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()
+    first = lines[0].strip().rstrip(".") if lines else ""
+    if "weights_only" in first or not re.search("[A-Za-z]{3}", first):
+        return ""  # unsafe advice, or no words (a KeyError's bare byte value)
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
+def _torch_load_reason(exc: Exception) -> str:
+    text = str(exc)
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (f"it stores pickled Python objects (such as {unsafe.group(1)}), not only tensors, "
+                f"and loading those could run code")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)  # e.g. "Unsupported operand 249"
+    first = _first_line(detail.group(1) if detail else text)
+    return "it is not a PyTorch checkpoint" + (f" ({first})" if first else "")
 
 
 def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> str:

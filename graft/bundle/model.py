@@ -10,7 +10,7 @@
       backbone.onnx  uint8 NHWC images -> features (normalization inside the graph); fused
                      backbones have one graph each, backbone-0-NAME.onnx, backbone-1-NAME.onnx...
       head.onnx      features (fused backbones: each rescaled, then side by side; see
-                     graft.features.fusion) -> class probabilities
+                     graft.inference.fusion) -> class probabilities
 
 Why separate ONNX graphs and not one: the feature cache is keyed by each backbone graph, so
 ``graft evaluate`` reuses cached features, and one backbone file can serve many heads. All are
@@ -19,23 +19,36 @@ plain ONNX: predicting needs only onnxruntime, and no file in the directory can 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import platform
 import shutil
+import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import onnx
+import numpy as np
 
 from graft.data.preprocess import PreprocessConfig
-from graft.errors import ModelError
-from graft.features.fusion import FUSION
+from graft.errors import ConfigError, ModelError
 
-__all__ = ["MODEL_FORMAT", "file_sha256", "library_versions", "load_model_config", "save_model"]
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "MODEL_FORMAT",
+    "check_replaceable",
+    "file_sha256",
+    "library_versions",
+    "load_model_config",
+    "save_model",
+    "staged_model_dir",
+    "write_metrics",
+]
 
 MODEL_FORMAT = "graft-model"
 MODEL_FORMAT_VERSION = 1
@@ -43,6 +56,7 @@ CONFIG_FILE = "graft.json"
 METRICS_FILE = "metrics.json"
 BACKBONE_FILE = "backbone.onnx"
 HEAD_FILE = "head.onnx"
+FINGERPRINTS_FILE = "train-fingerprints.u64"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -70,19 +84,84 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_metrics(model_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
+    """Write (or rewrite) ``metrics.json`` in a model directory."""
+    path = Path(model_dir) / METRICS_FILE
+    _write_json(path, metrics)
+    return path
+
+
+# Files that make an existing directory safe to replace with a new model: a model's config, or
+# the resume state of an interrupted ``graft finetune``.
+_REPLACEABLE_MARKERS = (CONFIG_FILE, "checkpoint.pt")
+
+
+def check_replaceable(out: str | os.PathLike) -> None:
+    """Refuse to overwrite a directory that is not a graft model (it is replaced whole).
+
+    Raises:
+        ConfigError: ``out`` exists, is not empty, and holds no model or resume state.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the model.")
+    if out.is_dir() and any(out.iterdir()) and not any(
+            (out / marker).is_file() for marker in _REPLACEABLE_MARKERS):
+        raise ConfigError(
+            f"--out {out} already exists and is not a graft model directory; a model directory "
+            f"is replaced whole, so graft will not write there. Choose a new folder."
+        )
+
+
+@contextlib.contextmanager
+def staged_model_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory beside ``out`` that replaces ``out`` only if the block succeeds.
+
+    A run that fails or is interrupted leaves the previous model (if any) untouched and no
+    half-written directory behind. ``out`` must pass :func:`check_replaceable`.
+    """
+    out = Path(out)
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    try:
+        yield staging
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def save_model(
     model_dir: str | os.PathLike,
     *,
     backbone_onnx: list[str | os.PathLike],
-    head_onnx: onnx.ModelProto,
+    head_onnx: Any,
     labels: list[str],
     backbones: list[dict[str, Any]],
     feature_keys: list[str],
     head: dict[str, Any],
     metrics: dict[str, Any],
     training: dict[str, Any],
+    train_fingerprints: np.ndarray | None = None,
 ) -> Path:
-    """Write a complete model directory (config last, so a partial directory never looks valid)."""
+    """Write a complete model directory (config last, so a partial directory never looks valid).
+
+    Args:
+        head_onnx: The head graph (an ``onnx.ModelProto``): features -> ``probabilities``.
+        train_fingerprints: Content fingerprints of the images the model was fitted on
+            (:mod:`graft.data.fingerprint`), kept so evaluation can detect overlap.
+    """
+    import onnx
+
+    from graft.inference.fusion import FUSION
+
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     config_path = model_dir / CONFIG_FILE
@@ -97,7 +176,17 @@ def save_model(
         entries.append({**backbone, "feature_key": key,
                         "file": {"path": name, "sha256": file_sha256(model_dir / name)}})
     onnx.save_model(head_onnx, model_dir / HEAD_FILE)
-    _write_json(model_dir / METRICS_FILE, metrics)
+    write_metrics(model_dir, metrics)
+    files = {"head": {"path": HEAD_FILE, "sha256": file_sha256(model_dir / HEAD_FILE)}}
+    if train_fingerprints is not None:
+        from graft.data.fingerprint import write_fingerprints
+
+        path = write_fingerprints(model_dir / FINGERPRINTS_FILE, train_fingerprints)
+        files["train_fingerprints"] = {
+            "path": FINGERPRINTS_FILE, "sha256": file_sha256(path),
+            "format": "sorted little-endian uint64: the first 8 bytes of each training image's "
+                      "SHA-256",
+        }
     config = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -112,7 +201,7 @@ def save_model(
                       "'preprocess' says; each backbone graph normalizes; the head takes the "
                       "backbones' features concatenated in order",
         },
-        "files": {"head": {"path": HEAD_FILE, "sha256": file_sha256(model_dir / HEAD_FILE)}},
+        "files": files,
         "training": training,
         "versions": library_versions(),
     }
@@ -144,7 +233,7 @@ def load_model_config(model_dir: str | os.PathLike, verify: bool = True) -> dict
             f"{model_dir} was saved by a newer graft (format {config['format_version']}); "
             f"upgrade graft to load it."
         )
-    entries = [config["files"]["head"], *(b["file"] for b in config["backbones"])]
+    entries = [*config["files"].values(), *(b["file"] for b in config["backbones"])]
     for entry in entries:
         path = model_dir / entry["path"]
         if not path.is_file():

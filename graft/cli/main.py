@@ -5,20 +5,35 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from graft import __version__
-from graft.backbones import DEFAULT_BACKBONE, POOLS
+from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD, HEAD_DESCRIPTIONS, POOLS
 from graft.errors import GraftError
-from graft.heads import DEFAULT_HEAD, list_heads
 
 __all__ = ["build_parser", "main"]
+
+# Exit codes (also in `graft predict --help`).
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _require_train(command: str) -> None:
+    from graft.extras import require
+
+    require("train", command=command)
+
+
+def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPUs to use, split between image decoding and ONNX Runtime "
+                             "(default: all this process may use, affinity/cgroup aware)")
 
 
 def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +52,8 @@ def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
                             "the model hub; 'random' for tests")
     group.add_argument("--image-size", type=int, default=None,
                        help="input resolution (default: the backbone's)")
-    group.add_argument("--batch-size", type=int, default=32)
+    group.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    _add_threads_arg(group)
     group.add_argument("--device", default="auto",
                        help="auto (CUDA if present, else ONNX Runtime on CPU), cpu, cuda, torch")
     group.add_argument("--cache-dir", default=None,
@@ -46,10 +62,19 @@ def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_split_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("splits (unsplit data; pre-split folders keep theirs)")
-    group.add_argument("--test-size", type=float, default=0.2)
-    group.add_argument("--val-size", type=float, default=0.0)
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--group-regex", default=None,
+    _add_split_flags(group, val_size=0.0, val_help="share of the images held out for "
+                     "validation (default: 0)")
+
+
+def _add_split_flags(group, *, val_size: float, val_help: str) -> None:
+    group.add_argument("--test-size", type=float, default=0.2,
+                       help="share of the images held out for the test split (default: 0.2); "
+                            "an image's split depends only on its path and --seed")
+    group.add_argument("--val-size", type=float, default=val_size, help=val_help)
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed of the hash split (default: 0); the same seed gives the same "
+                            "split every run")
+    group.add_argument("--group-regex", default=None, metavar="RE",
                        help="images whose relative paths give the same match (first group, else "
                             "the whole match) stay in one split")
 
@@ -63,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graft {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    common.add_argument("--verbose", "-v", action="store_true",
+                        help="also log the thread plan (graft predict is quiet by default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("extract", parents=[common], help="extract features of an image folder into an HDF5 file")
@@ -75,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="train and evaluate a classifier; write a model directory")
     p.add_argument("data", help="image folder, CSV of path,label, or a .h5 from 'graft extract'")
     p.add_argument("--out", default="graft-model", help="model directory (default: graft-model)")
-    p.add_argument("--head", default=DEFAULT_HEAD, choices=list(list_heads()),
+    p.add_argument("--head", default=DEFAULT_HEAD, choices=list(HEAD_DESCRIPTIONS),
                    help=f"classifier on the features (default: {DEFAULT_HEAD})")
     p.add_argument("--augment-views", type=int, default=0, metavar="K",
                    help="also extract K random augmented views of every training image (cached)")
@@ -89,36 +116,45 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fine-tune a pretrained network end to end; write a model directory")
     p.add_argument("data", help="image folder or CSV (pre-split folders keep their splits)")
     p.add_argument("--out", default="graft-finetuned", help="model directory")
-    p.add_argument("--backbone", default="mobilenetv2_100")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"registry or timm name (default: {DEFAULT_BACKBONE}, whose weights ship "
+                        f"with graft)")
     p.add_argument("--weights", default=None, help="local weights file or URL (see 'train')")
     p.add_argument("--epochs", type=int, default=10, help="stage 1: frozen backbone, new head")
     p.add_argument("--fine-tune-epochs", type=int, default=10,
                    help="stage 2: top blocks unfrozen (0 skips it)")
     p.add_argument("--unfreeze", default="2", help="blocks to unfreeze in stage 2, or 'all'")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--fine-tune-lr", type=float, default=1e-5)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="stage-1 learning rate")
+    p.add_argument("--fine-tune-lr", type=float, default=1e-5, help="stage-2 learning rate")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input resolution (default: the backbone's)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per training step")
     p.add_argument("--augment", default="flip,rotate,crop",
                    help="comma-separated: flip, rotate, crop, color; or 'none'")
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--class-weights", default=None, choices=("auto", "none"))
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the new dense layer")
+    p.add_argument("--class-weights", default=None, choices=("auto", "none"),
+                   help="'auto' weights the loss by inverse class frequency")
     p.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
-    p.add_argument("--test-size", type=float, default=0.2)
-    p.add_argument("--val-size", type=float, default=0.1,
-                   help="share of the training images held out for validation, if no val split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    group = p.add_argument_group("splits (unsplit data; pre-split folders keep theirs)")
+    _add_split_flags(group, val_size=0.1, val_help="share of the training images held out for "
+                     "validation when there is no val split (default: 0.1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda")
     p.add_argument("--workers", type=int, default=None, help="image loading processes")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None,
+                   help="weights/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("predict", parents=[common], help="top-k predictions for images and folders")
+    p = sub.add_parser(
+        "predict", parents=[common], help="top-k predictions for images and folders",
+        epilog="Exit status: 0 when every image was predicted, 1 when some could not be read "
+               "(each is reported with its reason), 2 on an error (bad model, no images found, "
+               "bad option), 130 when interrupted.")
     p.add_argument("model", help="model directory written by 'graft train'")
     p.add_argument("paths", nargs="+", help="image files or folders (walked recursively)")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    _add_threads_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="write path, label, score and the top-k to FILE")
@@ -126,11 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[common], help="score a saved model on a labeled image folder")
     p.add_argument("model", help="model directory written by 'graft train'")
-    p.add_argument("data", help="labeled image folder or CSV (pre-split: its test, else val split)")
-    p.add_argument("--split", default=None, choices=("train", "val", "test"),
-                   help="which folder of pre-split data to score")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("data", help="labeled image folder or CSV")
+    p.add_argument("--split", default=None, choices=("all", "train", "val", "test"),
+                   help="what to score (default: on the model's own training data, its "
+                        "held-out test split, recomputed from graft.json; on other pre-split "
+                        "data, its test (else val) folder; on other unsplit data, all)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    _add_threads_arg(p)
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write report.html, its figures and metrics.json into DIR")
@@ -149,7 +189,7 @@ def _backbone_kwargs(args: argparse.Namespace) -> dict:
     return {
         "backbone": args.backbone, "layer": args.layer, "pool": args.pool,
         "weights": args.weights, "image_size": args.image_size, "batch_size": args.batch_size,
-        "device": args.device, "cache_dir": args.cache_dir,
+        "device": args.device, "cache_dir": args.cache_dir, "threads": args.threads,
     }
 
 
@@ -166,33 +206,36 @@ def _print_skipped(failures: Sequence[tuple[str, str]]) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from graft.workflows import extract
+    _require_train("graft extract")
+    from graft.workflows.extract import extract
 
     path, report = extract(args.data, args.out, progress=not args.quiet,
                            **_backbone_kwargs(args), **_split_kwargs(args))
     _log(report.summary())
     _print_skipped(report.failures)
     _log(f"Features written to {path}")
-    return 0
+    return EXIT_OK
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from graft.workflows import train
+    _require_train("graft train")
+    from graft.workflows.train import TrainConfig, train
 
-    result = train(args.data, out=args.out, head=args.head, progress=not args.quiet, log=_log,
-                   augment_views=args.augment_views, augment=args.augment,
-                   **_backbone_kwargs(args), **_split_kwargs(args))
+    config = TrainConfig(head=args.head, augment_views=args.augment_views, augment=args.augment,
+                         **_backbone_kwargs(args), **_split_kwargs(args))
+    result = train(args.data, out=args.out, config=config, progress=not args.quiet, log=_log)
     metrics = result.metrics
     print(f"\nHeld-out test split: {metrics['n_test']} images "
-          f"(trained on {metrics['n_train']})\n")
+          f"(trained on {metrics['n_train']}), scored with the saved model\n")
     print(result.report)
     if result.extraction is not None:
         _print_skipped(result.extraction.failures)
     print(f"Model written to {result.model_dir} (open report.html in it)")
-    return 0
+    return EXIT_OK
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    _require_train("graft finetune")
     import dataclasses
 
     from graft.finetune import FinetuneConfig, finetune
@@ -203,74 +246,106 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
                       cache_dir=args.cache_dir, progress=not args.quiet, log=_log)
     metrics = result.metrics
     stages = ", ".join(f"stage {k}: {v:.3f}" for k, v in metrics["stage_test_accuracy"].items())
-    print(f"\nHeld-out test split: {metrics['n_test']} images ({stages})\n")
+    print(f"\nHeld-out test split: {metrics['n_test']} images ({stages}), scored with the "
+          f"saved model\n")
     print(result.report)
     print(f"Model written to {result.model_dir} (open report.html in it)")
-    return 0
+    return EXIT_OK
+
+
+class _PredictionWriter:
+    """Prints predictions as text, JSON lines or CSV rows, and counts the failures."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.json = args.json
+        self.handle = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else None
+        self.csv = csv.writer(self.handle) if self.handle else None
+        if self.csv:
+            self.csv.writerow(["path", "label", "score", "top_k", "error"])
+        self.count = self.failed = 0
+
+    def write(self, prediction) -> None:
+        self.count += 1
+        self.failed += prediction.error is not None
+        if self.csv:
+            top = prediction.predictions or []
+            self.csv.writerow([
+                prediction.path,
+                top[0]["label"] if top else "",
+                f"{top[0]['score']:.6f}" if top else "",
+                ";".join(f"{p['label']}:{p['score']:.6f}" for p in top),
+                prediction.error or "",
+            ])
+        if self.json:
+            print(json.dumps(prediction.to_dict()), flush=True)
+        elif not self.csv:
+            if prediction.error:
+                print(f"{prediction.path}: ERROR {prediction.error}", flush=True)
+            else:
+                ranked = ", ".join(f"{p['label']} ({p['score']:.3f})"
+                                   for p in prediction.predictions)
+                print(f"{prediction.path}: {ranked}", flush=True)
+
+    def close(self) -> None:
+        if self.handle:
+            self.handle.close()
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from graft.workflows import predict
+    from tqdm.auto import tqdm
 
-    predictions = predict(args.model, args.paths, top_k=args.top_k, batch_size=args.batch_size)
-    csv_handle = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else None
-    writer = csv.writer(csv_handle) if csv_handle else None
-    if writer:
-        writer.writerow(["path", "label", "score", "top_k", "error"])
-    failed = 0
+    from graft.errors import DataError
+    from graft.workflows.predict import predict
+
+    writer = _PredictionWriter(args)
+    # The bar appears only for long runs (after 2 s), on stderr, so output stays clean.
+    bar = tqdm(unit="img", desc="Predicting", disable=args.quiet, delay=2.0, file=sys.stderr,
+               dynamic_ncols=True, leave=False)
     try:
-        for prediction in predictions:
-            failed += prediction.error is not None
-            if writer:
-                top = prediction.predictions or []
-                writer.writerow([
-                    prediction.path,
-                    top[0]["label"] if top else "",
-                    f"{top[0]['score']:.6f}" if top else "",
-                    ";".join(f"{p['label']}:{p['score']:.6f}" for p in top),
-                    prediction.error or "",
-                ])
-            if args.json:
-                print(json.dumps(prediction.to_dict()), flush=True)
-            elif not writer:
-                if prediction.error:
-                    print(f"{prediction.path}: ERROR {prediction.error}", flush=True)
-                else:
-                    ranked = ", ".join(f"{p['label']} ({p['score']:.3f})"
-                                       for p in prediction.predictions)
-                    print(f"{prediction.path}: {ranked}", flush=True)
+        for prediction in predict(args.model, args.paths, top_k=args.top_k,
+                                  batch_size=args.batch_size, threads=args.threads,
+                                  on_result=bar.update):
+            writer.write(prediction)
     finally:
-        if csv_handle:
-            csv_handle.close()
-    if failed:
-        _log(f"{failed} file(s) could not be read (see the errors above"
+        bar.close()
+        writer.close()
+    if writer.count == 0:
+        raise DataError(
+            f"No images found in {' '.join(args.paths)} (JPEG, PNG, GIF, BMP, WebP or TIFF)."
+        )
+    if writer.failed:
+        _log(f"{writer.failed} of {writer.count} file(s) could not be read (see the errors above"
              f"{' and in ' + args.csv if args.csv else ''}).")
-    return 0
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from graft.workflows import evaluate
+    from graft.workflows.evaluate import evaluate
 
     result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size,
-                      cache_dir=args.cache_dir, report=args.report, progress=not args.quiet)
+                      cache_dir=args.cache_dir, report=args.report, threads=args.threads,
+                      progress=not args.quiet, log=_log)
+    metrics = result.metrics
     if args.json:
-        print(json.dumps(result.metrics, indent=2))
+        print(json.dumps(metrics, indent=2))
     else:
-        print(f"{result.metrics['n_test']} images from {result.metrics['data']}\n")
+        print(f"{metrics['n_test']} images ({result.split}) from {metrics['data']}\n")
         print(result.report)
     _print_skipped(result.extraction.failures)
     if args.report:
         _log(f"Report written to {os.path.join(args.report, 'report.html')}")
-    return 0
+    return EXIT_OK
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
+    _require_train("graft backbones")
     from graft.backbones import describe_backbone, list_backbones
 
     rows = [describe_backbone(spec.name) for spec in list_backbones()]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return EXIT_OK
     print(f"{'name':<22} {'default cut':<18} {'input':<8} {'weights':<14} description")
     for row in rows:
         weights = "offline" if row["offline_weights"] else "hub/--weights"
@@ -281,31 +356,45 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
         print(f"{'':<22} layers: {cuts}")
     print("\nAny other timm model name works too (with hub access or --weights PATH); "
           "--json for everything.")
-    return 0
+    return EXIT_OK
 
 
 def _cmd_heads(args: argparse.Namespace) -> int:
-    for name, description in list_heads().items():
+    for name, description in HEAD_DESCRIPTIONS.items():
         print(f"{name:<14} {description}")
-    return 0
+    return EXIT_OK
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    """graft's own log lines (the thread plan...) on stderr, unless --quiet."""
+    logger = logging.getLogger("graft")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("graft: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    quiet = getattr(args, "quiet", False) or args.command == "predict"
+    logger.setLevel(logging.WARNING if quiet and not getattr(args, "verbose", False)
+                    else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the ``graft`` command; return its exit status (see ``graft predict --help``)."""
     try:
+        args = build_parser().parse_args(argv)
+        _setup_logging(args)
         return args.func(args)
     except GraftError as exc:
         print(f"graft: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("graft: interrupted (extracted features are kept; re-run to resume)",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `graft predict ... | head`: the reader went away; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return EXIT_OK
 
 
 if __name__ == "__main__":

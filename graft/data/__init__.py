@@ -1,22 +1,22 @@
-"""Data: finding labeled images, decoding them robustly, and preprocessing config."""
+"""Data: finding labeled images and splitting them stably.
+
+Decoding lives in :mod:`graft.inference.images` (the one decode function, shared with
+prediction); the preprocessing config in :mod:`graft.data.preprocess`.
+"""
 
 from graft.data.dataset import (
+    IMAGE_EXTENSIONS,
     SPLITS,
     ImageDataset,
     Sample,
     assign_splits,
+    check_output_dir,
     compute_splits,
+    count_by_split,
+    is_image_file,
     iter_image_files,
     scan_dataset,
     split_fraction,
-)
-from graft.data.images import (
-    IMAGE_EXTENSIONS,
-    is_image_file,
-    load_for_network,
-    load_for_networks,
-    load_image,
-    to_rgb,
 )
 from graft.data.preprocess import PreprocessConfig, resize_and_crop
 
@@ -27,14 +27,12 @@ __all__ = [
     "PreprocessConfig",
     "Sample",
     "assign_splits",
+    "check_output_dir",
     "compute_splits",
+    "count_by_split",
     "is_image_file",
     "iter_image_files",
-    "load_for_network",
-    "load_for_networks",
-    "load_image",
     "resize_and_crop",
     "scan_dataset",
     "split_fraction",
-    "to_rgb",
 ]

@@ -7,25 +7,31 @@ import hashlib
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from graft.data.images import is_image_file
 from graft.errors import ConfigError, DataError
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "SPLITS",
     "ImageDataset",
     "Sample",
     "assign_splits",
+    "check_output_dir",
     "compute_splits",
+    "count_by_split",
+    "is_image_file",
     "iter_image_files",
     "scan_dataset",
     "split_fraction",
 ]
 
 SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+)
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 _NOHASH = re.compile(r"_nohash_.*$")
@@ -71,10 +77,23 @@ class ImageDataset:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{split: {label: count}}`` (split ``""`` when unassigned)."""
-        result: dict[str, Counter] = {}
-        for sample in self.samples:
-            result.setdefault(sample.split, Counter())[sample.label] += 1
-        return {split: dict(sorted(counter.items())) for split, counter in result.items()}
+        return count_by_split([s.split for s in self.samples], [s.label for s in self.samples])
+
+
+def count_by_split(splits: Iterable[str], labels: Iterable[str]) -> dict[str, dict[str, int]]:
+    """``{split: {label: count}}``, splits in train/val/test order, labels sorted."""
+    result: dict[str, Counter] = {}
+    for split, label in zip(splits, labels):
+        result.setdefault(str(split), Counter())[str(label)] += 1
+    order = {name: i for i, name in enumerate(SPLITS)}
+    return {split: dict(sorted(result[split].items()))
+            for split in sorted(result, key=lambda s: (order.get(s, len(order)), s))}
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a file whose extension is one graft reads (hidden files never are)."""
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def iter_image_files(path: str | os.PathLike) -> Iterator[Path]:
@@ -99,8 +118,12 @@ def iter_image_files(path: str | os.PathLike) -> Iterator[Path]:
             yield Path(entry.path)
 
 
+MODEL_MARKER = "graft.json"  # a folder holding it is a graft model directory, never a class
+
+
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and not (p / MODEL_MARKER).is_file())
 
 
 def _scan_class_folders(root: Path, base: Path, split: str) -> list[Sample]:
@@ -258,10 +281,11 @@ def compute_splits(
     """The split (``train``/``val``/``test``) of each image; see :func:`assign_splits`."""
     for name, value in (("test_size", test_size), ("val_size", val_size)):
         if not 0.0 <= float(value) < 1.0:
-            raise ConfigError(f"The '{name}' parameter must be in [0, 1). Got {value!r} instead.")
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be in [0, 1). Got {value!r} instead.")
     if test_size + val_size >= 1.0:
         raise ConfigError(
-            f"test_size + val_size must be below 1 to leave training data. "
+            f"--test-size + --val-size must be below 1 to leave training data. "
             f"Got {test_size} + {val_size}."
         )
     if group_regex:
@@ -275,7 +299,12 @@ def compute_splits(
             raise DataError("The given splits hold no 'train' images.")
         if "test" not in given:
             # Pre-split data with train/val only (hymenoptera): the held-out folder is the test.
-            return ["test" if s == "val" else s for s in given]
+            given = ["test" if s == "val" else s for s in given]
+        if val_size > 0 and "val" not in given:
+            # A validation split is wanted but not given: a stable share of the training images.
+            given = ["val" if s == "train" and split_fraction(p, seed=seed,
+                                                              group_regex=group_regex) < val_size
+                     else s for p, s in zip(relpaths, given)]
         return given
     splits = []
     by_class: dict[str, list[tuple[float, int]]] = {}
@@ -326,3 +355,18 @@ def assign_splits(
         split_params={"test_size": test_size, "val_size": val_size, "seed": seed,
                       "group_regex": group_regex},
     )
+
+
+def check_output_dir(out: str | os.PathLike, data: str | os.PathLike) -> None:
+    """Refuse an output directory inside the dataset (it would become a class on the next run)."""
+    out_path = Path(out).expanduser().resolve()
+    data_path = Path(data).expanduser().resolve()
+    root = data_path.parent if data_path.is_file() else data_path
+    if data_path.suffix.lower() in (".h5", ".hdf5"):
+        return  # a feature file: nothing is scanned next to it
+    if out_path == root or root in out_path.parents:
+        raise ConfigError(
+            f"--out {out} is inside the dataset {data}: the model's files would be read as images "
+            f"of a class on the next run. Write the model outside it, e.g. --out "
+            f"{root.parent / (root.name + '-model')}."
+        )

@@ -1,14 +1,25 @@
-"""Evaluation: held-out metrics, plots and the HTML report."""
+"""Evaluation: held-out metrics, plots and the HTML report.
+
+The metrics need only numpy. The plots and the report need matplotlib, which is imported the
+first time one of them is used (PEP 562), so evaluating and predicting work without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from graft.evaluation.metrics import compute_metrics, format_report
-from graft.evaluation.plots import (
-    plot_confusion_matrix,
-    plot_grid_search,
-    plot_image_grid,
-    plot_learning_curves,
-    plot_misclassified,
-)
-from graft.evaluation.report import write_report
+
+if TYPE_CHECKING:
+    from graft.evaluation.plots import (
+        plot_confusion_matrix,
+        plot_grid_search,
+        plot_image_grid,
+        plot_learning_curves,
+        plot_misclassified,
+    )
+    from graft.evaluation.report import write_report
 
 __all__ = [
     "compute_metrics",
@@ -20,3 +31,24 @@ __all__ = [
     "plot_misclassified",
     "write_report",
 ]
+
+_LAZY = {
+    "plot_confusion_matrix": "graft.evaluation.plots",
+    "plot_grid_search": "graft.evaluation.plots",
+    "plot_image_grid": "graft.evaluation.plots",
+    "plot_learning_curves": "graft.evaluation.plots",
+    "plot_misclassified": "graft.evaluation.plots",
+    "write_report": "graft.evaluation.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

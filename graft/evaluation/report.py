@@ -97,6 +97,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1,
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _setting(value: Any) -> str:
+    """A run setting as a person reads it: unset is a dash, flags are yes/no, floats are short."""
+    if value is None or (isinstance(value, (list, tuple, dict)) and not value):
+        return "\u2014"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_setting(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_setting(v)}" for k, v in value.items())
+    return str(value)
+
+
 def _figure(src: str, caption: str) -> str:
     return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -125,7 +140,8 @@ def write_report(
         metrics: As :func:`graft.evaluation.compute_metrics` returns them.
         y_true, probabilities, test_paths: The scored images (absolute paths or relative to
             the current directory), for the confusion matrix and the gallery of mistakes.
-        config: What was run: shown as a table (backbone, cut, head, hyper-parameters...).
+        config: What was run: shown as a table (backbone, cut, head, hyper-parameters...);
+            ``None`` shows as a dash, booleans as yes/no.
         counts: ``{split: {class: images}}``.
         train_paths, train_labels: Training images, for the 3x3 sample grid.
         history: Epoch records, for learning curves (fine-tuning).
@@ -174,8 +190,7 @@ def write_report(
          f"training.</p>"),
         f'<div class="cards">{card_html}</div>',
         "<h2>Run</h2>",
-        _table(["setting", "value"],
-               [[k, f"{v:g}" if isinstance(v, float) else v] for k, v in config.items()], left=2),
+        _table(["setting", "value"], [[k, _setting(v)] for k, v in config.items()], left=2),
     ]
     if counts:
         splits = [s for s in ("train", "val", "test") if s in counts]

@@ -1,7 +1,6 @@
 """Features: fast engines (ONNX Runtime / torch), the crash-safe HDF5 cache, and feature files."""
 
 from graft.features.engine import (
-    DecodedBatch,
     FeatureEngine,
     OnnxEngine,
     TorchEngine,
@@ -9,7 +8,6 @@ from graft.features.engine import (
     create_engine,
     export_backbone_onnx,
     fused_key,
-    iter_decoded_batches,
 )
 from graft.features.extract import (
     ExtractionReport,
@@ -20,7 +18,7 @@ from graft.features.extract import (
     open_cache,
     view_key,
 )
-from graft.features.fusion import FUSION, fuse_features
+from graft.inference.fusion import FUSION, fuse_features
 from graft.features.store import (
     FeatureCache,
     FeatureSet,
@@ -31,7 +29,6 @@ from graft.features.store import (
 
 __all__ = [
     "FUSION",
-    "DecodedBatch",
     "ExtractionReport",
     "FeatureCache",
     "FeatureEngine",
@@ -48,7 +45,6 @@ __all__ = [
     "fingerprint",
     "fuse_features",
     "fused_key",
-    "iter_decoded_batches",
     "load_feature_file",
     "open_cache",
     "view_key",

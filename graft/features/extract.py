@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 
 from graft.config import resolve_cache_dir
 from graft.data.augment import augment_for_network
-from graft.data.dataset import ImageDataset, Sample
-from graft.data.images import load_for_networks, load_image
+from graft.data.dataset import ImageDataset, Sample, count_by_split
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import DataError
-from graft.features.engine import FeatureEngine, fused_key, iter_decoded_batches
-from graft.features.fusion import FUSION, fuse_features
+from graft.features.engine import FeatureEngine, fused_key
+from graft.inference.batches import iter_decoded_batches
+from graft.inference.images import decode_image, draft_size, preprocess
+from graft.inference.fusion import FUSION, fuse_features
 from graft.features.store import FeatureCache, FeatureSet, fingerprint, write_feature_file
 
 __all__ = [
@@ -131,9 +132,8 @@ def extract_dataset(
         def load(item: tuple, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
             sample = dataset.samples[item[0]]
             if sample.view == 0:
-                return load_for_networks(sample.path, configs)
-            side = max(max(config.scale_size) for config in configs)
-            image = load_image(sample.path, min_size=(side, side))
+                return preprocess(sample.path, configs)
+            image = decode_image(sample.path, min_size=draft_size(configs))
             seed = int(item[1][:15], 16)  # the view's key: the same view every time
             return [augment_for_network(image, config, augment, np.random.default_rng(seed))
                     for config in configs]
@@ -198,9 +198,7 @@ def _extract_usable(
                                    workers=workers, progress=progress, augment=augment)
     rows = [i for i, key in enumerate(keys) if key is not None]
     samples = [dataset.samples[i] for i in rows]
-    counts: dict[str, int] = {}
-    for sample in samples:
-        counts[sample.label] = counts.get(sample.label, 0) + 1
+    counts = count_by_split([""] * len(samples), [s.label for s in samples]).get("", {})
     few = [label for label in dataset.classes if counts.get(label, 0) < min_per_class]
     if few:
         details = ", ".join(f"{label!r} ({counts.get(label, 0)} usable)" for label in few)

@@ -180,13 +180,10 @@ class FeatureSet:
         return self.features[mask], self.labels[mask]
 
     def counts(self) -> dict[str, dict[str, int]]:
-        result: dict[str, dict[str, int]] = {}
-        for split in np.unique(self.split):
-            labels = self.labels[self.split == split]
-            result[str(split)] = {
-                self.label_names[i]: int(n) for i, n in zip(*np.unique(labels, return_counts=True))
-            }
-        return result
+        """``{split: {label: count}}``."""
+        from graft.data.dataset import count_by_split
+
+        return count_by_split(self.split, [self.label_names[i] for i in self.labels])
 
 
 def write_feature_file(

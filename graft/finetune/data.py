@@ -10,17 +10,20 @@ import torch
 
 from graft.data.augment import augment_for_network
 from graft.data.dataset import Sample
-from graft.data.images import load_image
-from graft.data.preprocess import PreprocessConfig, resize_and_crop
+from graft.data.preprocess import PreprocessConfig
+from graft.inference.images import decode_image, draft_size, preprocess
 
-__all__ = ["ImageDataset"]
+__all__ = ["TrainingImages"]
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Labeled images as ``uint8`` (H, W, 3) tensors and class indices.
+class TrainingImages(torch.utils.data.Dataset):
+    """Labeled images as ``uint8`` (H, W, 3) tensors and class indices, for a DataLoader.
 
-    Random views draw from a generator seeded by torch's RNG, so ``torch.manual_seed`` (and the
-    DataLoader's per-worker seeds) make an epoch's augmentations reproducible.
+    Without augmentation an image goes through :func:`graft.inference.images.preprocess`, the
+    prediction path itself; with it, the same decode (:func:`~graft.inference.images.decode_image`
+    at the same JPEG draft size) feeds a random view. Random views draw from a generator seeded
+    by torch's RNG, so ``torch.manual_seed`` (and the DataLoader's per-worker seeds) make an
+    epoch's augmentations reproducible.
     """
 
     def __init__(self, samples: Sequence[Sample], labels: Sequence[int], config: PreprocessConfig,
@@ -34,11 +37,11 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        side = max(self.config.scale_size)
-        image = load_image(self.samples[index].path, min_size=(side, side))
+        path = self.samples[index].path
         if self.augment:
+            image = decode_image(path, min_size=draft_size([self.config]))
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
             array = augment_for_network(image, self.config, self.augment, rng)
         else:
-            array = resize_and_crop(image, self.config)
+            array = preprocess(path, self.config)[0]
         return torch.from_numpy(np.array(array, dtype=np.uint8)), self.labels[index]

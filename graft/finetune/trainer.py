@@ -3,6 +3,7 @@ top blocks at a lower learning rate (the Keras transfer-learning tutorial's reci
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -18,28 +19,41 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from graft.backbones import create_backbone, state_dict_sha256
+from graft import inference
+from graft.backbones import DEFAULT_BACKBONE, create_backbone, state_dict_sha256
 from graft.bundle import save_model
-from graft.data import assign_splits, scan_dataset, split_fraction
+from graft.bundle.model import check_replaceable, staged_model_dir, write_metrics
+from graft.data import (
+    ImageDataset,
+    assign_splits,
+    check_output_dir,
+    count_by_split,
+    scan_dataset,
+)
 from graft.data.augment import parse_augment
-from graft.data.dataset import ImageDataset as Dataset
-from graft.errors import ConfigError, DataError
+from graft.data.fingerprint import content_fingerprints
+from graft.data.preprocess import PreprocessConfig
+from graft.errors import ConfigError, DataError, ImageError, ModelError
 from graft.evaluation import compute_metrics, format_report, write_report
-from graft.features.engine import backbone_key, default_workers, export_backbone_onnx
-from graft.finetune.data import ImageDataset
+from graft.features.engine import backbone_key, export_backbone_onnx
+from graft.finetune.data import TrainingImages
 from graft.finetune.model import FinetuneModel
 from graft.heads import module_to_onnx
+from graft.inference.images import decode_image, draft_size
+from graft.inference.threads import plan_threads
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
 CHECKPOINT = "checkpoint.pt"
+# The largest difference allowed between the trained network's and the saved model's probabilities.
+PARITY_TOLERANCE = 1e-4
 
 
 @dataclass
 class FinetuneConfig:
     """Every option of ``graft finetune`` (the CLI maps onto these fields)."""
 
-    backbone: str = "mobilenetv2_100"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     image_size: int | None = None
     epochs: int = 10
@@ -55,6 +69,7 @@ class FinetuneConfig:
     seed: int = 0
     test_size: float = 0.2
     val_size: float = 0.1
+    group_regex: str | None = None
     device: str = "auto"
     workers: int | None = None
 
@@ -63,6 +78,9 @@ class FinetuneConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an int >= 0. "
                                   f"Got {getattr(self, name)!r}.")
+        if self.epochs == 0 and self.fine_tune_epochs == 0:
+            raise ConfigError("--epochs and --fine-tune-epochs are both 0, so nothing would be "
+                              "trained. Give at least one of them a number of epochs.")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size!r}.")
         for name in ("lr", "fine_tune_lr"):
@@ -72,9 +90,11 @@ class FinetuneConfig:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1). Got {self.dropout!r}.")
         if self.class_weights not in (None, "auto", "none"):
-            raise ConfigError(f"--class-weights must be 'auto' or 'none'. Got {self.class_weights!r}.")
+            raise ConfigError(f"--class-weights must be 'auto' or 'none'. "
+                              f"Got {self.class_weights!r}.")
         if self.unfreeze != "all" and not str(self.unfreeze).isdigit():
-            raise ConfigError(f"--unfreeze must be a number of blocks or 'all'. Got {self.unfreeze!r}.")
+            raise ConfigError(f"--unfreeze must be a number of blocks or 'all'. "
+                              f"Got {self.unfreeze!r}.")
         parse_augment(self.augment)
 
 
@@ -92,41 +112,54 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _splits(dataset: Dataset, config: FinetuneConfig) -> Dataset:
-    """Train/val/test: the held-out test as ``graft train`` makes it; early stopping needs a val
-    split, so without one a stable share of the training images is set aside."""
-    dataset = assign_splits(dataset, test_size=config.test_size, val_size=0.0, seed=config.seed)
-    if not any(s.split == "val" for s in dataset.samples) and config.val_size > 0:
-        samples = [
-            dataclasses.replace(s, split="val")
-            if s.split == "train" and split_fraction(s.relpath, seed=config.seed + 7919)
-            < config.val_size else s
-            for s in dataset.samples
-        ]
-        dataset = dataclasses.replace(dataset, samples=samples)
-    return dataset
+def _splits(data: str | os.PathLike, config: FinetuneConfig) -> ImageDataset:
+    """Train/val/test exactly as ``graft train`` makes them for the same --test-size, --seed and
+    --group-regex; early stopping needs a val split, so pre-split data without one sets aside a
+    stable share (--val-size) of its training images."""
+    return assign_splits(scan_dataset(data), test_size=config.test_size,
+                         val_size=config.val_size, seed=config.seed,
+                         group_regex=config.group_regex)
 
 
-def _usable(dataset: Dataset, workers: int) -> tuple[Dataset, list[tuple[str, str]]]:
-    """Drop (and report) files that cannot be decoded, before they can crash a training epoch."""
+def _usable(dataset: ImageDataset, preprocess: PreprocessConfig,
+            threads: int) -> tuple[ImageDataset, list[tuple[str, str]]]:
+    """Drop (and report) files that cannot be decoded, before they can crash a training epoch.
+
+    Decodes as training and prediction do (same pixel limit and JPEG draft size), so a file
+    that passes here decodes there too.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    from graft.data.images import load_image
-    from graft.errors import ImageError
+    size = draft_size([preprocess])
 
     def check(sample):
         try:
-            load_image(sample.path, min_size=(64, 64))
+            decode_image(sample.path, min_size=size)
             return None
         except ImageError as exc:
             return sample.relpath, str(exc).split(": ", 1)[-1]
 
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(max(1, threads)) as pool:
         problems = list(pool.map(check, dataset.samples))
     failures = sorted(p for p in problems if p)
     bad = {path for path, _ in failures}
-    return (dataclasses.replace(dataset, samples=[s for s in dataset.samples if s.relpath not in bad]),
-            failures)
+    kept = [s for s in dataset.samples if s.relpath not in bad]
+    return dataclasses.replace(dataset, samples=kept), failures
+
+
+@contextlib.contextmanager
+def _exact_float32(device: torch.device):
+    """Full float32 on CUDA (cuDNN convolutions default to TF32, whose 10-bit mantissa moves
+    probabilities by more than the artifact check allows); nothing to do on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _run_epoch(model: FinetuneModel, loader, loss_fn, device, optimizer=None, scaler=None,
@@ -228,18 +261,33 @@ def finetune(
     Stage 1 trains global pooling + dropout + a dense layer on a frozen backbone; stage 2
     unfreezes the top ``unfreeze`` blocks and continues at ``fine_tune_lr``. Each stage validates
     every epoch, stops early after ``patience`` epochs without a lower validation loss, and keeps
-    its best weights. A checkpoint after every epoch lets ``resume=True`` continue an interrupted
-    run. The result is the same model directory as ``graft train`` writes.
+    its best weights; the final model is the stage with the lower validation loss. A checkpoint
+    after every epoch lets ``resume=True`` continue an interrupted run; it is deleted when the
+    run succeeds.
+
+    The result is the same model directory as ``graft train`` writes, and its test scores come
+    from that directory through :func:`graft.inference.load`, after checking that it reproduces
+    the trained network's probabilities.
+
+    Raises:
+        ModelError: When the saved model's probabilities differ from the trained network's by
+            more than :data:`PARITY_TOLERANCE` on a test image.
     """
     config = config or FinetuneConfig()
     config.validate()
+    check_output_dir(out, data)
+    check_replaceable(out)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     device = _device(config.device)
-    workers = config.workers if config.workers is not None else min(2, default_workers())
+    threads = plan_threads()
+    workers = config.workers if config.workers is not None else min(2, threads.decode)
 
-    dataset, failures = _usable(_splits(scan_dataset(data), config), max(1, workers))
+    dataset = _splits(data, config)
+    backbone = create_backbone(config.backbone, weights=config.weights,
+                               image_size=config.image_size, cache_dir=cache_dir)
+    source = backbone.weights_source
+    dataset, failures = _usable(dataset, backbone.preprocess, threads.decode)
     for path, reason in failures:
         log(f"  skipped {path}: {reason}")
     index = {label: i for i, label in enumerate(dataset.classes)}
@@ -253,9 +301,6 @@ def finetune(
             f"({len(by_split['test'])} images). Add images or adjust --test-size/--val-size."
         )
 
-    backbone = create_backbone(config.backbone, weights=config.weights,
-                               image_size=config.image_size, cache_dir=cache_dir)
-    source = backbone.weights_source
     model = FinetuneModel(backbone, len(dataset.classes), dropout=config.dropout).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -263,8 +308,8 @@ def finetune(
 
     def loader(split: str, train: bool) -> torch.utils.data.DataLoader:
         samples = by_split[split]
-        ds = ImageDataset(samples, [index[s.label] for s in samples], backbone.preprocess,
-                          augment if train else ())
+        ds = TrainingImages(samples, [index[s.label] for s in samples], backbone.preprocess,
+                            augment if train else ())
         generator = torch.Generator().manual_seed(config.seed)
         return torch.utils.data.DataLoader(
             ds, batch_size=config.batch_size, shuffle=train, num_workers=workers,
@@ -286,6 +331,7 @@ def finetune(
 
     state = {"stage": 1, "epoch": 0, "history": [], "best": None, "bad_epochs": 0,
              "stage_best": {}, "seconds": {"1": [], "2": []}}
+    out.mkdir(parents=True, exist_ok=True)  # the checkpoint lives there during the run
     checkpoint_path = out / CHECKPOINT
     config_json = json.dumps(dataclasses.asdict(config), sort_keys=True)
     optimizer_state = None
@@ -304,6 +350,8 @@ def finetune(
         state["best"] = saved["best"]
         state["stage_best"] = saved["stage_best"]
         log(f"Resuming at stage {state['stage']}, after epoch {state['epoch']}.")
+    elif resume:
+        log(f"No checkpoint in {out} to resume from (a finished run deletes it): starting afresh.")
 
     def save_checkpoint(optimizer) -> None:
         """Atomically; the optimizer's state only within a stage (stage 2 starts a new one)."""
@@ -317,117 +365,206 @@ def finetune(
         os.replace(tmp, checkpoint_path)
 
     stage_test: dict[str, float] = {}
-    for stage, epochs, lr in ((1, config.epochs, config.lr), (2, config.fine_tune_epochs,
-                                                             config.fine_tune_lr)):
+    stages = ((1, config.epochs, config.lr, "--epochs"),
+              (2, config.fine_tune_epochs, config.fine_tune_lr, "--fine-tune-epochs"))
+    for stage, epochs, lr, flag in stages:
         if stage < state["stage"]:
             continue
-        if stage == 2 and state["epoch"] == 0:
-            model.unfreeze(config.unfreeze)
-        trainable = model.trainable_parameters()
-        log(f"Stage {stage}: {trainable:,} trainable parameters, lr {lr:g}, up to {epochs} epochs.")
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-        if optimizer_state:
-            optimizer.load_state_dict(optimizer_state)
+        if epochs == 0:
+            consequence = ("no backbone block is unfrozen and the final model is stage 1's"
+                           if stage == 2 else "stage 2 trains the new head from scratch")
+            log(f"Stage {stage} skipped: {flag} is 0, so {consequence}.")
+        else:
+            _train_stage(model, stage, epochs, lr, state, loaders, loader, loss_fn, scaler,
+                         device, config, augment, by_split, optimizer_state, save_checkpoint,
+                         progress, log)
             optimizer_state = None
-        epoch_loaders, forward = {"train": loaders["train"], "val": loaders["val"]}, None
-        if not augment and state["epoch"] < epochs:
-            cached, rest = _cached_prefix_loaders(
-                model, loader, loaders["val"], device, config,
-                len(by_split["train"]) + len(by_split["val"]), log)
-            if cached is not None:
-                epoch_loaders, forward = cached, rest
-        while state["epoch"] < epochs and state["bad_epochs"] < max(config.patience, 1):
-            start = time.perf_counter()
-            train_loss, train_acc = _run_epoch(model, epoch_loaders["train"], loss_fn, device,
-                                               optimizer, scaler, desc=f"stage {stage} epoch "
-                                               f"{state['epoch'] + 1}", progress=progress,
-                                               forward=forward)
-            val_loss, val_acc = _run_epoch(model, epoch_loaders["val"], loss_fn, device,
-                                           progress=False, forward=forward)
-            seconds = time.perf_counter() - start
-            state["epoch"] += 1
-            state["seconds"][str(stage)].append(seconds)
-            state["history"].append({"stage": stage, "epoch": state["epoch"],
-                                     "train_loss": train_loss, "train_accuracy": train_acc,
-                                     "val_loss": val_loss, "val_accuracy": val_acc,
-                                     "seconds": seconds})
-            log(f"  stage {stage} epoch {state['epoch']}: loss {train_loss:.4f} acc "
-                f"{train_acc:.3f} | val loss {val_loss:.4f} acc {val_acc:.3f} ({seconds:.1f}s)")
             best = state["stage_best"].get(str(stage))
-            if best is None or val_loss < best["val_loss"]:
-                state["stage_best"][str(stage)] = {"val_loss": val_loss,
-                                                   "model": copy.deepcopy(model.state_dict())}
-                state["bad_epochs"] = 0
-            else:
-                state["bad_epochs"] += 1
-            save_checkpoint(optimizer)
-        best = state["stage_best"].get(str(stage))
-        if best is not None:
-            model.load_state_dict(best["model"])  # each stage continues from its best epoch
-            probs, labels = _predict(model, loaders["test"], device)
-            stage_test[str(stage)] = float(np.mean(probs.argmax(1) == labels))
+            if best is not None:
+                model.load_state_dict(best["model"])  # each stage continues from its best epoch
+                probs, labels = _predict(model, loaders["test"], device)
+                stage_test[str(stage)] = float(np.mean(probs.argmax(1) == labels))
         if stage == 1:
             state.update(stage=2, epoch=0, bad_epochs=0)
             save_checkpoint(None)
 
-    # The final model: the best stage by validation loss.
-    finals = {k: v for k, v in state["stage_best"].items() if v is not None}
-    if finals:
-        chosen = min(finals, key=lambda k: finals[k]["val_loss"])
-        model.load_state_dict(finals[chosen]["model"])
-    probabilities, y_test = _predict(model, loaders["test"], device)
-    metrics = compute_metrics(y_test, probabilities, dataset.classes)
-    metrics.update({
+    final_stage = _choose_final(model, state, log)
+    with _exact_float32(device):
+        torch_probabilities, y_test = _predict(model, loaders["test"], device)
+    test_paths = [s.path for s in by_split["test"]]
+    counts = count_by_split([s.split for s in dataset.samples],
+                            [s.label for s in dataset.samples])
+    info = {
         "n_train": len(by_split["train"]), "n_val": len(by_split["val"]),
         "history": state["history"],
         "seconds_per_epoch": {k: float(np.mean(v)) for k, v in state["seconds"].items() if v},
         "stage_test_accuracy": stage_test,
+        "final_stage": final_stage,
         "skipped": [{"path": p, "reason": r} for p, r in failures],
-    })
-    model_dir = _save(model, backbone, source, config, dataset, by_split, metrics, out)
-    write_report(
-        model_dir, title=f"{out.name}: fine-tuned {backbone.name}", metrics=metrics,
-        labels=dataset.classes, y_true=y_test, probabilities=probabilities,
-        test_paths=[s.path for s in by_split["test"]],
-        config={"data": str(dataset.root), "backbone": backbone.name, "weights": source,
-                **{k.replace("_", " "): v for k, v in dataclasses.asdict(config).items()
-                   if k not in ("backbone", "weights")}},
-        counts={split: {c: sum(s.label == c for s in samples) for c in dataset.classes}
-                for split, samples in by_split.items()},
-        train_paths=[s.path for s in by_split["train"]],
-        train_labels=[index[s.label] for s in by_split["train"]],
-        history=state["history"],
-    )
-    return FinetuneResult(model_dir=model_dir, metrics=metrics,
+    }
+    # Save, load back through the one inference pipeline, score what was saved, and replace
+    # ``out`` (and the checkpoint in it, a torch pickle that is no part of the model) only if
+    # every step succeeds: a failed check leaves ``out`` as it was, checkpoint included.
+    with staged_model_dir(out) as staging:
+        _save(model, backbone, source, config, data, dataset, by_split, counts, info, staging,
+              threads.cpus)
+        probabilities, difference = _score_saved_model(staging, out, test_paths,
+                                                       torch_probabilities)
+        log(f"Saved model checked: its test probabilities match the trained network's "
+            f"(max difference {difference:.1e}).")
+        metrics = {**compute_metrics(y_test, probabilities, dataset.classes),
+                   "scored_with": "saved model (graft.inference)",
+                   "artifact_max_abs_difference": difference, **info}
+        write_metrics(staging, metrics)
+        write_report(
+            staging, title=f"{out.name}: fine-tuned {backbone.name}", metrics=metrics,
+            labels=dataset.classes, y_true=y_test, probabilities=probabilities,
+            test_paths=test_paths,
+            config={"data": str(dataset.root), "backbone": backbone.name, "weights": source,
+                    **{k.replace("_", " "): v for k, v in dataclasses.asdict(config).items()
+                       if k not in ("backbone", "weights")}},
+            counts=counts,
+            train_paths=[s.path for s in by_split["train"]],
+            train_labels=[index[s.label] for s in by_split["train"]],
+            history=state["history"],
+        )
+    return FinetuneResult(model_dir=out, metrics=metrics,
                           report=format_report(y_test, probabilities, dataset.classes),
                           history=state["history"])
 
 
-def _save(model: FinetuneModel, backbone, source: str, config: FinetuneConfig, dataset,
-          by_split, metrics: dict[str, Any], out: Path) -> Path:
+def _train_stage(model: FinetuneModel, stage: int, epochs: int, lr: float, state: dict[str, Any],
+                 loaders, make_loader, loss_fn, scaler, device, config: FinetuneConfig,
+                 augment: tuple[str, ...], by_split, optimizer_state, save_checkpoint,
+                 progress: bool, log: Callable[[str], None]) -> None:
+    """Run (or continue, after a resume) one stage's epochs with early stopping."""
+    if stage == 2 and state["epoch"] == 0:
+        model.unfreeze(config.unfreeze)
+    trainable = model.trainable_parameters()
+    log(f"Stage {stage}: {trainable:,} trainable parameters, lr {lr:g}, up to {epochs} "
+        f"epoch{'s' if epochs != 1 else ''}.")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    epoch_loaders, forward = {"train": loaders["train"], "val": loaders["val"]}, None
+    if not augment and state["epoch"] < epochs:
+        cached, rest = _cached_prefix_loaders(
+            model, make_loader, loaders["val"], device, config,
+            len(by_split["train"]) + len(by_split["val"]), log)
+        if cached is not None:
+            epoch_loaders, forward = cached, rest
+    while state["epoch"] < epochs and state["bad_epochs"] < max(config.patience, 1):
+        start = time.perf_counter()
+        train_loss, train_acc = _run_epoch(model, epoch_loaders["train"], loss_fn, device,
+                                           optimizer, scaler, desc=f"stage {stage} epoch "
+                                           f"{state['epoch'] + 1}", progress=progress,
+                                           forward=forward)
+        val_loss, val_acc = _run_epoch(model, epoch_loaders["val"], loss_fn, device,
+                                       progress=False, forward=forward)
+        seconds = time.perf_counter() - start
+        state["epoch"] += 1
+        state["seconds"][str(stage)].append(seconds)
+        state["history"].append({"stage": stage, "epoch": state["epoch"],
+                                 "train_loss": train_loss, "train_accuracy": train_acc,
+                                 "val_loss": val_loss, "val_accuracy": val_acc,
+                                 "seconds": seconds})
+        log(f"  stage {stage} epoch {state['epoch']}: loss {train_loss:.4f} acc "
+            f"{train_acc:.3f} | val loss {val_loss:.4f} acc {val_acc:.3f} ({seconds:.1f}s)")
+        best = state["stage_best"].get(str(stage))
+        if best is None or val_loss < best["val_loss"]:
+            state["stage_best"][str(stage)] = {"val_loss": val_loss, "epoch": state["epoch"],
+                                               "model": copy.deepcopy(model.state_dict())}
+            state["bad_epochs"] = 0
+        else:
+            state["bad_epochs"] += 1
+        save_checkpoint(optimizer)
+
+
+def _choose_final(model: FinetuneModel, state: dict[str, Any],
+                  log: Callable[[str], None]) -> int | None:
+    """Load the weights of the stage with the lowest validation loss; say which and why."""
+    finals = {k: v for k, v in state["stage_best"].items() if v is not None}
+    if not finals:  # validate() refuses a run without epochs
+        return None
+    chosen = min(finals, key=lambda k: (finals[k]["val_loss"], k))
+    model.load_state_dict(finals[chosen]["model"])
+
+    def describe(stage: str) -> str:
+        best = finals[stage]
+        epoch = f" at epoch {best['epoch']}" if best.get("epoch") else ""
+        return f"{best['val_loss']:.4f}{epoch}"
+
+    others = [k for k in sorted(finals) if k != chosen]
+    if others:
+        losses = "; ".join(f"stage {k}: {describe(k)}" for k in [chosen, *others])
+        log(f"Final model: the stage {chosen} weights, with the lowest validation loss "
+            f"({losses}).")
+    else:
+        log(f"Final model: the stage {chosen} weights, the only stage trained (lowest validation "
+            f"loss {describe(chosen)}).")
+    return int(chosen)
+
+
+def _score_saved_model(model_dir: Path, out: Path, test_paths: list[Path],
+                       expected: np.ndarray) -> tuple[np.ndarray, float]:
+    """The saved model's test probabilities, through the one inference pipeline, checked
+    against the trained network's on every test image.
+
+    Raises:
+        ModelError: When they differ by more than :data:`PARITY_TOLERANCE`.
+    """
+    probabilities = inference.load(model_dir).predict_proba(test_paths)
+    if probabilities.shape != expected.shape:
+        raise ModelError(
+            f"The saved model gave probabilities of shape {probabilities.shape} for the test "
+            f"split; the trained network gave {expected.shape}. The model was not saved to "
+            f"{out}. Please report this with the command you ran."
+        )
+    gaps = np.abs(probabilities.astype(np.float64) - expected.astype(np.float64))
+    difference = float(gaps.max()) if gaps.size else 0.0
+    if not difference <= PARITY_TOLERANCE:
+        worst = test_paths[int(np.unravel_index(gaps.argmax(), gaps.shape)[0])]
+        raise ModelError(
+            f"The saved model does not reproduce the trained network: their test probabilities "
+            f"differ by up to {difference:.2e} (tolerance {PARITY_TOLERANCE:g}; worst image: "
+            f"{worst}). The model was not saved to {out}, because its scores would not be the "
+            f"shipped model's; the checkpoint there is kept. Try another --backbone, or report "
+            f"this with the command you ran."
+        )
+    return probabilities, difference
+
+
+def _save(model: FinetuneModel, backbone, source: str, config: FinetuneConfig,
+          data: str | os.PathLike, dataset: ImageDataset, by_split: dict[str, list],
+          counts: dict[str, dict[str, int]], info: dict[str, Any], directory: Path,
+          threads: int) -> None:
+    """The model directory; ``info`` is its metrics.json until the test scores replace it."""
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     backbone.weights_sha256 = state_dict_sha256(backbone.model)
     backbone.weights_source = f"finetuned from {source}"
     backbone_config = backbone.config()
     backbone_config["weights"] = None
-    onnx_path = export_backbone_onnx(backbone, out / ".backbone-export.onnx")
+    onnx_path = export_backbone_onnx(backbone, directory / ".backbone-export.onnx")
     head = nn.Sequential(copy.deepcopy(model.classifier), nn.Softmax(dim=1))
+    # The images the network was fitted or selected on, so evaluation can detect overlap.
+    seen = [s.path for split in ("train", "val") for s in by_split[split]]
     try:
-        return save_model(
-            out,
+        save_model(
+            directory,
             backbone_onnx=[onnx_path],
             head_onnx=module_to_onnx(head, backbone.num_features),
             labels=dataset.classes,
             backbones=[backbone_config],
             feature_keys=[backbone_key(backbone_config)],
-            head={"name": "finetune", "class": "Linear", "params": {
-                k: v for k, v in dataclasses.asdict(config).items()}},
-            metrics=metrics,
+            head={"name": "finetune", "class": "Linear", "params": dataclasses.asdict(config)},
+            metrics=info,
             training={
+                "source": str(Path(data).expanduser().resolve()),
                 "data": str(dataset.root), "split_source": dataset.split_source,
-                "counts": {split: len(samples) for split, samples in by_split.items()},
-                "n_skipped": len(metrics["skipped"]),
+                "split_params": dataset.split_params, "counts": counts,
+                "n_skipped": len(info["skipped"]),
             },
+            train_fingerprints=content_fingerprints(seen, workers=threads),
         )
     finally:
         onnx_path.unlink(missing_ok=True)

@@ -56,13 +56,18 @@ def _sklearn_to_onnx(estimator: BaseEstimator, n_features: int) -> onnx.ModelPro
     from skl2onnx.common.data_types import FloatTensorType
 
     try:
-        model = to_onnx(
-            estimator,
-            initial_types=[("features", FloatTensorType([None, n_features]))],
-            options={id(estimator): {"zipmap": False}} if not hasattr(estimator, "steps")
-            else {id(estimator.steps[-1][1]): {"zipmap": False}},
-            target_opset={"": 17, "ai.onnx.ml": 3},
-        )
+        with warnings.catch_warnings():
+            # skl2onnx's SVC converter reads SVC.probA_/probB_, deprecated since scikit-learn 1.9
+            # (for SVC(probability=True), which the svm head does not use); nothing to fix here.
+            warnings.filterwarnings("ignore", message=r"Attribute `prob[AB]_` was deprecated",
+                                    category=FutureWarning)
+            model = to_onnx(
+                estimator,
+                initial_types=[("features", FloatTensorType([None, n_features]))],
+                options={id(estimator): {"zipmap": False}} if not hasattr(estimator, "steps")
+                else {id(estimator.steps[-1][1]): {"zipmap": False}},
+                target_opset={"": 17, "ai.onnx.ml": 3},
+            )
     except Exception as exc:  # skl2onnx raises many types for unsupported models
         raise ModelError(
             f"Cannot convert the {type(estimator).__name__} head to ONNX ({exc})."

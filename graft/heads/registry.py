@@ -18,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from graft.catalog import DEFAULT_HEAD, HEAD_DESCRIPTIONS
 from graft.errors import ConfigError
 from graft.heads.torch_heads import TorchMLPClassifier, TorchSoftmaxClassifier
 
@@ -31,7 +32,6 @@ __all__ = [
     "select_head",
 ]
 
-DEFAULT_HEAD = "logreg"
 
 
 def _cv(n_splits: int, y: np.ndarray | None, seed: int) -> StratifiedKFold:
@@ -51,40 +51,38 @@ def _logreg(seed: int, y: np.ndarray | None = None) -> BaseEstimator:
     )
 
 
+def _linear_svm(seed: int, y: np.ndarray | None = None) -> BaseEstimator:
+    return make_pipeline(
+        StandardScaler(),
+        CalibratedClassifierCV(LinearSVC(C=0.01, dual="auto", random_state=seed, max_iter=5000),
+                               cv=_cv(3, y, seed)),
+    )
+
+
+def _svm(seed: int, y: np.ndarray | None = None) -> BaseEstimator:
+    # SVC(probability=True) is deprecated in scikit-learn 1.9: calibrate explicitly.
+    return make_pipeline(
+        StandardScaler(),
+        CalibratedClassifierCV(SVC(kernel="rbf", C=10.0, random_state=seed), cv=_cv(3, y, seed),
+                               ensemble=False),
+    )
+
+
+# The factories; names and descriptions are listed in graft.catalog (lean, for the CLI).
+_FACTORIES: dict[str, Callable[..., BaseEstimator]] = {
+    "logreg": _logreg,
+    "linear-svm": _linear_svm,
+    "svm": _svm,
+    "random-forest": lambda seed, y=None: RandomForestClassifier(n_estimators=300, n_jobs=-1,
+                                                                 random_state=seed),
+    "naive-bayes": lambda seed, y=None: GaussianNB(),
+    "knn": lambda seed, y=None: make_pipeline(StandardScaler(),
+                                              KNeighborsClassifier(n_neighbors=5)),
+    "softmax": lambda seed, y=None: TorchSoftmaxClassifier(random_state=seed),
+    "mlp": lambda seed, y=None: TorchMLPClassifier(random_state=seed),
+}
 HEADS: dict[str, tuple[str, Callable[..., BaseEstimator]]] = {
-    "logreg": ("Logistic regression, C grid-searched by 3-fold CV (default)", _logreg),
-    "linear-svm": (
-        "Linear SVM (probabilities by sigmoid calibration)",
-        lambda seed, y=None: make_pipeline(
-            StandardScaler(),
-            CalibratedClassifierCV(LinearSVC(C=0.01, dual="auto", random_state=seed,
-                                             max_iter=5000), cv=_cv(3, y, seed)),
-        ),
-    ),
-    "svm": (
-        "RBF-kernel SVM",
-        lambda seed, y=None: make_pipeline(
-            StandardScaler(),
-            # SVC(probability=True) is deprecated in scikit-learn 1.9: calibrate explicitly.
-            CalibratedClassifierCV(SVC(kernel="rbf", C=10.0, random_state=seed),
-                                   cv=_cv(3, y, seed), ensemble=False),
-        ),
-    ),
-    "random-forest": (
-        "Random forest, 300 trees",
-        lambda seed, y=None: RandomForestClassifier(n_estimators=300, n_jobs=-1,
-                                                    random_state=seed),
-    ),
-    "naive-bayes": ("Gaussian naive Bayes", lambda seed, y=None: GaussianNB()),
-    "knn": (
-        "k nearest neighbours (k=5, on standardized features)",
-        lambda seed, y=None: make_pipeline(StandardScaler(),
-                                           KNeighborsClassifier(n_neighbors=5)),
-    ),
-    "softmax": ("One dense softmax layer in PyTorch (retrain.py's final layer)",
-                lambda seed, y=None: TorchSoftmaxClassifier(random_state=seed)),
-    "mlp": ("Multi-layer perceptron in PyTorch (the seed's DNN)",
-            lambda seed, y=None: TorchMLPClassifier(random_state=seed)),
+    name: (HEAD_DESCRIPTIONS[name], factory) for name, factory in _FACTORIES.items()
 }
 
 # Candidates for --head auto: the heads that are both strong and quick on CNN features.
@@ -93,9 +91,7 @@ _AUTO_CANDIDATES = ("logreg", "linear-svm", "svm", "knn", "softmax")
 
 def list_heads() -> dict[str, str]:
     """``{name: description}`` of every head, plus ``auto``."""
-    heads = {name: description for name, (description, _) in HEADS.items()}
-    heads["auto"] = "Pick the head with the best cross-validated accuracy on the training split"
-    return heads
+    return dict(HEAD_DESCRIPTIONS)
 
 
 def create_head(name: str, *, random_state: int = 0, y: np.ndarray | None = None) -> BaseEstimator:

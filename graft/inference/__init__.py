@@ -1,0 +1,50 @@
+"""Inference: the one path from an image to probabilities, ``preprocess -> forward -> postprocess``.
+
+Imports only numpy, Pillow and onnxruntime, so a deployment installs the base package alone.
+"""
+
+from graft.inference.batches import DecodedBatch, iter_decoded_batches
+from graft.inference.engine import FeatureEngine, OnnxEngine, create_session
+from graft.inference.fusion import FUSION, fuse_features
+from graft.inference.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageSource,
+    decode_image,
+    draft_size,
+    load_image,
+    preprocess,
+    to_rgb,
+)
+from graft.inference.predictor import (
+    PROBABILITIES,
+    Prediction,
+    Predictor,
+    load,
+    top_k_predictions,
+)
+from graft.inference.threads import ThreadPlan, available_cpus, plan_threads
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "FUSION",
+    "PROBABILITIES",
+    "DecodedBatch",
+    "FeatureEngine",
+    "ImageSource",
+    "OnnxEngine",
+    "Prediction",
+    "Predictor",
+    "ThreadPlan",
+    "available_cpus",
+    "create_session",
+    "decode_image",
+    "draft_size",
+    "fuse_features",
+    "iter_decoded_batches",
+    "load",
+    "load_image",
+    "plan_threads",
+    "preprocess",
+    "to_rgb",
+    "top_k_predictions",
+]

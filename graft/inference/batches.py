@@ -1,0 +1,120 @@
+"""Decoding in worker threads, a bounded window ahead of the network, in order, in batches."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graft.data.preprocess import PreprocessConfig
+from graft.errors import ConfigError, ImageError
+from graft.inference.images import preprocess
+
+__all__ = ["DecodedBatch", "iter_decoded_batches"]
+
+_END = object()
+
+
+class _Inline:
+    """A stand-in for a thread pool that runs each job when submitted (``workers=0``)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+@dataclass
+class DecodedBatch:
+    """Images decoded and resized for the network, plus the items that failed and why."""
+
+    items: list[Any] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)  # one (N, H, W, 3) array per config
+    failures: list[tuple[Any, str]] = field(default_factory=list)
+
+
+def _decode(load: Callable[..., list[np.ndarray]], item: Any,
+            configs: Sequence[PreprocessConfig]) -> list[np.ndarray] | str:
+    try:
+        return load(item, configs)
+    except ImageError as exc:
+        return str(exc).split(": ", 1)[-1]
+
+
+def iter_decoded_batches(
+    items: Iterable[Any],
+    configs: Sequence[PreprocessConfig],
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    source_of: Callable[[Any], Any] = lambda item: item,
+    load: Callable[[Any, Sequence[PreprocessConfig]], list[np.ndarray]] | None = None,
+) -> Iterator[DecodedBatch]:
+    """Decode ``items`` in worker threads, a bounded window ahead, and yield them in order in batches.
+
+    Each image is decoded once and prepared for every config (``batch.images[j]`` is for
+    ``configs[j]``), by ``load(item, configs)`` if given, else by :func:`preprocess` of
+    ``source_of(item)``. Memory stays flat: at most a few batches are in flight however many
+    items there are. Items that fail to decode are returned in ``failures`` with the reason,
+    never dropped silently.
+
+    Args:
+        workers: Decode threads (default: the decode share of :func:`plan_threads`); 0 decodes
+            inline in the calling thread (one CPU).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1. Got {batch_size!r} instead.")
+    if workers is None:
+        from graft.inference.threads import plan_threads
+
+        workers = plan_threads().decode
+    window = batch_size * 3
+    configs = list(configs)
+    if load is None:
+        def load(item: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
+            return preprocess(source_of(item), configs)
+    with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode")
+          if workers > 0 else _Inline()) as pool:
+        pending: deque = deque()
+        iterator = iter(items)
+        batch = DecodedBatch()
+        arrays: list[list[np.ndarray]] = []
+
+        def finish() -> DecodedBatch:
+            batch.images = [
+                np.stack([prepared[j] for prepared in arrays]) if arrays
+                else np.zeros((0, *config.size, 3), np.uint8)
+                for j, config in enumerate(configs)
+            ]
+            return batch
+
+        while True:
+            while len(pending) < window:
+                item = next(iterator, _END)
+                if item is _END:
+                    break
+                pending.append((item, pool.submit(_decode, load, item, configs)))
+            if not pending:
+                break
+            item, future = pending.popleft()
+            result = future.result()
+            if isinstance(result, str):
+                batch.failures.append((item, result))
+            else:
+                batch.items.append(item)
+                arrays.append(result)
+            if len(arrays) >= batch_size:
+                yield finish()
+                batch, arrays = DecodedBatch(), []
+        if arrays or batch.failures:
+            yield finish()

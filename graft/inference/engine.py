@@ -1,0 +1,130 @@
+"""Forward: a backbone graph (ONNX) mapping ``uint8`` NHWC images to float32 features.
+
+Only onnxruntime and numpy: this is what a deployment runs. The training side
+(:mod:`graft.features.engine`) adds a torch engine for CUDA and the ONNX export.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.data.preprocess import PreprocessConfig
+from graft.errors import ConfigError, ModelError
+
+__all__ = ["BATCH_AXIS", "FeatureEngine", "OnnxEngine", "create_session"]
+
+BATCH_AXIS = "batch"  # the name of the exported graphs' dynamic batch dimension
+
+
+class FeatureEngine:
+    """Maps a ``uint8`` (N, H, W, 3) batch to float32 (N, D) features."""
+
+    key: str
+    preprocess: PreprocessConfig
+    num_features: int
+    name: str = "engine"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def create_session(path: str | os.PathLike, *, threads: int = 1,
+                   pinned_batch: int | None = None) -> Any:
+    """One ONNX Runtime session over a graph file (CUDA when onnxruntime-gpu has it, else CPU).
+
+    Raises:
+        ModelError: When the file is not a graph ONNX Runtime can load.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if pinned_batch is not None:
+        options.add_free_dimension_override_by_name(BATCH_AXIS, int(pinned_batch))
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                 if p in ort.get_available_providers()]
+    try:
+        return ort.InferenceSession(os.fspath(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise ModelError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+
+
+class OnnxEngine(FeatureEngine):
+    """ONNX Runtime over an exported backbone graph (input ``images``, output ``features``).
+
+    One session per engine, created once (under a lock, so concurrent first calls cannot build
+    two). On CPU the session's batch dimension is pinned to ``micro_batch`` images
+    (``add_free_dimension_override_by_name``) and larger batches run in slices: with every shape
+    static, ONNX Runtime folds the shape arithmetic of TF-"same" padding and plans memory once.
+    Measured for EfficientNet-Lite0 on 2 cores: pinned to 1 image, 149 img/s; pinned to 32, 157;
+    a dynamic batch of 32, 122. Pinning to 1 keeps nearly all of the gain, never pads, and makes
+    one image cost one image, so it is the CPU default. On CUDA the batch stays dynamic.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        key: str,
+        preprocess: PreprocessConfig,
+        num_features: int,
+        threads: int | None = None,
+        micro_batch: int | None = 1,
+    ) -> None:
+        if micro_batch is not None and micro_batch < 1:
+            raise ConfigError(f"micro_batch must be >= 1 or None. Got {micro_batch!r} instead.")
+        self.path = Path(path)
+        self.key = key
+        self.preprocess = preprocess
+        self.num_features = int(num_features)
+        if threads is None:
+            from graft.inference.threads import plan_threads
+
+            threads = plan_threads().onnx
+        self.threads = int(threads)
+        self.micro_batch = micro_batch
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> Any:
+        """The engine's one ONNX Runtime session (created on first use, once)."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    import onnxruntime as ort
+
+                    gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+                    self._session = create_session(
+                        self.path, threads=self.threads,
+                        pinned_batch=None if gpu else self.micro_batch,
+                    )
+                    if gpu:
+                        self.micro_batch = None
+        return self._session
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.num_features), np.float32)
+        session = self.session
+        name = session.get_inputs()[0].name
+        step = self.micro_batch
+        if step is None or len(images) == step:
+            return session.run(None, {name: images})[0].astype(np.float32, copy=False)
+        out = np.empty((len(images), self.num_features), np.float32)
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            if len(chunk) < step:  # pad the tail to the pinned size; keep only its rows
+                pad = np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            out[start:start + step] = session.run(None, {name: chunk})[0][:len(images) - start]
+        return out

@@ -1,0 +1,206 @@
+"""Decoding images robustly: every source users have (a path, bytes, a binary file, a PIL image, a
+``uint8`` array), every mode, and a reason for every failure.
+
+This is the only decode function in graft: feature extraction, fine-tuning, prediction, the
+server and the Ray workers all call :func:`decode_image` (through :func:`preprocess`), so an
+image gives the same network input whichever door it came in by.
+
+Nothing here changes process-global state: the pixel limit is checked explicitly from the image
+header before any pixel is decoded (PIL's own check is a warning, and warning filters are
+process-wide, so toggling them from decode threads races), and PIL's module settings are left as
+they are.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from graft.data.preprocess import PreprocessConfig, resize_and_crop
+from graft.errors import ImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageSource",
+    "decode_image",
+    "describe_source",
+    "draft_size",
+    "load_image",
+    "preprocess",
+    "to_rgb",
+]
+
+# PIL's own default (about 89.5 megapixels: a 1024x1024x24-bit image decompressed 85x over).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image,
+                    np.ndarray]
+
+
+def describe_source(source: Any) -> str:
+    """How an image source is named in messages: its path, else its kind."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.mode} {source.size[0]}x{source.size[1]}>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.dtype} {source.shape}>"
+    return os.fspath(getattr(source, "name", "")) or f"<{type(source).__name__}>"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB the way a person would expect to see it.
+
+    Transparent areas become white (not whatever colour the invisible pixels happen to hold),
+    16/32-bit integer images are scaled to 8 bits instead of clipped, CMYK and palette images are
+    converted through PIL.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image)
+        if mode == "F":
+            high = float(array.max()) if array.size else 1.0
+            array = array / (max(1.0, high)) * 255.0
+        else:
+            array = array.astype(np.float64) / (257.0 if array.max() > 255 else 1.0)
+        gray = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    width, height = size
+    if limit > 0 and width * height > limit:
+        raise ImageError(
+            f"{name}: refused as a decompression bomb ({width}x{height} = {width * height:,} "
+            f"pixels, over the limit of {limit:,})"
+        )
+
+
+def _finish(image: Image.Image, min_size: tuple[int, int] | None,
+            max_pixels: int | None, name: str) -> Image.Image:
+    """Header checks, draft decode, full decode, EXIF orientation and RGB, for an unloaded file."""
+    _check_pixels(image.size, max_pixels, name)  # from the header: nothing decoded yet
+    if min_size is not None and image.format == "JPEG":
+        image.draft("RGB", min_size)
+    image.load()
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+            array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ImageError(
+            f"{name}: expected a uint8 array of shape (H, W), (H, W, 3) RGB or (H, W, 4) RGBA. "
+            f"Convert it first, e.g. np.asarray(image, dtype=np.uint8)."
+        )
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+
+
+def decode_image(
+    source: ImageSource,
+    *,
+    min_size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+) -> Image.Image:
+    """Decode an image from any source into an RGB PIL image, oriented as EXIF says.
+
+    Args:
+        source: A file path, the file's bytes, a binary file object, a PIL image (an unloaded one
+            from ``Image.open`` decodes exactly like its file) or a ``uint8`` array (RGB or RGBA).
+        min_size: ``(width, height)`` the caller will resize to; large JPEGs are then decoded at a
+            reduced DCT scale no smaller than this (``Image.draft``), several times faster.
+        max_pixels: Refuse larger images (decompression bombs) before decoding them; default
+            :data:`DEFAULT_MAX_PIXELS`, ``0`` for no limit.
+
+    Raises:
+        ImageError: With the reason, for an empty, truncated, unreadable or oversized image.
+    """
+    name = describe_source(source)
+    try:
+        if isinstance(source, np.ndarray):
+            _check_pixels(source.shape[1::-1] if source.ndim > 1 else (0, 0), max_pixels, name)
+            return _from_array(source, name)
+        if isinstance(source, Image.Image):
+            if isinstance(source, ImageFile.ImageFile) and source.tile:
+                return _finish(source, min_size, max_pixels, name)  # not decoded yet
+            _check_pixels(source.size, max_pixels, name)
+            return to_rgb(ImageOps.exif_transpose(source))
+        if isinstance(source, (str, os.PathLike)):
+            if Path(source).stat().st_size == 0:
+                raise ImageError(f"{name}: empty file (0 bytes)")
+            opened = Image.open(source)
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageError(f"{name}: empty (0 bytes)")
+            opened = Image.open(io.BytesIO(source))
+        elif hasattr(source, "read"):
+            opened = Image.open(source)
+        else:
+            raise ImageError(
+                f"{name}: not an image source. Expected a path, bytes, a binary file object, a "
+                f"PIL image or a uint8 array."
+            )
+        with opened as image:
+            return _finish(image, min_size, max_pixels, name)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: refused as a decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not an image PIL can identify") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: cannot decode ({type(exc).__name__}: {exc})") from exc
+
+
+def load_image(path: ImageSource, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """:func:`decode_image` with the default pixel limit (kept for callers that pass a size)."""
+    return decode_image(path, min_size=min_size)
+
+
+def draft_size(configs: Sequence[PreprocessConfig]) -> tuple[int, int]:
+    """The smallest JPEG draft decode that serves every config.
+
+    Square, because EXIF rotation may still swap the sides after decoding.
+    """
+    side = max(max(config.scale_size) for config in configs)
+    return side, side
+
+
+def preprocess(
+    source: ImageSource,
+    configs: PreprocessConfig | Sequence[PreprocessConfig],
+    *,
+    max_pixels: int | None = None,
+) -> list[np.ndarray]:
+    """Decode an image once and prepare it for each backbone: one ``uint8`` HxWx3 per config.
+
+    Configs that differ only in normalization (done inside the networks) share one resize.
+    """
+    configs = [configs] if isinstance(configs, PreprocessConfig) else list(configs)
+    image = decode_image(source, min_size=draft_size(configs), max_pixels=max_pixels)
+    prepared: dict[tuple, np.ndarray] = {}
+    for config in configs:
+        if config.geometry not in prepared:
+            prepared[config.geometry] = resize_and_crop(image, config)
+    return [prepared[config.geometry] for config in configs]

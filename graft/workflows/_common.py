@@ -1,0 +1,49 @@
+"""Plumbing the workflows share: building backbones with their engines, output checks, logging."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+Log = Callable[[str], None]
+
+
+def silent(_: str) -> None:
+    """A log that says nothing (the library default; the CLI logs to stderr)."""
+
+
+def record_weights(config: dict[str, Any], weights: str | None) -> dict[str, Any]:
+    """Add where the weights came from, as something ``create_backbone`` takes again."""
+    if weights is None or weights == "random" or weights.startswith(("http://", "https://")):
+        config["weights"] = weights
+    else:
+        config["weights"] = str(Path(weights).expanduser().resolve())
+    return config
+
+
+def build_backbones(
+    backbone: str | Sequence[str] | None,
+    *,
+    layer: str | Sequence[str] | None,
+    weights: str | os.PathLike | Sequence[str] | None,
+    pool: str,
+    image_size: int | None,
+    device: str,
+    cache_dir: str | os.PathLike | None,
+    threads: int | None = None,
+) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
+    """The backbones (one, or several fused), their feature engines and their configs."""
+    from graft.backbones import create_backbones, parse_backbone_names, per_backbone
+    from graft.features import create_engine
+
+    names = parse_backbone_names(backbone)
+    nets = create_backbones(names, layer=layer, weights=weights, pool=pool,
+                            image_size=image_size, cache_dir=cache_dir)
+    weights_list = per_backbone("weights", weights, names, broadcast=("random",))
+    engines = [create_engine(net, device=device, cache_dir=cache_dir, threads=threads)
+               for net in nets]
+    configs = [record_weights(net.config(), w) for net, w in zip(nets, weights_list)]
+    return nets, engines, configs

@@ -1,0 +1,186 @@
+"""``graft evaluate``: score a saved model honestly.
+
+On the data the model was trained on, only its held-out test split is scored (recomputed from
+the split parameters in ``graft.json``), and the console says so. Whatever the data, evaluation
+images whose content the model was trained on are counted (``overlap_with_training``), so a leak
+is never silent. Imports only the lean runtime (no torch, no scikit-learn).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.data import ImageDataset, assign_splits, scan_dataset
+from graft.data.fingerprint import content_fingerprints, read_fingerprints
+from graft.errors import ConfigError, DataError
+from graft.evaluation.metrics import compute_metrics, format_report
+from graft.features import ExtractionReport, extract_feature_set
+from graft.inference.predictor import Predictor, load
+from graft.workflows._common import Log, silent
+
+__all__ = ["EVALUATE_SPLITS", "EvaluateResult", "evaluate"]
+
+EVALUATE_SPLITS = ("all", "train", "val", "test")
+
+
+@dataclass
+class EvaluateResult:
+    """What :func:`evaluate` scored, and how."""
+
+    metrics: dict[str, Any]
+    report: str
+    extraction: ExtractionReport
+    split: str
+    note: str
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    split: str | None = None,
+    batch_size: int = 32,
+    cache_dir: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    log: Log = silent,
+) -> EvaluateResult:
+    """Score a saved model on a labeled image folder (or CSV).
+
+    Args:
+        model_dir: A model directory from ``graft train`` or ``graft finetune``.
+        data: Labeled images: class folders, pre-split folders or a CSV.
+        split: ``"test"``, ``"val"``, ``"train"`` or ``"all"``. Default: on the data the model was
+            trained on, its held-out ``test`` split (recomputed from ``graft.json``); on other
+            pre-split data, its test (else val) folder; on other unsplit data, ``all``.
+        report: Also write ``report.html``, its figures and ``metrics.json`` into this folder
+            (needs the report extra: matplotlib).
+        threads: CPUs to use, split between decoding and the network.
+        log: Where the note on what is scored (and any overlap warning) goes.
+
+    Returns:
+        Metrics (``overlap_with_training`` included), the printable report, the extraction
+        summary, the split scored and a one-line note saying what was scored.
+    """
+    if split is not None and split not in EVALUATE_SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(EVALUATE_SPLITS)}. Got {split!r}.")
+    predictor = load(model_dir, threads=threads, batch_size=batch_size)
+    dataset = scan_dataset(data)
+    dataset, split, note = _choose_split(dataset, Path(data), predictor.config, split)
+    log(note)
+    _check_classes(dataset, predictor, data)
+    dataset.classes = list(predictor.labels)
+    features, extraction = extract_feature_set(
+        dataset, predictor.engines, predictor.config["backbones"], cache_dir=cache_dir,
+        batch_size=batch_size, workers=predictor.threads.decode, progress=progress,
+        min_per_class=0,
+    )
+    probabilities = predictor.probabilities_from_features(features.features)
+    metrics = compute_metrics(features.labels, probabilities, predictor.labels)
+    metrics["split"] = split
+    metrics["skipped"] = [{"path": p, "reason": r} for p, r in extraction.failures]
+    metrics["data"] = str(dataset.root)
+    metrics["overlap_with_training"] = _overlap(predictor, dataset.root, features.paths,
+                                                predictor.threads.cpus)
+    overlap = metrics["overlap_with_training"]
+    if overlap:
+        log(f"Warning: {overlap} of the {len(features.paths)} scored images are also in the "
+            f"model's training data (same file content): the score is inflated by them.")
+    if report is not None:
+        _write_report(report, predictor, dataset, features, probabilities, metrics, model_dir)
+    return EvaluateResult(metrics=metrics,
+                          report=format_report(features.labels, probabilities, predictor.labels),
+                          extraction=extraction, split=split, note=note)
+
+
+def _same_data(data: Path, training: dict[str, Any], dataset: ImageDataset) -> bool:
+    """Is ``data`` what the model was trained on (the same folder or CSV)?"""
+    source = training.get("source")
+    if source:
+        return data.expanduser().resolve() == Path(source)
+    return bool(training.get("data")) and Path(training["data"]) == dataset.root
+
+
+def _choose_split(dataset: ImageDataset, data: Path, config: dict[str, Any],
+                  split: str | None) -> tuple[ImageDataset, str, str]:
+    training = config.get("training", {})
+    same = _same_data(data, training, dataset)
+    if split is None:
+        split = "test" if same or dataset.split_source == "folders" else "all"
+    total = len(dataset.samples)
+    if split == "all":
+        note = f"Scoring all {total} images of {data}"
+        if same:
+            note += (" - this is the model's training data, so training images are scored too "
+                     "and the score is inflated; the default, --split test, scores only the "
+                     "held-out ones")
+        return dataset, split, note + "."
+    if same:
+        params = dict(training.get("split_params") or {})
+        dataset = assign_splits(dataset, **params)
+        where = ("the model's held-out split of its training data, recomputed from the split "
+                 "parameters in graft.json")
+    elif dataset.split_source == "folders":
+        dataset = assign_splits(dataset)
+        where = "from the data's split folders (with only train/val folders, val is the test)"
+    else:
+        raise ConfigError(
+            f"{data} has no split folders and is not the data this model was trained on, so it "
+            f"has no {split!r} split. Score it whole with --split all (the default for it)."
+        )
+    samples = [s for s in dataset.samples if s.split == split]
+    if not samples:
+        raise DataError(f"The {split!r} split of {data} holds no images. Choose another --split.")
+    note = (f"Scoring the {split} split: {len(samples)} of {total} images ({where}); "
+            f"--split all|train|val|test chooses.")
+    return replace(dataset, samples=samples), split, note
+
+
+def _check_classes(dataset: ImageDataset, predictor: Predictor, data: Any) -> None:
+    unknown = sorted(set(dataset.classes) - set(predictor.labels))
+    if unknown:
+        raise DataError(
+            f"{data} has classes the model does not know: {unknown}. The model knows "
+            f"{predictor.labels}."
+        )
+
+
+def _overlap(predictor: Predictor, root: Path, relpaths: list[str], workers: int) -> int | None:
+    """How many scored images the model was trained on, by file content (None: not recorded)."""
+    entry = predictor.config.get("files", {}).get("train_fingerprints")
+    if entry is None:
+        return None
+    seen = read_fingerprints(predictor.model_dir / entry["path"])
+    scored = content_fingerprints([root / p for p in relpaths], workers=workers)
+    return int(np.count_nonzero(np.isin(scored, seen)))
+
+
+def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: ImageDataset,
+                  features: Any, probabilities: np.ndarray, metrics: dict[str, Any],
+                  model_dir: str | os.PathLike) -> None:
+    import json
+
+    from graft.extras import require
+
+    require("report", "matplotlib", "evaluate --report")
+    from graft.evaluation import write_report
+
+    backbones = predictor.config["backbones"]
+    write_report(
+        directory, title=f"{Path(model_dir).name} on {dataset.root.name}", metrics=metrics,
+        labels=predictor.labels, y_true=features.labels, probabilities=probabilities,
+        test_paths=[str(dataset.root / p) for p in features.paths],
+        config={"model": str(model_dir), "data": str(dataset.root),
+                "split": metrics["split"],
+                "backbone": " + ".join(f"{b['name']} ({b['layer']})" for b in backbones),
+                "head": predictor.config["head"]["name"]},
+        counts=features.counts(),
+    )
+    path = Path(directory) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,57 @@
+"""``graft extract``: a dataset's features into a feature file (HDF5)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from graft.backbones.registry import DEFAULT_BACKBONE
+from graft.data import assign_splits, scan_dataset
+from graft.features import ExtractionReport, extract_to_file
+from graft.inference.threads import plan_threads
+from graft.workflows._common import build_backbones
+
+__all__ = ["extract"]
+
+
+def extract(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    backbone: str | Sequence[str] | None = DEFAULT_BACKBONE,
+    layer: str | Sequence[str] | None = None,
+    weights: str | os.PathLike | Sequence[str] | None = None,
+    pool: str = "avg",
+    image_size: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    test_size: float = 0.2,
+    val_size: float = 0.0,
+    seed: int = 0,
+    group_regex: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> tuple[Path, ExtractionReport]:
+    """Extract the features of an image folder (or CSV) into a feature file (HDF5).
+
+    Args:
+        data: ``DATA/<class>/<image>``, pre-split ``DATA/{train,val,test}/...``, or a CSV.
+        out: The ``.h5`` file to write: ``features``, ``labels``, ``label_names``, ``paths``,
+            ``split``, and each backbone's config as attributes.
+        backbone: A registry or timm name; several (``"vgg16+resnet50"`` or a list) are fused,
+            their features concatenated. ``weights`` and ``layer`` then take ``NAME=VALUE``.
+        threads: CPUs to use, split between decoding and the network.
+
+    Returns:
+        The file written, and what was extracted, read from the cache, or skipped.
+    """
+    dataset = assign_splits(scan_dataset(data), test_size=test_size, val_size=val_size, seed=seed,
+                            group_regex=group_regex)
+    plan = plan_threads(threads)
+    _, engines, configs = build_backbones(backbone, layer=layer, weights=weights, pool=pool,
+                                          image_size=image_size, device=device,
+                                          cache_dir=cache_dir, threads=plan.onnx)
+    return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,
+                           batch_size=batch_size, workers=plan.decode, progress=progress)

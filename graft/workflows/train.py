@@ -1,0 +1,461 @@
+"""``graft train``: features (cached) -> a head -> a model directory, scored by the saved artifact.
+
+The steps, in order: check the options and the output path; get the features (extracting what
+the cache lacks, or reading a feature file); check every class can be learned and tested; add
+augmented views; fit the head; write the model directory to a staging folder; load it through
+the inference pipeline and score the held-out test split *with the artifact* (checked against
+the in-memory head, and end to end from image files on a sample); write the metrics and the
+report; move the directory into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.bundle.model import check_replaceable, staged_model_dir, write_metrics
+from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD
+from graft.data import assign_splits, check_output_dir, compute_splits, scan_dataset
+from graft.data.augment import parse_augment
+from graft.data.fingerprint import content_fingerprints
+from graft.errors import ConfigError, DataError, ModelError
+from graft.evaluation.metrics import compute_metrics, format_report
+from graft.features import ExtractionReport, FeatureSet
+from graft.inference.predictor import Predictor, load
+from graft.inference.threads import plan_threads
+from graft.workflows._common import Log, build_backbones, record_weights, silent
+
+__all__ = ["TrainConfig", "TrainResult", "train"]
+
+# The saved artifact must reproduce the in-memory head's probabilities this closely.
+PARITY_TOLERANCE = 1e-4
+# Test images also run end to end (file -> saved graphs) to check decoding did not drift.
+END_TO_END_SAMPLE = 16
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``graft train`` (the CLI flags map onto these fields).
+
+    Attributes:
+        backbone: Registry or timm name; ``"a+b"`` or a list fuses several.
+        layer: Where to cut (``NAME=LAYER`` per fused backbone).
+        weights: Local file, URL, or None for the offline/hub default (``NAME=PATH`` per backbone).
+        pool: Reduction of a spatial map: ``avg``, ``max``, ``avgmax``, ``flatten``.
+        image_size: Input resolution override.
+        head: A head from ``graft heads``, or ``auto``.
+        test_size, val_size, seed, group_regex: The split of unsplit data (see
+            :func:`graft.data.assign_splits`); pre-split folders keep theirs.
+        batch_size: Images per forward pass.
+        device: ``auto``, ``cpu`` (ONNX Runtime), ``cuda``, ``torch``.
+        cache_dir: Feature and ONNX cache (default ``$GRAFT_CACHE_DIR`` or the user cache).
+        augment_views: Also extract this many augmented views of every training image (cached).
+        augment: The transformations for ``augment_views``.
+        threads: CPUs to use, split between decoding and the network (default: all available).
+    """
+
+    backbone: str | Sequence[str] | None = DEFAULT_BACKBONE
+    layer: str | Sequence[str] | None = None
+    weights: str | os.PathLike | Sequence[str] | None = None
+    pool: str = "avg"
+    image_size: int | None = None
+    head: str = DEFAULT_HEAD
+    test_size: float = 0.2
+    val_size: float = 0.0
+    seed: int = 0
+    group_regex: str | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    cache_dir: str | os.PathLike | None = None
+    augment_views: int = 0
+    augment: str = "flip,rotate,crop"
+    threads: int | None = None
+
+    def validate(self) -> tuple[str, ...]:
+        """Check the options that can be checked before any work; return the augmentations."""
+        augment = parse_augment(self.augment)
+        if self.augment_views < 0:
+            raise ConfigError(f"--augment-views must be >= 0. Got {self.augment_views!r}.")
+        if self.augment_views and not augment:
+            raise ConfigError("--augment-views needs at least one --augment transformation.")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size!r}.")
+        return augment
+
+    @property
+    def split_params(self) -> dict[str, Any]:
+        return {"test_size": self.test_size, "val_size": self.val_size, "seed": self.seed,
+                "group_regex": self.group_regex}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    model_dir: Path
+    metrics: dict[str, Any]
+    report: str
+    extraction: ExtractionReport | None = None
+    head_scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """The state one training run builds up, step by step."""
+
+    config: TrainConfig
+    data: Path
+    out: Path
+    progress: bool
+    log: Log
+    augment: tuple[str, ...] = ()
+    nets: list[Any] = field(default_factory=list)
+    engines: list[Any] = field(default_factory=list)
+    backbones: list[dict[str, Any]] = field(default_factory=list)
+    dataset: Any = None
+    features: FeatureSet | None = None
+    extraction: ExtractionReport | None = None
+    n_original: int = 0
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.features.label_names)
+
+
+def train(
+    data: str | os.PathLike,
+    *,
+    out: str | os.PathLike = "graft-model",
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    log: Log = silent,
+    **options: Any,
+) -> TrainResult:
+    """Train a classifier on pretrained features and score it on a held-out split.
+
+    Args:
+        data: An image folder (``DATA/<class>/<image>`` or pre-split), a CSV of path,label, or a
+            feature file written by :func:`graft.extract`.
+        out: The model directory to write (replaced only when training succeeds; never inside
+            ``data``).
+        config: A :class:`TrainConfig`; keyword ``options`` (its field names, e.g.
+            ``head="svm"``, ``backbone="mobilenetv2_100"``) override its fields.
+        progress: Show progress bars.
+        log: Where progress messages go (the CLI passes stderr).
+
+    Returns:
+        The model directory, the held-out metrics (computed with the saved model) and the
+        printable classification report.
+
+    Raises:
+        GraftError: For bad options or data (``ConfigError``, ``DataError``...), and
+            ``ModelError`` if the saved model does not reproduce the trained head.
+    """
+    run = _start(data, out, config, options, progress, log)
+    _load_features(run)
+    _check_trainable(run.features)
+    X_train, y_train = _training_rows(run)
+    estimator, head_name, head_scores = _fit_head(run, X_train, y_train)
+    with staged_model_dir(run.out) as staging:
+        head_info = _write_model(run, staging, estimator, head_name, head_scores,
+                                 X_train.shape[1])
+        predictor = load(staging, threads=run.config.threads, batch_size=run.config.batch_size)
+        probabilities = _score_with_artifact(run, predictor, estimator)
+        metrics = _metrics(run, predictor, probabilities, len(y_train))
+        write_metrics(staging, metrics)
+        _write_report(run, staging, metrics, probabilities, head_info)
+    _, y_test = run.features.subset("test")
+    return TrainResult(model_dir=run.out, metrics=metrics,
+                       report=format_report(y_test, probabilities, run.features.label_names),
+                       extraction=run.extraction, head_scores=head_scores)
+
+
+def _start(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None,
+           options: dict[str, Any], progress: bool, log: Log) -> _Run:
+    """Step 1: resolve and check the options, and where the model goes."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"Unknown training option(s) {unknown}. Known: {sorted(known)}.")
+    config = dataclasses.replace(config or TrainConfig(), **options)
+    augment = config.validate()
+    data = Path(data).expanduser()
+    check_output_dir(out, data)
+    check_replaceable(out)
+    return _Run(config=config, data=data, out=Path(out), progress=progress, log=log,
+                augment=augment)
+
+
+def _load_features(run: _Run) -> None:
+    """Step 2: the features of every image, from the cache or extracted now (or a feature file)."""
+    from graft.features import extract_feature_set, load_feature_file
+
+    cfg = run.config
+    plan = plan_threads(cfg.threads)
+    if run.data.suffix.lower() in (".h5", ".hdf5"):
+        if cfg.augment_views:
+            raise ConfigError(
+                "--augment-views needs the images: train on the image folder, not a feature file."
+            )
+        features = load_feature_file(run.data)
+        run.nets, run.engines, run.backbones = _rebuild(run, features.backbones, plan.onnx)
+        run.features = _resplit(features, cfg)
+        return
+    run.dataset = assign_splits(scan_dataset(run.data), **cfg.split_params)
+    run.nets, run.engines, run.backbones = build_backbones(
+        cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
+        image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
+        threads=plan.onnx)
+    run.features, run.extraction = extract_feature_set(
+        run.dataset, run.engines, run.backbones, cache_dir=cfg.cache_dir,
+        batch_size=cfg.batch_size, workers=plan.decode, progress=run.progress)
+    run.log(run.extraction.summary())
+
+
+def _rebuild(run: _Run, stored: list[dict[str, Any]], threads: int):
+    """The backbones a feature file was extracted with, checked against their weights hashes."""
+    from graft.backbones import create_backbone, per_backbone
+    from graft.features import create_engine
+
+    cfg = run.config
+    overrides = per_backbone("weights", cfg.weights, [c["name"] for c in stored],
+                             broadcast=("random",))
+    nets, engines, configs = [], [], []
+    for config, override in zip(stored, overrides):
+        chosen = override if override is not None else config.get("weights")
+        net = create_backbone(
+            config["name"], layer=config["layer"], pool=config.get("pool", "avg"), weights=chosen,
+            image_size=config["preprocess"]["input_size"][1], cache_dir=cfg.cache_dir,
+        )
+        if net.weights_sha256 != config["weights_sha256"]:
+            raise DataError(
+                f"{run.data} was extracted with other weights for {config['name']} (sha256 "
+                f"{config['weights_sha256'][:12]}..., now {net.weights_sha256[:12]}...). "
+                f"Pass the same --weights as for 'graft extract'."
+            )
+        nets.append(net)
+        engines.append(create_engine(net, device="cpu", cache_dir=cfg.cache_dir, threads=threads))
+        configs.append(record_weights(net.config(), chosen) if override is not None else config)
+    return nets, engines, configs
+
+
+def _resplit(features: FeatureSet, cfg: TrainConfig) -> FeatureSet:
+    """A feature file's rows split as the options say (its own split folders are kept)."""
+    given = list(features.split) if features.split_source == "folders" else None
+    labels = [features.label_names[i] for i in features.labels]
+    features.split = np.array(compute_splits(features.paths, labels, given=given,
+                                             **cfg.split_params), dtype=object)
+    if given is None:
+        features.split_source = "hash"
+    features.split_params = cfg.split_params
+    return features
+
+
+def _check_trainable(features: FeatureSet) -> None:
+    """Step 3: every class has training images, and there is a test split to score."""
+    train_labels = set(np.unique(features.labels[features.split == "train"]).tolist())
+    missing = [name for i, name in enumerate(features.label_names) if i not in train_labels]
+    if missing:
+        raise DataError(
+            f"No training images for class(es) {missing}: every class needs images in the "
+            f"training split. Add images, or lower --test-size."
+        )
+    if not np.any(features.split == "test"):
+        raise DataError(
+            "The held-out test split is empty, so the model cannot be scored honestly. "
+            "Use --test-size > 0, or give a test/ (or val/) folder."
+        )
+
+
+def _training_rows(run: _Run) -> tuple[np.ndarray, np.ndarray]:
+    """Step 4: the training split's features, plus augmented views if asked for."""
+    from graft.features import extract_views
+
+    X_train, y_train = run.features.subset("train")
+    run.n_original = len(y_train)
+    cfg = run.config
+    if not cfg.augment_views:
+        return X_train, y_train
+    plan = plan_threads(cfg.threads)
+    X_views, y_views, report = extract_views(
+        run.dataset, run.engines, views=cfg.augment_views, augment=run.augment,
+        cache_dir=cfg.cache_dir, batch_size=cfg.batch_size, workers=plan.decode,
+        progress=run.progress)
+    run.log(f"Augmented views ({cfg.augment_views} per training image, "
+            f"{','.join(run.augment)}): {report.summary()}")
+    return np.vstack([X_train, X_views]), np.concatenate([y_train, y_views])
+
+
+def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
+    """Step 5: pick (``auto``) and fit the head."""
+    from graft.heads import create_head, select_head
+
+    cfg = run.config
+    head_name, head_scores = cfg.head, {}
+    if head_name == "auto":
+        head_name, head_scores = select_head(X, y, random_state=cfg.seed)
+        run.log("Cross-validated accuracy on the training split: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in head_scores.items()) + f" -> {head_name}")
+    run.log(f"Training the {head_name} head on {len(y)} images...")
+    estimator = create_head(head_name, random_state=cfg.seed, y=y).fit(X, y)
+    return estimator, head_name, head_scores
+
+
+def _training_fingerprints(run: _Run) -> np.ndarray:
+    """Content fingerprints of the images the head was fitted or selected on (train and val)."""
+    features = run.features
+    root = Path(features.root or ".")
+    seen = np.isin(features.split, ["train", "val"])
+    paths = [root / p for p, keep in zip(features.paths, seen) if keep]
+    return content_fingerprints(paths, workers=plan_threads(run.config.threads).cpus)
+
+
+def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
+                 head_scores: dict[str, float], n_features: int) -> dict[str, Any]:
+    """Step 6: the model directory: graft.json, the ONNX graphs, the training fingerprints."""
+    from graft.bundle import save_model
+    from graft.features.engine import OnnxEngine, export_backbone_onnx
+    from graft.heads import describe_head, head_to_onnx
+
+    head_info = {"name": head_name, **describe_head(estimator)}
+    if head_scores:
+        head_info["auto_cv_scores"] = head_scores
+    exported = []  # each backbone's ONNX graph: the cached export, or one made now (torch engine)
+    for index, (net, engine) in enumerate(zip(run.nets, run.engines)):
+        if isinstance(engine, OnnxEngine):
+            exported.append(engine.path)
+        else:
+            exported.append(export_backbone_onnx(net, directory / f".export-{index}.onnx"))
+    features = run.features
+    save_model(
+        directory,
+        backbone_onnx=exported,
+        head_onnx=head_to_onnx(estimator, n_features),
+        labels=features.label_names,
+        backbones=run.backbones,
+        feature_keys=[engine.key for engine in run.engines],
+        head=head_info,
+        metrics={},
+        training={
+            "source": str(run.data.resolve()),
+            "data": str(features.root or run.data),
+            "split_source": features.split_source,
+            "split_params": run.config.split_params,
+            "counts": features.counts(),
+            "n_skipped": len(features.skipped),
+        },
+        train_fingerprints=_training_fingerprints(run),
+    )
+    for path in exported:
+        if path.parent == directory:
+            path.unlink(missing_ok=True)
+    return head_info
+
+
+def _score_with_artifact(run: _Run, predictor: Predictor, estimator: Any) -> np.ndarray:
+    """Step 7: test probabilities from the saved model, checked against the in-memory head.
+
+    The saved head must reproduce the fitted head within ``PARITY_TOLERANCE`` on the whole test
+    split, and on a sample of test images the whole saved pipeline (file -> decode -> backbone
+    graph -> head) must reproduce the cached features' probabilities. Either failing is a
+    ``ModelError``: the reported scores would not be the shipped model's.
+    """
+    features = run.features
+    X_test, _ = features.subset("test")
+    artifact = predictor.probabilities_from_features(X_test)
+    memory = _align(estimator, estimator.predict_proba(X_test), run.n_classes)
+    _check_parity("the saved head", artifact, memory, "the trained head")
+    root = Path(features.root or ".")
+    test_paths = [root / p for p, s in zip(features.paths, features.split) if s == "test"]
+    sample = np.linspace(0, len(test_paths) - 1, min(END_TO_END_SAMPLE, len(test_paths)))
+    sample = np.unique(sample.astype(int))
+    if all(test_paths[i].is_file() for i in sample):  # a feature file's images may be gone
+        direct = predictor.predict_proba([test_paths[i] for i in sample])
+        _check_parity("the saved model run on the image files", direct, artifact[sample],
+                      "the cached features")
+    return artifact
+
+
+def _check_parity(what: str, got: np.ndarray, expected: np.ndarray, reference: str) -> None:
+    gap = float(np.max(np.abs(got - expected))) if got.size else 0.0
+    if not gap <= PARITY_TOLERANCE:
+        raise ModelError(
+            f"{what} does not reproduce {reference}: probabilities differ by up to {gap:.2e} "
+            f"(tolerance {PARITY_TOLERANCE:g}). The model was not saved, because its scores would "
+            f"not be the shipped model's. Please report this with the command you ran."
+        )
+
+
+def _align(estimator: Any, probabilities: np.ndarray, n_classes: int) -> np.ndarray:
+    """Columns in class-index order, even if the estimator saw only some classes."""
+    classes = np.asarray(estimator.classes_)
+    if len(classes) == n_classes and np.array_equal(classes, np.arange(n_classes)):
+        return probabilities
+    full = np.zeros((len(probabilities), n_classes), dtype=probabilities.dtype)
+    full[:, classes.astype(int)] = probabilities
+    return full
+
+
+def _metrics(run: _Run, predictor: Predictor, probabilities: np.ndarray,
+             n_rows: int) -> dict[str, Any]:
+    """Step 8: the held-out metrics, every probability from the saved model."""
+    features = run.features
+    _, y_test = features.subset("test")
+    metrics = compute_metrics(y_test, probabilities, features.label_names)
+    metrics["scored_with"] = "saved model (graft.inference)"
+    metrics["n_train"] = run.n_original
+    if run.config.augment_views:
+        metrics["augment_views"] = {"views": run.config.augment_views,
+                                    "augment": list(run.augment), "n_train_rows": n_rows}
+    X_val, y_val = features.subset("val")
+    metrics["n_val"] = len(y_val)
+    if len(y_val):
+        val_probs = predictor.probabilities_from_features(X_val)
+        metrics["val_accuracy"] = float(np.mean(val_probs.argmax(1) == y_val))
+    metrics["skipped"] = [{"path": p, "reason": r} for p, r in features.skipped]
+    return metrics
+
+
+def _split_description(features: FeatureSet, cfg: TrainConfig) -> str:
+    if features.split_source == "folders":
+        text = "the data's own split folders"
+        return text + (f", val {cfg.val_size} of train (seed {cfg.seed})" if cfg.val_size else "")
+    text = f"hash split: test {cfg.test_size}, val {cfg.val_size}, seed {cfg.seed}"
+    return text + (f", groups by {cfg.group_regex!r}" if cfg.group_regex else "")
+
+
+def _write_report(run: _Run, directory: Path, metrics: dict[str, Any],
+                  probabilities: np.ndarray, head_info: dict[str, Any]) -> None:
+    """Step 9: report.html and its figures."""
+    from graft.evaluation import write_report
+
+    features, cfg = run.features, run.config
+    root = Path(features.root or ".")
+    paths = np.array([str(root / p) for p in features.paths], dtype=object)
+    config = {
+        "data": str(features.root or run.data),
+        "backbone": " + ".join(f"{c['name']} ({c['layer']}, {c['num_features']}-d)"
+                               for c in run.backbones),
+        "weights": ", ".join(c["weights_source"] for c in run.backbones),
+        "input": ", ".join("x".join(map(str, c["preprocess"]["input_size"][1:]))
+                           for c in run.backbones),
+        "head": head_info["name"],
+        **{f"head {k}": v for k, v in head_info.get("best_params", {}).items()},
+        "split": _split_description(features, cfg),
+        "augmented views": cfg.augment_views,
+    }
+    _, y_test = features.subset("test")
+    write_report(
+        directory, title=f"{run.out.name}: {head_info['name']} on "
+                         f"{'+'.join(c['name'] for c in run.backbones)}",
+        metrics=metrics, labels=features.label_names, y_true=y_test,
+        probabilities=probabilities, test_paths=paths[features.split == "test"], config=config,
+        counts=features.counts(), train_paths=paths[features.split == "train"],
+        train_labels=features.subset("train")[1], cv_results=head_info.get("cv_results"),
+    )
