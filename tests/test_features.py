@@ -116,6 +116,7 @@ KILL_SCRIPT = textwrap.dedent(
 
     class Killer:
         key, preprocess, num_features = engine.key, engine.preprocess, engine.num_features
+        prefetch = engine.prefetch
         def __call__(self, images):
             calls["n"] += 1
             if calls["n"] == int(sys.argv[2]):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import graft
 from graft.data import ImageDataset, PreprocessConfig, Sample
 from graft.errors import ImageError
 from graft.features import create_engine, extract_dataset, open_cache
@@ -193,11 +194,13 @@ def test_session_is_created_once_under_concurrent_first_use(tiny_backbone, tmp_p
     np.testing.assert_array_equal(together, one_by_one)
 
 
-def test_threads_never_exceed_the_cpus():
+def test_thread_plan_uses_the_available_cpus():
     for cpus in range(1, 33):
         plan = plan_threads(cpus)
-        assert plan.decode + plan.onnx == cpus and plan.onnx >= 1 and plan.decode >= 0
+        assert plan.decode == plan.onnx == plan.cpus == cpus
     assert plan_threads().cpus == available_cpus()
+    with pytest.raises(graft.ConfigError, match="--threads"):
+        plan_threads(0)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
@@ -207,4 +210,34 @@ def test_thread_plan_follows_the_affinity_mask():
             "plan = plan_threads(); print(plan.cpus, plan.decode, plan.onnx)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout.split()
-    assert out == ["1", "0", "1"]
+    assert out == ["1", "1", "1"]
+
+
+def test_decoding_and_the_network_take_turns(tiny_backbone, tmp_path):
+    """On CPU, no image is decoded while the network runs: the threads never compete."""
+    import time
+
+    from conftest import make_image
+
+    paths = [make_image(tmp_path / f"{i}.jpg", (i * 9, 50, 90), i, size=(300, 240))
+             for i in range(24)]
+    engine = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path / "cache")
+    decoding, forwarding, lock = [], [], threading.Lock()
+
+    def timed_load(item, configs):
+        start = time.perf_counter()
+        result = preprocess(item, configs)
+        with lock:
+            decoding.append((start, time.perf_counter()))
+        return result
+
+    n = 0
+    for batch in iter_decoded_batches(paths, [engine.preprocess], batch_size=5, workers=3,
+                                      load=timed_load, prefetch=engine.prefetch):
+        start = time.perf_counter()
+        n += len(engine(batch.images[0]))
+        forwarding.append((start, time.perf_counter()))
+    assert n == 24 and len(decoding) == 24 and len(forwarding) == 5
+    for a, b in decoding:
+        for c, d in forwarding:
+            assert b <= c or d <= a, "an image was decoded while the network ran"

@@ -63,6 +63,7 @@ class TorchEngine(FeatureEngine):
         self.model = image_model.eval().to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+            self.prefetch = 2  # the GPU computes while the CPU decodes the next batches
         self.key = key
         self.preprocess = preprocess
         self.num_features = num_features

@@ -140,7 +140,7 @@ def extract_dataset(
 
         batches = iter_decoded_batches(
             todo, [engine.preprocess for engine in engines], batch_size=batch_size,
-            workers=workers, load=load,
+            workers=workers, load=load, prefetch=max(engine.prefetch for engine in engines),
         )
         for batch in batches:
             for (index, key, _), reason in batch.failures:

@@ -1,4 +1,5 @@
-"""Decoding in worker threads, a bounded window ahead of the network, in order, in batches."""
+"""Decoding in worker threads, in order, in batches: in turns with the network on CPU, or a few
+batches ahead of it on a GPU."""
 
 from __future__ import annotations
 
@@ -57,20 +58,23 @@ def iter_decoded_batches(
     *,
     batch_size: int = 32,
     workers: int | None = None,
+    prefetch: int = 0,
     source_of: Callable[[Any], Any] = lambda item: item,
     load: Callable[[Any, Sequence[PreprocessConfig]], list[np.ndarray]] | None = None,
 ) -> Iterator[DecodedBatch]:
-    """Decode ``items`` in worker threads, a bounded window ahead, and yield them in order in batches.
+    """Decode ``items`` in worker threads and yield them in order, in batches.
 
     Each image is decoded once and prepared for every config (``batch.images[j]`` is for
     ``configs[j]``), by ``load(item, configs)`` if given, else by :func:`preprocess` of
-    ``source_of(item)``. Memory stays flat: at most a few batches are in flight however many
-    items there are. Items that fail to decode are returned in ``failures`` with the reason,
-    never dropped silently.
+    ``source_of(item)``. Memory stays flat however many items there are. Items that fail to
+    decode are returned in ``failures`` with the reason, never dropped silently.
 
     Args:
-        workers: Decode threads (default: the decode share of :func:`plan_threads`); 0 decodes
-            inline in the calling thread (one CPU).
+        workers: Decode threads (default: :func:`plan_threads`); 0 decodes in the calling thread.
+        prefetch: Batches decoded ahead while the caller works on the last one. 0 (the CPU
+            default) decodes a batch only when asked for it, so decoding and the caller's work
+            (the network) take turns and never compete for the CPUs; use 1-2 when the network
+            runs on a GPU.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1. Got {batch_size!r} instead.")
@@ -78,7 +82,7 @@ def iter_decoded_batches(
         from graft.inference.threads import plan_threads
 
         workers = plan_threads().decode
-    window = batch_size * 3
+    ahead = batch_size * (1 + max(0, int(prefetch)))
     configs = list(configs)
     if load is None:
         def load(item: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
@@ -87,34 +91,34 @@ def iter_decoded_batches(
           if workers > 0 else _Inline()) as pool:
         pending: deque = deque()
         iterator = iter(items)
-        batch = DecodedBatch()
-        arrays: list[list[np.ndarray]] = []
 
-        def finish() -> DecodedBatch:
+        def submit(limit: int) -> None:
+            while len(pending) < limit:
+                item = next(iterator, _END)
+                if item is _END:
+                    return
+                pending.append((item, pool.submit(_decode, load, item, configs)))
+
+        while True:
+            batch, arrays = DecodedBatch(), []
+            while len(arrays) < batch_size:
+                # Without prefetch, submit only what this batch still needs, once the last
+                # submissions are done: workers are idle while the caller runs the network.
+                submit(ahead if prefetch else (batch_size - len(arrays) if not pending else 0))
+                if not pending:
+                    break
+                item, future = pending.popleft()
+                result = future.result()
+                if isinstance(result, str):
+                    batch.failures.append((item, result))
+                else:
+                    batch.items.append(item)
+                    arrays.append(result)
+            if not arrays and not batch.failures:
+                return
             batch.images = [
                 np.stack([prepared[j] for prepared in arrays]) if arrays
                 else np.zeros((0, *config.size, 3), np.uint8)
                 for j, config in enumerate(configs)
             ]
-            return batch
-
-        while True:
-            while len(pending) < window:
-                item = next(iterator, _END)
-                if item is _END:
-                    break
-                pending.append((item, pool.submit(_decode, load, item, configs)))
-            if not pending:
-                break
-            item, future = pending.popleft()
-            result = future.result()
-            if isinstance(result, str):
-                batch.failures.append((item, result))
-            else:
-                batch.items.append(item)
-                arrays.append(result)
-            if len(arrays) >= batch_size:
-                yield finish()
-                batch, arrays = DecodedBatch(), []
-        if arrays or batch.failures:
-            yield finish()
+            yield batch

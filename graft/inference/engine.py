@@ -28,6 +28,7 @@ class FeatureEngine:
     preprocess: PreprocessConfig
     num_features: int
     name: str = "engine"
+    prefetch: int = 0  # batches to decode ahead: 0 on CPU (decode and network take turns)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -46,6 +47,9 @@ def create_session(path: str | os.PathLike, *, threads: int = 1,
     options.intra_op_num_threads = max(1, int(threads))
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No spinning between runs: decode threads use the CPUs while the network waits for them
+    # (measured 107 vs 103 img/s, decode and network in turns on 2 CPUs).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if pinned_batch is not None:
         options.add_free_dimension_override_by_name(BATCH_AXIS, int(pinned_batch))
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -109,7 +113,7 @@ class OnnxEngine(FeatureEngine):
                         pinned_batch=None if gpu else self.micro_batch,
                     )
                     if gpu:
-                        self.micro_batch = None
+                        self.micro_batch, self.prefetch = None, 2
         return self._session
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

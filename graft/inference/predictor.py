@@ -145,9 +145,10 @@ class Predictor:
 
     # -- conveniences ----------------------------------------------------------------------
     def _batches(self, images: Sequence[ImageSource]) -> Iterator[list[np.ndarray]]:
+        workers = self.threads.decode if len(images) > 1 else 0  # one image: no thread pool
         for batch in iter_decoded_batches(enumerate(images), self.preprocess_configs,
-                                          batch_size=self.batch_size,
-                                          workers=self.threads.decode,
+                                          batch_size=self.batch_size, workers=workers,
+                                          prefetch=self.engines[0].prefetch,
                                           source_of=lambda item: item[1]):
             if batch.failures:
                 (index, image), reason = batch.failures[0]
@@ -190,7 +191,8 @@ class Predictor:
             raise ConfigError(f"--top-k must be >= 1. Got {top_k!r} instead.")
         for batch in iter_decoded_batches(
             enumerate(paths), self.preprocess_configs, batch_size=self.batch_size,
-            workers=self.threads.decode, source_of=lambda item: item[1],
+            workers=self.threads.decode, prefetch=self.engines[0].prefetch,
+            source_of=lambda item: item[1],
         ):
             results = [(i, Prediction(os.fspath(p), error=reason))
                        for (i, p), reason in batch.failures]

@@ -1,6 +1,6 @@
-"""How many threads graft runs: decode workers plus ONNX Runtime's intra-op threads never exceed
-the CPUs this process may use (its affinity mask and its cgroup's CPU quota, not the machine's
-core count), so the two never fight for the same cores.
+"""How many threads graft runs: never more busy threads than the CPUs this process may use (its
+affinity mask and its cgroup's CPU quota, not the machine's core count). Decode workers and ONNX
+Runtime's intra-op threads take turns, so the two never fight for the same cores.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from graft.errors import ConfigError
 __all__ = ["ThreadPlan", "available_cpus", "plan_threads"]
 
 _log = logging.getLogger("graft")
-_logged: set[tuple[int, int, int]] = set()
+_logged: set = set()
 _logged_lock = threading.Lock()
 
 
@@ -53,41 +53,38 @@ def available_cpus() -> int:
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """Threads for one pipeline: ``decode`` image workers (0: decode inline) and ``onnx``
-    intra-op threads; ``decode + onnx == cpus``."""
+    """Threads for one pipeline: ``decode`` image workers and ``onnx`` intra-op threads.
+
+    The two take turns (decode a batch, then run the network on it), so at any moment at most
+    ``cpus`` threads are busy: each phase may use every CPU without the two fighting over them.
+    """
 
     decode: int
     onnx: int
     cpus: int
 
     def describe(self) -> str:
-        decode = f"{self.decode} decode thread(s)" if self.decode else "decoding inline"
-        return f"{self.cpus} CPU(s): {decode}, {self.onnx} ONNX Runtime thread(s)"
+        return (f"{self.cpus} CPU(s): decoding with {self.decode} thread(s), then the network "
+                f"with {self.onnx} ONNX Runtime thread(s), in turn")
 
 
-def plan_threads(threads: int | None = None, *, decode: int | None = None) -> ThreadPlan:
-    """Split ``threads`` CPUs (default: all available) between decoding and the network.
+def plan_threads(threads: int | None = None) -> ThreadPlan:
+    """The threads for ``threads`` CPUs (default: all this process may use).
 
-    The network gets the larger share: decoding one 224-pixel crop (JPEG draft decode) costs a
-    fraction of a forward pass. With 2 CPUs: 1 decode worker and 1 ONNX Runtime thread; with 1,
-    no decode worker (images are decoded inline, between forward passes); from 3, a third
-    decode. ``decode`` fixes the decode workers; the rest go to ONNX Runtime. Either way
-    ``decode + onnx == cpus``. The plan is logged once per process.
+    Decoding and the network alternate, batch by batch, so each gets every CPU in its turn and
+    they never compete: at most ``cpus`` threads are busy at once. Measured on 2 CPUs with
+    EfficientNet-Lite0 (544 photos): 104-108 img/s in turns, 102 img/s overlapping 2 decode and 2
+    network threads (4 busy threads on 2 cores), 82 img/s overlapping 1 and 1. The plan is
+    logged once per process.
     """
     cpus = available_cpus()
     if threads is not None:
         if int(threads) < 1:
             raise ConfigError(f"--threads must be >= 1. Got {threads!r}.")
         cpus = int(threads)
-    if decode is None:
-        decode = 0 if cpus == 1 else 1 if cpus == 2 else cpus // 3
-    elif int(decode) < 0:
-        raise ConfigError(f"The number of decode workers must be >= 0. Got {decode!r}.")
-    decode = min(int(decode), cpus - 1)
-    plan = ThreadPlan(decode=decode, onnx=cpus - decode, cpus=cpus)
-    key = (plan.decode, plan.onnx, plan.cpus)
+    plan = ThreadPlan(decode=cpus, onnx=cpus, cpus=cpus)
     with _logged_lock:
-        if key not in _logged:
-            _logged.add(key)
+        if plan not in _logged:
+            _logged.add(plan)
             _log.info("threads: %s", plan.describe())
     return plan
