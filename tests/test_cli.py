@@ -205,3 +205,21 @@ def test_predict_exit_status_when_nothing_is_readable(trained, tmp_path, capsys)
     bad.write_bytes(b"not a jpeg")
     assert main(["predict", str(model), str(bad)]) == 1
     assert "1 of 1 file(s) could not be read" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_starting_prints_no_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_dataset(tmp_path / "colors", n_per_class=3)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from graft._entry import run; run()", "train", str(data),
+         "--out", str(tmp_path / "m"), *TINY_ARGS],
+        stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # while the training stack is still being imported
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
