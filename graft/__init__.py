@@ -22,9 +22,7 @@ imports the training stack.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from graft._lazy import lazy_exports
 from graft.errors import (
     BackboneError,
     ConfigError,
@@ -77,17 +75,13 @@ _LAZY = {
 _NEEDS_TRAIN = {"extract", "train", "TrainConfig", "TrainResult", "ImageClassifier"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        if name in _NEEDS_TRAIN:
-            from graft.extras import require
-
-            require("train", command=f"graft.{name}")
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'graft' has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+def _check_extra(name: str) -> None:
+    if name in _NEEDS_TRAIN:
+        from graft.extras import require
+
+        require("train", command=f"graft.{name}")
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, before=_check_extra)

@@ -7,8 +7,7 @@ over config dataclasses. The CLI and the HTTP server are thin layers over them. 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from graft._lazy import lazy_exports
 
 __all__ = [
     "EvaluateResult",
@@ -20,23 +19,13 @@ __all__ = [
     "train",
 ]
 
-_WHERE = {
-    "EvaluateResult": "evaluate",
-    "evaluate": "evaluate",
-    "predict": "predict",
-    "extract": "extract",
-    "TrainConfig": "train",
-    "TrainResult": "train",
-    "train": "train",
-}
-
-
-def __getattr__(name: str) -> Any:
-    # Imported on first use, so `graft evaluate` never loads the training stack.
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"graft.workflows.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'graft.workflows' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+# Imported on first use, so `graft evaluate` never loads the training stack.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "EvaluateResult": "graft.workflows.evaluate",
+    "evaluate": "graft.workflows.evaluate",
+    "predict": "graft.workflows.predict",
+    "extract": "graft.workflows.extract",
+    "TrainConfig": "graft.workflows.train",
+    "TrainResult": "graft.workflows.train",
+    "train": "graft.workflows.train",
+})
