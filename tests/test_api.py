@@ -64,6 +64,8 @@ def test_image_classifier_in_scikit_learn_model_selection(tmp_path):
     params = clf.get_params()
     assert params["head"] == "logreg" and params["backbone"] == TINY
     assert clone(clf).get_params() == params
+    assert clf.set_params(head="knn") is clf and clf.get_params()["head"] == "knn"
+    clf.set_params(head="logreg")
     assert not hasattr(clf, "classes_")
     scores = cross_val_score(clf, paths, labels, cv=3)
     assert scores.mean() >= 0.8

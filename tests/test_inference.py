@@ -194,6 +194,26 @@ def test_session_is_created_once_under_concurrent_first_use(tiny_backbone, tmp_p
     np.testing.assert_array_equal(together, one_by_one)
 
 
+def test_thread_plan_is_logged_once():
+    import logging
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("graft")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        for _ in range(3):
+            plan_threads(97)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert messages == ["threads: 97 CPU(s): decoding with 97 thread(s), then the network with "
+                        "97 ONNX Runtime thread(s), in turn"]
+
+
 def test_thread_plan_uses_the_available_cpus():
     for cpus in range(1, 33):
         plan = plan_threads(cpus)

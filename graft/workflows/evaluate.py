@@ -102,8 +102,9 @@ def evaluate(
 def _same_data(data: Path, training: dict[str, Any], dataset: ImageDataset) -> bool:
     """Is ``data`` what the model was trained on (the same folder or CSV)?"""
     source = training.get("source")
-    if source:
+    if source and Path(source).suffix.lower() not in (".h5", ".hdf5"):
         return data.expanduser().resolve() == Path(source)
+    # Trained from a feature file (or an older model): its images' folder.
     return bool(training.get("data")) and Path(training["data"]) == dataset.root
 
 
