@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 
 import pytest
@@ -30,6 +31,10 @@ def test_train_writes_model_and_report(trained):
     assert "Skipped 1 file(s)" in out.err and "red/broken.jpg" in out.err
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.9
+    assert metrics["scored_with"] == "saved model (graft.inference)"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert model.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not private
     assert metrics["n_train"] + metrics["n_test"] == 36
     assert set(metrics["per_class"]) == {"blue", "green", "red"}
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n_test"]
@@ -128,7 +133,8 @@ def test_other_heads(tmp_path, head):
 
 def test_user_errors_exit_2_with_message(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nowhere")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not exist" in err and len(err.strip().splitlines()) == 1  # one line, no trace
     assert main(["predict", str(tmp_path), "x.jpg"]) == 2
     assert "not a graft model directory" in capsys.readouterr().err
     data = make_dataset(tmp_path / "colors", n_per_class=3)

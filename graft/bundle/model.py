@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -123,7 +124,9 @@ def staged_model_dir(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out)
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    # os.mkdir honours the umask (tempfile.mkdtemp would make the model private, mode 0700).
+    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
     try:
         yield staging
         old = None

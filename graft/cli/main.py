@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     common.add_argument("--verbose", "-v", action="store_true",
-                        help="also log the thread plan (graft predict is quiet by default)")
+                        help="also log how many threads decode and run the network")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("extract", parents=[common], help="extract features of an image folder into an HDF5 file")
@@ -115,31 +115,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", parents=[common],
                        help="fine-tune a pretrained network end to end; write a model directory")
     p.add_argument("data", help="image folder or CSV (pre-split folders keep their splits)")
-    p.add_argument("--out", default="graft-finetuned", help="model directory")
+    p.add_argument("--out", default="graft-finetuned",
+                   help="model directory (default: graft-finetuned)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help=f"registry or timm name (default: {DEFAULT_BACKBONE}, whose weights ship "
                         f"with graft)")
     p.add_argument("--weights", default=None, help="local weights file or URL (see 'train')")
-    p.add_argument("--epochs", type=int, default=10, help="stage 1: frozen backbone, new head")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="stage 1: frozen backbone, new head (default: 10)")
     p.add_argument("--fine-tune-epochs", type=int, default=10,
-                   help="stage 2: top blocks unfrozen (0 skips it)")
-    p.add_argument("--unfreeze", default="2", help="blocks to unfreeze in stage 2, or 'all'")
-    p.add_argument("--lr", type=float, default=1e-3, help="stage-1 learning rate")
-    p.add_argument("--fine-tune-lr", type=float, default=1e-5, help="stage-2 learning rate")
+                   help="stage 2: top blocks unfrozen (default: 10; 0 skips it)")
+    p.add_argument("--unfreeze", default="2",
+                   help="blocks to unfreeze in stage 2, or 'all' (default: 2)")
+    p.add_argument("--lr", type=float, default=1e-3, help="stage-1 learning rate (default: 1e-3)")
+    p.add_argument("--fine-tune-lr", type=float, default=1e-5,
+                   help="stage-2 learning rate (default: 1e-5)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input resolution (default: the backbone's)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per training step")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per training step (default: 32)")
     p.add_argument("--augment", default="flip,rotate,crop",
-                   help="comma-separated: flip, rotate, crop, color; or 'none'")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the new dense layer")
+                   help="comma-separated: flip, rotate, crop, color; or 'none' (default: "
+                        "flip,rotate,crop)")
+    p.add_argument("--dropout", type=float, default=0.2,
+                   help="dropout before the new dense layer (default: 0.2)")
     p.add_argument("--class-weights", default=None, choices=("auto", "none"),
-                   help="'auto' weights the loss by inverse class frequency")
-    p.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
+                   help="'auto' weights the loss by inverse class frequency (default: none)")
+    p.add_argument("--patience", type=int, default=3,
+                   help="early stopping, in epochs without a better validation loss (default: 3)")
     group = p.add_argument_group("splits (unsplit data; pre-split folders keep theirs)")
     _add_split_flags(group, val_size=0.1, val_help="share of the training images held out for "
                      "validation when there is no val split (default: 0.1)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda")
-    p.add_argument("--workers", type=int, default=None, help="image loading processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image loading processes (default: up to 2)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--cache-dir", default=None,
                    help="weights/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
@@ -366,16 +375,14 @@ def _cmd_heads(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    """graft's own log lines (the thread plan...) on stderr, unless --quiet."""
+    """graft's own log lines (the thread plan...) on stderr with --verbose."""
     logger = logging.getLogger("graft")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("graft: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
-    quiet = getattr(args, "quiet", False) or args.command == "predict"
-    logger.setLevel(logging.WARNING if quiet and not getattr(args, "verbose", False)
-                    else logging.INFO)
+    logger.setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

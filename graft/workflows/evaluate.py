@@ -70,6 +70,10 @@ def evaluate(
     """
     if split is not None and split not in EVALUATE_SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(EVALUATE_SPLITS)}. Got {split!r}.")
+    if report is not None:
+        from graft.extras import require
+
+        require("report", "matplotlib", "evaluate --report")  # before any work, not after
     predictor = load(model_dir, threads=threads, batch_size=batch_size)
     dataset = scan_dataset(data)
     dataset, split, note = _choose_split(dataset, Path(data), predictor.config, split)
@@ -167,9 +171,6 @@ def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: I
                   model_dir: str | os.PathLike) -> None:
     import json
 
-    from graft.extras import require
-
-    require("report", "matplotlib", "evaluate --report")
     from graft.evaluation import write_report
 
     backbones = predictor.config["backbones"]

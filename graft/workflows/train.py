@@ -208,6 +208,9 @@ def _load_features(run: _Run) -> None:
         run.features = _resplit(features, cfg)
         return
     run.dataset = assign_splits(scan_dataset(run.data), **cfg.split_params)
+    if run.dataset.split_source == "folders":
+        run.log("Using the data's own split folders (with only train/val, val is the test); "
+                "--test-size does not apply.")
     run.nets, run.engines, run.backbones = build_backbones(
         cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
