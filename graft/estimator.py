@@ -83,6 +83,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         head_: The fitted head (a scikit-learn estimator on features).
         backbones_: Each backbone's config (as stored in a model directory).
         n_features_in_: Length of the feature vector the head takes.
+        fit_seconds_: How long fitting the head took (features excluded).
     """
 
     def __init__(self, *, backbone: str | Sequence[str] = DEFAULT_BACKBONE,
@@ -133,7 +134,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> ImageClassifier:
         """Extract (or read cached) features of the images ``X`` and fit the head on ``y``."""
-        from graft.heads import create_head
+        from graft.heads import create_head, fit_head
 
         paths, y = _as_paths(X), np.asarray(y)
         if len(y) != len(paths):
@@ -142,16 +143,21 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise DataError(f"fit needs at least two classes; y holds only {self.classes_}.")
         features = self.features(paths)
-        self.head_ = create_head(self.head, random_state=self.random_state,
-                                 y=y_index).fit(features, y_index)
+        self.head_, self.fit_seconds_ = fit_head(
+            create_head(self.head, random_state=self.random_state, y=y_index), features, y_index,
+            name=self.head)
         self.n_features_in_ = features.shape[1]
         self.backbones_ = [dict(config) for config in self._engines()[2]]
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(N, C) class probabilities, columns in ``classes_`` order."""
+        from graft.heads import fitting_threads
+
         check_is_fitted(self, "head_")
-        probabilities = self.head_.predict_proba(self.features(X))
+        features = self.features(X)
+        with fitting_threads():
+            probabilities = self.head_.predict_proba(features)
         full = np.zeros((len(probabilities), len(self.classes_)), dtype=np.float64)
         full[:, np.asarray(self.head_.classes_, dtype=int)] = probabilities
         return full

@@ -79,5 +79,22 @@ def test_unknown_head_and_auto(data):
     with pytest.raises(ConfigError, match="Did you mean logreg"):
         create_head("logreq")
     X_train, y_train, _, _ = data
-    best, scores = select_head(X_train, y_train, candidates=("logreg", "knn", "naive-bayes"))
-    assert best in scores and scores[best] == max(scores.values())
+    best, tried = select_head(X_train, y_train, candidates=("logreg", "knn", "naive-bayes"))
+    assert set(tried) == {"logreg", "knn", "naive-bayes"}
+    accuracy = {name: result["cv_accuracy"] for name, result in tried.items()}
+    assert accuracy[best] == max(accuracy.values())
+    assert all(result["seconds"] > 0 for result in tried.values())
+
+
+def test_fit_head_shows_progress_and_returns_the_same_fit(data, capsys):
+    from graft.heads import fit_head
+
+    X_train, y_train, X_test, _ = data
+    plain = create_head("logreg", y=y_train).fit(X_train, y_train)
+    fitted, seconds = fit_head(create_head("logreg", y=y_train), X_train, y_train,
+                               name="logreg", progress=True)
+    assert seconds > 0 and fitted.best_params_ == plain.best_params_
+    np.testing.assert_allclose(fitted.predict_proba(X_test), plain.predict_proba(X_test),
+                               atol=1e-6)
+    assert fitted.get_params()["scoring"] is None  # no callback left in the fitted search
+    assert "Fitting logreg" in capsys.readouterr().err

@@ -116,3 +116,39 @@ def test_runtime_only_install_predicts(model, tmp_path):
     result = subprocess.run([str(graft_cmd), "train", str(data)], capture_output=True, text=True,
                             env=env)
     assert result.returncode == 2 and "pip install 'graft[train]'" in result.stderr
+
+
+def test_a_cached_backbone_graph_is_found_without_torch(tmp_path):
+    """The second extraction with the same backbone request runs on onnxruntime alone."""
+    data = make_dataset(tmp_path / "colors", n_per_class=4)
+    env = {**os.environ, "GRAFT_CACHE_DIR": str(tmp_path / "cache")}
+    args = [str(data), "--backbone", TINY, "--weights", "random", "-q"]
+    first = subprocess.run([sys.executable, "-m", "graft", "extract", *args, "--out",
+                            str(tmp_path / "a.h5")], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    code = textwrap.dedent(f"""
+        import sys
+        from graft.cli import main
+        assert main(["extract", *{args!r}, "--out", {str(tmp_path / "b.h5")!r}]) == 0
+        assert main(["train", *{args!r}, "--out", {str(tmp_path / "m")!r}]) == 0
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm"))
+        assert not heavy, heavy[:5]
+    """)
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=REPO)
+    assert second.returncode == 0, second.stderr
+    import h5py
+
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
+        assert (a["features"][:] == b["features"][:]).all()
+    # A changed weights file is a different request: the backbone is built again.
+    from graft.features.known import find_known_engines
+
+    found = find_known_engines(TINY, layer=None, weights="random", pool="avg", image_size=None,
+                               cache_dir=tmp_path / "cache", threads=1, default=TINY)
+    assert found is not None and found[1][0]["name"] == TINY
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    assert find_known_engines(TINY, layer=None, weights=str(weights), pool="avg",
+                              image_size=None, cache_dir=tmp_path / "cache", threads=1,
+                              default=TINY) is None

@@ -1,5 +1,9 @@
 """Heads: scikit-learn and small PyTorch classifiers on cached features, exportable to ONNX."""
 
+from typing import TYPE_CHECKING
+
+from graft._lazy import lazy_exports
+from graft.heads.fitting import fit_head, fitting_threads
 from graft.heads.onnx import PROBABILITIES, head_to_onnx, module_to_onnx, onnx_probabilities
 from graft.heads.registry import (
     DEFAULT_HEAD,
@@ -10,7 +14,15 @@ from graft.heads.registry import (
     list_heads,
     select_head,
 )
-from graft.heads.torch_heads import TorchMLPClassifier, TorchSoftmaxClassifier
+
+if TYPE_CHECKING:
+    from graft.heads.torch_heads import TorchMLPClassifier, TorchSoftmaxClassifier
+
+# The PyTorch heads are imported on first use: the scikit-learn heads never load torch.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "TorchMLPClassifier": "graft.heads.torch_heads",
+    "TorchSoftmaxClassifier": "graft.heads.torch_heads",
+})
 
 __all__ = [
     "DEFAULT_HEAD",
@@ -20,7 +32,9 @@ __all__ = [
     "TorchSoftmaxClassifier",
     "create_head",
     "describe_head",
+    "fit_head",
     "final_estimator",
+    "fitting_threads",
     "head_to_onnx",
     "list_heads",
     "module_to_onnx",

@@ -16,7 +16,6 @@ from sklearn.base import BaseEstimator
 
 from graft.errors import ModelError
 from graft.heads.registry import final_estimator
-from graft.heads.torch_heads import _TorchHead
 
 __all__ = ["PROBABILITIES", "head_to_onnx", "module_to_onnx", "onnx_probabilities"]
 
@@ -26,12 +25,12 @@ PROBABILITIES = "probabilities"
 def head_to_onnx(estimator: BaseEstimator, n_features: int) -> onnx.ModelProto:
     """Convert a fitted head to ONNX: input ``features`` float32 (N, D), output ``probabilities``."""
     final = final_estimator(estimator)
-    if isinstance(final, _TorchHead):
+    if hasattr(final, "to_onnx_module"):  # a PyTorch head (torch imported only for those)
         return _torch_to_onnx(final, n_features)
     return _sklearn_to_onnx(final, n_features)
 
 
-def _torch_to_onnx(head: _TorchHead, n_features: int) -> onnx.ModelProto:
+def _torch_to_onnx(head: Any, n_features: int) -> onnx.ModelProto:
     return module_to_onnx(head.to_onnx_module(), n_features)
 
 

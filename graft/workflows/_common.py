@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,11 @@ def record_weights(config: dict[str, Any], weights: str | None) -> dict[str, Any
     return config
 
 
+def _cpu_only(device: str) -> bool:
+    """Known without importing torch: ``cpu``, or ``auto`` on a machine with no NVIDIA device."""
+    return device == "cpu" or (device == "auto" and not glob.glob("/dev/nvidia[0-9]*"))
+
+
 def build_backbones(
     backbone: str | Sequence[str] | None,
     *,
@@ -35,7 +41,23 @@ def build_backbones(
     cache_dir: str | os.PathLike | None,
     threads: int | None = None,
 ) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
-    """The backbones (one, or several fused), their feature engines and their configs."""
+    """The backbones (one, or several fused), their feature engines and their configs.
+
+    When the same request was built before and its ONNX graph is cached, the engines come from
+    that record and torch is never imported (the backbones are then ``None``): see
+    :mod:`graft.features.known`.
+    """
+    from graft.catalog import DEFAULT_BACKBONE
+    from graft.features.known import find_known_engines, record_known_engines
+
+    request = {"layer": layer, "weights": weights, "pool": pool, "image_size": image_size,
+               "cache_dir": cache_dir, "default": DEFAULT_BACKBONE}
+    if _cpu_only(device):
+        known = find_known_engines(backbone, threads=threads, **request)
+        if known is not None:
+            engines, configs = known
+            return [None] * len(engines), engines, configs
+
     from graft.backbones import create_backbones, parse_backbone_names, per_backbone
     from graft.features import create_engine
 
@@ -46,4 +68,5 @@ def build_backbones(
     engines = [create_engine(net, device=device, cache_dir=cache_dir, threads=threads)
                for net in nets]
     configs = [record_weights(net.config(), w) for net, w in zip(nets, weights_list)]
+    record_known_engines(backbone, engines=engines, configs=configs, **request)
     return nets, engines, configs

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from graft.backbones.registry import DEFAULT_BACKBONE
+from graft.catalog import DEFAULT_BACKBONE
 from graft.data import assign_splits, scan_dataset
 from graft.features import ExtractionReport, extract_to_file
 from graft.inference.threads import plan_threads

@@ -102,7 +102,7 @@ class TrainResult:
     metrics: dict[str, Any]
     report: str
     extraction: ExtractionReport | None = None
-    head_scores: dict[str, float] = field(default_factory=dict)
+    head_scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,6 +122,7 @@ class _Run:
     features: FeatureSet | None = None
     extraction: ExtractionReport | None = None
     n_original: int = 0
+    head_seconds: float = 0.0
 
     @property
     def n_classes(self) -> int:
@@ -296,18 +297,24 @@ def _training_rows(run: _Run) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
-    """Step 5: pick (``auto``) and fit the head."""
-    from graft.heads import create_head, select_head
+    """Step 5: pick (``auto``) and fit the head, timed, with deliberate thread pools."""
+    from graft.heads import create_head, fit_head, select_head
 
     cfg = run.config
-    head_name, head_scores = cfg.head, {}
+    head_name, tried = cfg.head, {}
     if head_name == "auto":
-        head_name, head_scores = select_head(X, y, random_state=cfg.seed)
-        run.log("Cross-validated accuracy on the training split: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in head_scores.items()) + f" -> {head_name}")
+        run.log("Comparing heads by 3-fold cross-validation on the training split...")
+        head_name, tried = select_head(X, y, random_state=cfg.seed)
+        run.log("Cross-validated accuracy: " + ", ".join(
+            f"{k} {v['cv_accuracy']:.3f} ({v['seconds']:.1f}s)" for k, v in tried.items())
+            + f" -> {head_name}")
     run.log(f"Training the {head_name} head on {len(y)} images...")
-    estimator = create_head(head_name, random_state=cfg.seed, y=y).fit(X, y)
-    return estimator, head_name, head_scores
+    estimator, seconds = fit_head(create_head(head_name, random_state=cfg.seed, y=y), X, y,
+                                  name=head_name, progress=run.progress,
+                                  cpus=plan_threads(cfg.threads).cpus)
+    run.log(f"  fitted in {seconds:.1f}s")
+    run.head_seconds = seconds
+    return estimator, head_name, tried
 
 
 def _training_fingerprints(run: _Run) -> np.ndarray:
@@ -326,9 +333,10 @@ def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
     from graft.features.engine import OnnxEngine, export_backbone_onnx
     from graft.heads import describe_head, head_to_onnx
 
-    head_info = {"name": head_name, **describe_head(estimator)}
+    head_info = {"name": head_name, **describe_head(estimator),
+                 "fit_seconds": round(run.head_seconds, 3)}
     if head_scores:
-        head_info["auto_cv_scores"] = head_scores
+        head_info["auto"] = head_scores
     exported = []  # each backbone's ONNX graph: the cached export, or one made now (torch engine)
     for index, (net, engine) in enumerate(zip(run.nets, run.engines)):
         if isinstance(engine, OnnxEngine):
@@ -412,6 +420,7 @@ def _metrics(run: _Run, predictor: Predictor, probabilities: np.ndarray,
     _, y_test = features.subset("test")
     metrics = compute_metrics(y_test, probabilities, features.label_names)
     metrics["scored_with"] = "saved model (graft.inference)"
+    metrics["head_fit_seconds"] = round(run.head_seconds, 3)
     metrics["n_train"] = run.n_original
     if run.config.augment_views:
         metrics["augment_views"] = {"views": run.config.augment_views,
@@ -450,6 +459,9 @@ def _write_report(run: _Run, directory: Path, metrics: dict[str, Any],
                            for c in run.backbones),
         "head": head_info["name"],
         **{f"head {k}": v for k, v in head_info.get("best_params", {}).items()},
+        "head fit": f"{head_info['fit_seconds']:.1f} s",
+        **{f"auto: {k}": f"CV accuracy {v['cv_accuracy']:.3f}, {v['seconds']:.1f} s"
+           for k, v in head_info.get("auto", {}).items()},
         "split": _split_description(features, cfg),
         "augmented views": cfg.augment_views,
     }
