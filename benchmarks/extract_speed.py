@@ -5,6 +5,8 @@ Each phase runs in its own process so its peak memory (max RSS) is its own:
   torch   PIL decode + timm/torchvision transforms + eager forward, batch 32 (the tutorial loop)
   graft   graft's extraction into an empty cache (ONNX Runtime, threaded decode)
   warm    the same extraction again: everything comes from the cache
+  int8    graft's extraction with --precision int8 (quantized once, calibrated on 200 of the
+          photos, before the timing starts), into an empty cache
 
 Usage: python benchmarks/extract_speed.py [--images 544] [--backbone tf_efficientnet_lite0]
 """
@@ -55,7 +57,8 @@ def phase_torch(files: list[Path], backbone: str, weights: str | None) -> dict:
     return {"seconds": seconds, "img_per_s": len(files) / seconds, "peak_mb": _peak_mb()}
 
 
-def _extract(files: list[Path], backbone: str, weights: str | None, cache: str) -> dict:
+def _extract(files: list[Path], backbone: str, weights: str | None, cache: str,
+             precision: str = "fp32") -> dict:
     from graft.backbones import create_backbone
     from graft.data import ImageDataset, Sample, assign_splits
     from graft.features import create_engine, extract_feature_set
@@ -67,6 +70,10 @@ def _extract(files: list[Path], backbone: str, weights: str | None, cache: str) 
     t0 = time.perf_counter()
     net = create_backbone(backbone, weights=weights)
     engine = create_engine(net, device="cpu", cache_dir=cache)
+    if precision == "int8":
+        from graft.features.quantize import calibration_images, quantize_engine
+
+        engine = quantize_engine(engine, calibration_images(files), cache_dir=cache)
     setup = time.perf_counter() - t0
     _, report = extract_feature_set(dataset, engine, net.config(), cache_dir=cache, progress=False)
     return {"setup_seconds": setup, "seconds": report.seconds, "computed": report.n_computed,
@@ -80,15 +87,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=544)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--phase", choices=("torch", "graft", "warm"), help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("torch", "graft", "warm", "int8"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
     files = _images(args.images)
     if args.phase == "torch":
         print(json.dumps(phase_torch(files, args.backbone, args.weights)))
         return
-    if args.phase in ("graft", "warm"):
-        print(json.dumps(_extract(files, args.backbone, args.weights, args.cache)))
+    if args.phase in ("graft", "warm", "int8"):
+        precision = "int8" if args.phase == "int8" else "fp32"
+        print(json.dumps(_extract(files, args.backbone, args.weights, args.cache, precision)))
         return
 
     def run(phase: str, cache: str = "") -> dict:
@@ -103,6 +112,8 @@ def main() -> None:
         torch_r = run("torch")
         graft_r = run("graft", cache)
         warm_r = run("warm", cache)
+    with tempfile.TemporaryDirectory() as cache:
+        int8_r = run("int8", cache)
     print(f"{len(files)} flowers17 photos, backbone {args.backbone}, {os.cpu_count()} CPU cores\n")
     print(f"{'':28}{'img/s':>10}{'seconds':>10}{'peak MB':>10}")
     print(f"{'PyTorch eager loop':28}{torch_r['img_per_s']:10.1f}{torch_r['seconds']:10.1f}"
@@ -111,6 +122,8 @@ def main() -> None:
           f"{graft_r['peak_mb']:10.0f}")
     print(f"{'graft (warm cache re-run)':28}{warm_r['img_per_s']:10.0f}{warm_r['seconds']:10.2f}"
           f"{warm_r['peak_mb']:10.0f}")
+    print(f"{'graft int8 (empty cache)':28}{int8_r['img_per_s']:10.1f}{int8_r['seconds']:10.1f}"
+          f"{int8_r['peak_mb']:10.0f}")
     print(f"\ngraft speed-up over the eager loop: {graft_r['img_per_s'] / torch_r['img_per_s']:.2f}x"
           f"  (one-time ONNX export + model load: {graft_r['setup_seconds']:.1f}s, cached after)")
     print(f"warm re-run: {warm_r['computed']} images extracted, {warm_r['cached']} from cache")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from graft.catalog import DEFAULT_BACKBONE
 from graft.data import assign_splits, scan_dataset
+from graft.errors import ConfigError
 from graft.features import ExtractionReport, extract_to_file
 from graft.inference.threads import plan_threads
 from graft.workflows._common import build_backbones
@@ -32,6 +33,7 @@ def extract(
     seed: int = 0,
     group_regex: str | None = None,
     threads: int | None = None,
+    precision: str = "fp32",
     progress: bool = True,
 ) -> tuple[Path, ExtractionReport]:
     """Extract the features of an image folder (or CSV) into a feature file (HDF5).
@@ -43,6 +45,7 @@ def extract(
         backbone: A registry or timm name; several (``"vgg16+resnet50"`` or a list) are fused,
             their features concatenated. ``weights`` and ``layer`` then take ``NAME=VALUE``.
         threads: CPUs to use, split between decoding and the network.
+        precision: ``fp32`` or ``int8`` (quantized, calibrated on up to 200 training images).
 
     Returns:
         The file written, and what was extracted, read from the cache, or skipped.
@@ -53,5 +56,14 @@ def extract(
     _, engines, configs = build_backbones(backbone, layer=layer, weights=weights, pool=pool,
                                           image_size=image_size, device=device,
                                           cache_dir=cache_dir, threads=plan.onnx)
+    if precision != "fp32":
+        from graft.features.quantize import PRECISIONS, calibration_images, quantize_engine
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
+                              f"Got {precision!r}.")
+        images = calibration_images([s.path for s in dataset.samples if s.split == "train"])
+        engines = [quantize_engine(engine, images, cache_dir=cache_dir) for engine in engines]
+        configs = [{**config, "precision": precision} for config in configs]
     return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,
                            batch_size=batch_size, workers=plan.decode, progress=progress)

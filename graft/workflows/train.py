@@ -58,6 +58,8 @@ class TrainConfig:
         augment_views: Also extract this many augmented views of every training image (cached).
         augment: The transformations for ``augment_views``.
         threads: CPUs to use, split between decoding and the network (default: all available).
+        precision: ``fp32``, or ``int8``: the backbone quantized (calibrated on up to 200
+            training images); the model directory then ships the int8 graph.
     """
 
     backbone: str | Sequence[str] | None = DEFAULT_BACKBONE
@@ -76,6 +78,7 @@ class TrainConfig:
     augment_views: int = 0
     augment: str = "flip,rotate,crop"
     threads: int | None = None
+    precision: str = "fp32"
 
     def validate(self) -> tuple[str, ...]:
         """Check the options that can be checked before any work; return the augmentations."""
@@ -86,6 +89,11 @@ class TrainConfig:
             raise ConfigError("--augment-views needs at least one --augment transformation.")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size!r}.")
+        from graft.features.quantize import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
+                              f"Got {self.precision!r}.")
         return augment
 
     @property
@@ -207,6 +215,14 @@ def _load_features(run: _Run) -> None:
         features = load_feature_file(run.data)
         run.nets, run.engines, run.backbones = _rebuild(run, features.backbones, plan.onnx)
         run.features = _resplit(features, cfg)
+        stored = {b.get("precision", "fp32") for b in features.backbones}
+        if stored != {cfg.precision}:
+            raise ConfigError(
+                f"{run.data} holds {'/'.join(sorted(stored))} features; train from it with "
+                f"--precision {'/'.join(sorted(stored))}, or extract it again.")
+        root = Path(features.root or ".")
+        _set_precision(run, [root / p for p, s in zip(features.paths, features.split)
+                             if s == "train"])
         return
     run.dataset = assign_splits(scan_dataset(run.data), **cfg.split_params)
     if run.dataset.split_source == "folders":
@@ -216,10 +232,23 @@ def _load_features(run: _Run) -> None:
         cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
         threads=plan.onnx)
+    _set_precision(run, [s.path for s in run.dataset.samples if s.split == "train"])
     run.features, run.extraction = extract_feature_set(
         run.dataset, run.engines, run.backbones, cache_dir=cfg.cache_dir,
         batch_size=cfg.batch_size, workers=plan.decode, progress=run.progress)
     run.log(run.extraction.summary())
+
+
+def _set_precision(run: _Run, train_paths: list) -> None:
+    """``--precision int8``: each backbone's graph quantized, calibrated on training images."""
+    if run.config.precision == "fp32":
+        return
+    from graft.features.quantize import calibration_images, quantize_engine
+
+    images = calibration_images(train_paths)
+    run.engines = [quantize_engine(engine, images, cache_dir=run.config.cache_dir, log=run.log)
+                   for engine in run.engines]
+    run.backbones = [{**config, "precision": run.config.precision} for config in run.backbones]
 
 
 def _rebuild(run: _Run, stored: list[dict[str, Any]], threads: int):
@@ -245,7 +274,8 @@ def _rebuild(run: _Run, stored: list[dict[str, Any]], threads: int):
             )
         nets.append(net)
         engines.append(create_engine(net, device="cpu", cache_dir=cfg.cache_dir, threads=threads))
-        configs.append(record_weights(net.config(), chosen) if override is not None else config)
+        configs.append(record_weights(net.config(), chosen) if override is not None
+                       else {k: v for k, v in config.items() if k != "precision"})
     return nets, engines, configs
 
 

@@ -1,0 +1,123 @@
+"""int8 backbones: static QDQ quantization with ONNX Runtime, calibrated on the user's own images.
+
+``--precision int8`` quantizes the exported fp32 graph once per backbone and calibration set
+(cached by key like the fp32 graph), and the features, the model directory and prediction all use
+that one int8 graph. What stays in float: the in-graph normalization (cast, subtract, divide), the
+first convolution (it sees raw pixels, where 8 bits lose the most), and the final pooling. Measured
+on this 2-core CPU (AVX2, no VNNI) with EfficientNet-Lite0, MinMax calibration on 200 training
+images: extraction 129-132 img/s against 99-103 in fp32; held-out accuracy with the logreg head
+0.974 vs 0.970 (flowers17) and 0.941 vs 0.948 (hymenoptera); feature cosine to fp32 0.98 on
+average. Percentile calibration scored the same or lower and took 6x longer to calibrate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.errors import ConfigError
+from graft.inference.engine import OnnxEngine
+from graft.inference.images import preprocess
+
+__all__ = ["CALIBRATION_IMAGES", "PRECISIONS", "calibration_images", "quantize_engine"]
+
+PRECISIONS = ("fp32", "int8")
+CALIBRATION_IMAGES = 200  # "a few hundred": more changed nothing measurable, and costs time
+_QUANT_FORMAT = 1  # bump when the quantization recipe changes, so cached graphs are rebuilt
+_FLOAT_OPS = ("Transpose", "Cast", "Sub", "Div", "GlobalAveragePool", "Flatten", "ReduceMean")
+
+
+def calibration_images(paths: Sequence[Any], limit: int = CALIBRATION_IMAGES) -> list[Any]:
+    """Up to ``limit`` images spread evenly over ``paths`` (sorted by class, so every class is
+    represented), the same ones every run."""
+    paths = list(paths)
+    if len(paths) <= limit:
+        return paths
+    return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, limit).round()]
+
+
+def _calibration_key(engine: OnnxEngine, images: Sequence[Any]) -> str:
+    from graft.data.fingerprint import content_fingerprints
+
+    prints = content_fingerprints([p for p in images if isinstance(p, (str, os.PathLike))])
+    text = f"{engine.key}|int8|{_QUANT_FORMAT}|{','.join(map(str, sorted(prints.tolist())))}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _static_batch(source: Path, target: Path) -> None:
+    """The graph with its batch axis fixed to one image (what the CPU engine runs), so every
+    shape is known and the quantizer can fold the shape arithmetic."""
+    import onnx
+
+    model = onnx.load(str(source))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(target))
+
+
+def _quantize(source: Path, target: Path, calibration: list[np.ndarray], input_name: str) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch[None]}
+
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        static, prepared = Path(tmp) / "static.onnx", Path(tmp) / "prepared.onnx"
+        _static_batch(source, static)
+        quant_pre_process(str(static), str(prepared))
+        nodes = onnx.load(str(prepared)).graph.node
+        first_conv = next(n.name for n in nodes if n.op_type == "Conv")
+        keep_float = [n.name for n in nodes if n.op_type in _FLOAT_OPS] + [first_conv]
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float, calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=True,  # AVX2 without VNNI: avoid u8s8 saturation
+        )
+        os.replace(out, target)
+
+
+def quantize_engine(engine: OnnxEngine, images: Sequence[Any], *,
+                    cache_dir: str | os.PathLike | None = None,
+                    log: Any = None) -> OnnxEngine:
+    """An int8 engine for ``engine``'s fp32 graph, calibrated on ``images`` (the training split:
+    paths, up to :data:`CALIBRATION_IMAGES` of them). Cached by the fp32 key and the calibration
+    images' content, so a re-run quantizes nothing.
+    """
+    from graft.config import resolve_cache_dir
+
+    if not isinstance(engine, OnnxEngine):
+        raise ConfigError("--precision int8 runs on ONNX Runtime: use --device cpu.")
+    images = list(images)[:CALIBRATION_IMAGES]
+    if not images:
+        raise ConfigError("--precision int8 needs training images to calibrate on.")
+    key = _calibration_key(engine, images)
+    target = resolve_cache_dir(cache_dir) / "onnx" / f"{engine.path.stem}-int8-{key}.onnx"
+    if not target.is_file():
+        if log is not None:
+            log(f"Quantizing the backbone to int8, calibrated on {len(images)} training images...")
+        calibration = [preprocess(image, engine.preprocess)[0] for image in images]
+        name = engine.session.get_inputs()[0].name
+        _quantize(engine.path, target, calibration, name)
+    return OnnxEngine(target, key=key, preprocess=engine.preprocess,
+                      num_features=engine.num_features, threads=engine.threads)
