@@ -229,3 +229,11 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
+
+
+def test_predict_csv_is_untouched_when_the_model_fails(tmp_path, capsys):
+    out_csv = tmp_path / "keep.csv"
+    out_csv.write_text("precious\n")
+    assert main(["predict", str(tmp_path / "no-model"), str(tmp_path), "--csv",
+                 str(out_csv)]) == 2
+    assert out_csv.read_text() == "precious\n"

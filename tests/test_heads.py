@@ -98,3 +98,15 @@ def test_fit_head_shows_progress_and_returns_the_same_fit(data, capsys):
                                atol=1e-6)
     assert fitted.get_params()["scoring"] is None  # no callback left in the fitted search
     assert "Fitting logreg" in capsys.readouterr().err
+
+
+def test_a_fitted_search_pickles(data):
+    import pickle
+
+    from graft.heads import fit_head
+
+    X_train, y_train, X_test, _ = data
+    fitted, _ = fit_head(create_head("logreg", y=y_train), X_train, y_train, progress=True)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict(X_test), fitted.predict(X_test))
+    assert restored.score(X_test, fitted.predict(X_test)) == 1.0

@@ -39,6 +39,7 @@ from graft.data.preprocess import PreprocessConfig
 from graft.errors import ConfigError, ModelError
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "CONFIG_FILE",
     "METRICS_FILE",
     "MODEL_FORMAT",
@@ -94,7 +95,8 @@ def write_metrics(model_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path
 
 # Files that make an existing directory safe to replace with a new model: a model's config, or
 # the resume state of an interrupted ``graft finetune``.
-_REPLACEABLE_MARKERS = (CONFIG_FILE, "checkpoint.pt")
+CHECKPOINT_FILE = "checkpoint.pt"  # graft finetune's resume state, deleted when it succeeds
+_REPLACEABLE_MARKERS = (CONFIG_FILE, CHECKPOINT_FILE)
 
 
 def check_replaceable(out: str | os.PathLike) -> None:
@@ -133,7 +135,12 @@ def staged_model_dir(out: str | os.PathLike) -> Iterator[Path]:
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.replace(out, old / out.name)
-        os.replace(staging, out)
+        try:
+            os.replace(staging, out)
+        except BaseException:
+            if old is not None:  # put the previous model back
+                os.replace(old / out.name, out)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

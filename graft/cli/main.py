@@ -311,14 +311,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from graft.errors import DataError
     from graft.workflows.predict import predict
 
-    writer = _PredictionWriter(args)
     # The bar appears only for long runs (after 2 s), on stderr, so output stays clean.
     bar = tqdm(unit="img", desc="Predicting", disable=args.quiet, delay=2.0, file=sys.stderr,
                dynamic_ncols=True, leave=False)
+    try:  # the model loads first: a bad model leaves an existing --csv file untouched
+        predictions = predict(args.model, args.paths, top_k=args.top_k,
+                              batch_size=args.batch_size, threads=args.threads,
+                              on_result=bar.update)
+    except BaseException:
+        bar.close()
+        raise
+    writer = _PredictionWriter(args)
     try:
-        for prediction in predict(args.model, args.paths, top_k=args.top_k,
-                                  batch_size=args.batch_size, threads=args.threads,
-                                  on_result=bar.update):
+        for prediction in predictions:
             writer.write(prediction)
     finally:
         bar.close()

@@ -8,6 +8,7 @@ fusion that includes it, and the other way round.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 import hashlib
 import os
 import time
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from graft.config import resolve_cache_dir
 from graft.data.augment import augment_for_network
-from graft.data.dataset import ImageDataset, Sample, count_by_split
+from graft.data.dataset import ImageDataset, Sample
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import DataError
 from graft.features.engine import FeatureEngine, fused_key
@@ -198,7 +199,7 @@ def _extract_usable(
                                    workers=workers, progress=progress, augment=augment)
     rows = [i for i, key in enumerate(keys) if key is not None]
     samples = [dataset.samples[i] for i in rows]
-    counts = count_by_split([""] * len(samples), [s.label for s in samples]).get("", {})
+    counts = Counter(s.label for s in samples)
     few = [label for label in dataset.classes if counts.get(label, 0) < min_per_class]
     if few:
         details = ", ".join(f"{label!r} ({counts.get(label, 0)} usable)" for label in few)

@@ -22,6 +22,7 @@ from typing import Any
 
 from graft.config import resolve_cache_dir
 from graft.data.preprocess import PreprocessConfig
+from graft.errors import GraftError
 from graft.inference.engine import OnnxEngine
 
 __all__ = ["find_known_engines", "record_known_engines"]
@@ -114,15 +115,16 @@ def find_known_engines(
             return None
         try:
             record = json.loads(_record_path(cache_dir, request).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        graph = resolve_cache_dir(cache_dir) / "onnx" / record["graph"]
+            graph = resolve_cache_dir(cache_dir) / "onnx" / record["graph"]
+            config = record["config"]
+            engine = OnnxEngine(graph, key=record["key"],
+                                preprocess=PreprocessConfig.from_dict(config["preprocess"]),
+                                num_features=int(config["num_features"]), threads=threads)
+        except (OSError, ValueError, KeyError, TypeError, GraftError):
+            return None  # no record, or a damaged one: build the backbone
         if not graph.is_file():
             return None
-        config = record["config"]
-        engines.append(OnnxEngine(graph, key=record["key"],
-                                  preprocess=PreprocessConfig.from_dict(config["preprocess"]),
-                                  num_features=int(config["num_features"]), threads=threads))
+        engines.append(engine)
         configs.append(config)
     return engines, configs
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from graft.errors import ConfigError
+from graft.errors import ConfigError, ModelError
+from graft.inference.batches import iter_decoded_batches
 from graft.inference.engine import OnnxEngine
-from graft.inference.images import preprocess
 
 __all__ = ["CALIBRATION_IMAGES", "PRECISIONS", "calibration_images", "quantize_engine"]
 
@@ -85,8 +85,9 @@ def _quantize(source: Path, target: Path, calibration: list[np.ndarray], input_n
         _static_batch(source, static)
         quant_pre_process(str(static), str(prepared))
         nodes = onnx.load(str(prepared)).graph.node
-        first_conv = next(n.name for n in nodes if n.op_type == "Conv")
-        keep_float = [n.name for n in nodes if n.op_type in _FLOAT_OPS] + [first_conv]
+        first_conv = next((n.name for n in nodes if n.op_type == "Conv"), None)
+        keep_float = [n.name for n in nodes if n.op_type in _FLOAT_OPS]
+        keep_float += [first_conv] if first_conv else []
         out = Path(tmp) / "int8.onnx"
         quantize_static(
             str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -108,16 +109,23 @@ def quantize_engine(engine: OnnxEngine, images: Sequence[Any], *,
 
     if not isinstance(engine, OnnxEngine):
         raise ConfigError("--precision int8 runs on ONNX Runtime: use --device cpu.")
-    images = list(images)[:CALIBRATION_IMAGES]
+    images = list(images)
     if not images:
         raise ConfigError("--precision int8 needs training images to calibrate on.")
     key = _calibration_key(engine, images)
     target = resolve_cache_dir(cache_dir) / "onnx" / f"{engine.path.stem}-int8-{key}.onnx"
     if not target.is_file():
+        calibration = [array for batch in iter_decoded_batches(images, [engine.preprocess])
+                       for array in batch.images[0]]  # unreadable files are left out
         if log is not None:
-            log(f"Quantizing the backbone to int8, calibrated on {len(images)} training images...")
-        calibration = [preprocess(image, engine.preprocess)[0] for image in images]
-        name = engine.session.get_inputs()[0].name
-        _quantize(engine.path, target, calibration, name)
+            log(f"Quantizing the backbone to int8, calibrated on {len(calibration)} training "
+                f"images...")
+        try:
+            _quantize(engine.path, target, calibration, "images")
+        except Exception as exc:  # onnxruntime's quantizer raises many types
+            raise ModelError(
+                f"--precision int8: ONNX Runtime could not quantize {engine.path.name} "
+                f"({type(exc).__name__}: {exc}). Use --precision fp32 for this backbone."
+            ) from exc
     return OnnxEngine(target, key=key, preprocess=engine.preprocess,
                       num_features=engine.num_features, threads=engine.threads)

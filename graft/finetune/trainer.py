@@ -22,7 +22,12 @@ from tqdm.auto import tqdm
 from graft import inference
 from graft.backbones import DEFAULT_BACKBONE, create_backbone, state_dict_sha256
 from graft.bundle import save_model
-from graft.bundle.model import check_replaceable, staged_model_dir, write_metrics
+from graft.bundle.model import (
+    CHECKPOINT_FILE,
+    check_replaceable,
+    staged_model_dir,
+    write_metrics,
+)
 from graft.data import (
     ImageDataset,
     assign_splits,
@@ -44,7 +49,7 @@ from graft.inference.threads import plan_threads
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = CHECKPOINT_FILE
 # The largest difference allowed between the trained network's and the saved model's probabilities.
 PARITY_TOLERANCE = 1e-4
 

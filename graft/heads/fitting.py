@@ -71,6 +71,10 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
             estimator.fit(X, y)
     finally:
         bar.close()
-        if search:
-            estimator.set_params(scoring=None)  # the fitted search keeps no callback
+        if search:  # the fitted search keeps no callback (and stays picklable)
+            from sklearn.metrics import check_scoring
+
+            estimator.set_params(scoring=None)
+            if hasattr(estimator, "scorer_"):
+                estimator.scorer_ = check_scoring(estimator.estimator)
     return estimator, time.perf_counter() - start

@@ -16,10 +16,9 @@ from sklearn.base import BaseEstimator
 
 from graft.errors import ModelError
 from graft.heads.registry import final_estimator
+from graft.inference.predictor import PROBABILITIES  # the head graph's output, one name
 
 __all__ = ["PROBABILITIES", "head_to_onnx", "module_to_onnx", "onnx_probabilities"]
-
-PROBABILITIES = "probabilities"
 
 
 def head_to_onnx(estimator: BaseEstimator, n_features: int) -> onnx.ModelProto:

@@ -115,7 +115,7 @@ def create_head(name: str, *, random_state: int = 0, y: np.ndarray | None = None
 
 def select_head(
     X: np.ndarray, y: np.ndarray, *, random_state: int = 0,
-    candidates: tuple[str, ...] = _AUTO_CANDIDATES, cv: int = 3,
+    candidates: tuple[str, ...] = _AUTO_CANDIDATES, cv: int = 3, cpus: int | None = None,
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """Pick a head by mean cross-validated accuracy on (X, y).
 
@@ -130,7 +130,7 @@ def select_head(
     for name in candidates:
         estimator = create_head(name, random_state=random_state, y=y)
         start = time.perf_counter()
-        with fitting_threads():
+        with fitting_threads(cpus):
             score = float(np.mean(cross_val_score(clone(estimator), X, y, cv=folds)))
         results[name] = {"cv_accuracy": score, "seconds": time.perf_counter() - start}
     best = max(results, key=lambda k: (results[k]["cv_accuracy"], -candidates.index(k)))

@@ -108,12 +108,14 @@ class OnnxEngine(FeatureEngine):
                     import onnxruntime as ort
 
                     gpu = "CUDAExecutionProvider" in ort.get_available_providers()
-                    self._session = create_session(
-                        self.path, threads=self.threads,
-                        pinned_batch=None if gpu else self.micro_batch,
-                    )
-                    if gpu:
+                    session = create_session(self.path, threads=self.threads,
+                                             pinned_batch=None if gpu else self.micro_batch)
+                    fixed = session.get_inputs()[0].shape[0]
+                    if isinstance(fixed, int):  # a graph saved with a fixed batch (int8)
+                        self.micro_batch = fixed
+                    elif gpu:
                         self.micro_batch, self.prefetch = None, 2
+                    self._session = session  # published last: its settings are final
         return self._session
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -1,9 +1,9 @@
 """Decoding images robustly: every source users have (a path, bytes, a binary file, a PIL image, a
 ``uint8`` array), every mode, and a reason for every failure.
 
-This is the only decode function in graft: feature extraction, fine-tuning, prediction, the
-server and the Ray workers all call :func:`decode_image` (through :func:`preprocess`), so an
-image gives the same network input whichever door it came in by.
+This is the only decode function in graft: feature extraction, fine-tuning and prediction all
+call :func:`decode_image` (through :func:`preprocess`), as the HTTP server and the Ray workers
+will, so an image gives the same network input whichever door it came in by.
 
 Nothing here changes process-global state: the pixel limit is checked explicitly from the image
 header before any pixel is decoded (PIL's own check is a warning, and warning filters are

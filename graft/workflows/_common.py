@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from graft.errors import ConfigError
+
 
 Log = Callable[[str], None]
 
@@ -70,3 +72,21 @@ def build_backbones(
     configs = [record_weights(net.config(), w) for net, w in zip(nets, weights_list)]
     record_known_engines(backbone, engines=engines, configs=configs, **request)
     return nets, engines, configs
+
+
+def set_precision(engines: list[Any], configs: list[dict[str, Any]], precision: str,
+                  train_paths: Sequence[Any], *, cache_dir: str | os.PathLike | None,
+                  log: Log = silent) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The engines and configs for ``--precision``: unchanged for fp32; for int8, each backbone
+    quantized, calibrated on up to 200 of ``train_paths``."""
+    from graft.features.quantize import PRECISIONS, calibration_images, quantize_engine
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
+                          f"Got {precision!r}.")
+    if precision == "fp32":
+        return engines, configs
+    images = calibration_images(train_paths)
+    engines = [quantize_engine(engine, images, cache_dir=cache_dir, log=log)
+               for engine in engines]
+    return engines, [{**config, "precision": precision} for config in configs]

@@ -85,6 +85,12 @@ def evaluate(
         batch_size=batch_size, workers=predictor.threads.decode, progress=progress,
         min_per_class=0,
     )
+    if len(features.labels) == 0:
+        raise DataError(
+            f"None of the {len(dataset.samples)} images to score could be read "
+            f"({len(extraction.failures)} skipped, e.g. {extraction.failures[0][0]}: "
+            f"{extraction.failures[0][1]})." if extraction.failures else
+            f"No images to score in {data}.")
     probabilities = predictor.probabilities_from_features(features.features)
     metrics = compute_metrics(features.labels, probabilities, predictor.labels)
     metrics["split"] = split
@@ -141,7 +147,10 @@ def _choose_split(dataset: ImageDataset, data: Path, config: dict[str, Any],
         )
     samples = [s for s in dataset.samples if s.split == split]
     if not samples:
-        raise DataError(f"The {split!r} split of {data} holds no images. Choose another --split.")
+        hint = (" With only train/val folders, the val folder is scored as 'test'."
+                if split == "val" and not same else "")
+        raise DataError(f"The {split!r} split of {data} holds no images. Choose another "
+                        f"--split.{hint}")
     note = (f"Scoring the {split} split: {len(samples)} of {total} images ({where}); "
             f"--split all|train|val|test chooses.")
     return replace(dataset, samples=samples), split, note
@@ -169,8 +178,7 @@ def _overlap(predictor: Predictor, root: Path, relpaths: list[str], workers: int
 def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: ImageDataset,
                   features: Any, probabilities: np.ndarray, metrics: dict[str, Any],
                   model_dir: str | os.PathLike) -> None:
-    import json
-
+    from graft.bundle.model import write_metrics
     from graft.evaluation import write_report
 
     backbones = predictor.config["backbones"]
@@ -184,5 +192,4 @@ def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: I
                 "head": predictor.config["head"]["name"]},
         counts=features.counts(),
     )
-    path = Path(directory) / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_metrics(directory, metrics)

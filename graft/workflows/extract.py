@@ -8,10 +8,9 @@ from pathlib import Path
 
 from graft.catalog import DEFAULT_BACKBONE
 from graft.data import assign_splits, scan_dataset
-from graft.errors import ConfigError
 from graft.features import ExtractionReport, extract_to_file
 from graft.inference.threads import plan_threads
-from graft.workflows._common import build_backbones
+from graft.workflows._common import build_backbones, set_precision
 
 __all__ = ["extract"]
 
@@ -56,14 +55,8 @@ def extract(
     _, engines, configs = build_backbones(backbone, layer=layer, weights=weights, pool=pool,
                                           image_size=image_size, device=device,
                                           cache_dir=cache_dir, threads=plan.onnx)
-    if precision != "fp32":
-        from graft.features.quantize import PRECISIONS, calibration_images, quantize_engine
-
-        if precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
-                              f"Got {precision!r}.")
-        images = calibration_images([s.path for s in dataset.samples if s.split == "train"])
-        engines = [quantize_engine(engine, images, cache_dir=cache_dir) for engine in engines]
-        configs = [{**config, "precision": precision} for config in configs]
+    engines, configs = set_precision(
+        engines, configs, precision, [s.path for s in dataset.samples if s.split == "train"],
+        cache_dir=cache_dir)
     return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,
                            batch_size=batch_size, workers=plan.decode, progress=progress)

@@ -26,10 +26,16 @@ from graft.data.augment import parse_augment
 from graft.data.fingerprint import content_fingerprints
 from graft.errors import ConfigError, DataError, ModelError
 from graft.evaluation.metrics import compute_metrics, format_report
-from graft.features import ExtractionReport, FeatureSet
+from graft.features import ExtractionReport, FeatureSet, fused_key
 from graft.inference.predictor import Predictor, load
 from graft.inference.threads import plan_threads
-from graft.workflows._common import Log, build_backbones, record_weights, silent
+from graft.workflows._common import (
+    Log,
+    build_backbones,
+    record_weights,
+    set_precision,
+    silent,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -213,16 +219,22 @@ def _load_features(run: _Run) -> None:
                 "--augment-views needs the images: train on the image folder, not a feature file."
             )
         features = load_feature_file(run.data)
-        run.nets, run.engines, run.backbones = _rebuild(run, features.backbones, plan.onnx)
-        run.features = _resplit(features, cfg)
         stored = {b.get("precision", "fp32") for b in features.backbones}
         if stored != {cfg.precision}:
             raise ConfigError(
                 f"{run.data} holds {'/'.join(sorted(stored))} features; train from it with "
                 f"--precision {'/'.join(sorted(stored))}, or extract it again.")
+        run.nets, run.engines, run.backbones = _rebuild(run, features.backbones, plan.onnx)
+        calibration_split = np.array(features.split, copy=True)  # the split extract used
+        run.features = _resplit(features, cfg)
         root = Path(features.root or ".")
-        _set_precision(run, [root / p for p, s in zip(features.paths, features.split)
+        _set_precision(run, [root / p for p, s in zip(features.paths, calibration_split)
                              if s == "train"])
+        if fused_key([engine.key for engine in run.engines]) != features.key:
+            raise ConfigError(
+                f"{run.data} was extracted with another int8 calibration than its images give "
+                f"now (images changed or missing). Extract it again with 'graft extract ... "
+                f"--precision {cfg.precision}'.")
         return
     run.dataset = assign_splits(scan_dataset(run.data), **cfg.split_params)
     if run.dataset.split_source == "folders":
@@ -241,14 +253,9 @@ def _load_features(run: _Run) -> None:
 
 def _set_precision(run: _Run, train_paths: list) -> None:
     """``--precision int8``: each backbone's graph quantized, calibrated on training images."""
-    if run.config.precision == "fp32":
-        return
-    from graft.features.quantize import calibration_images, quantize_engine
-
-    images = calibration_images(train_paths)
-    run.engines = [quantize_engine(engine, images, cache_dir=run.config.cache_dir, log=run.log)
-                   for engine in run.engines]
-    run.backbones = [{**config, "precision": run.config.precision} for config in run.backbones]
+    run.engines, run.backbones = set_precision(run.engines, run.backbones, run.config.precision,
+                                               train_paths, cache_dir=run.config.cache_dir,
+                                               log=run.log)
 
 
 def _rebuild(run: _Run, stored: list[dict[str, Any]], threads: int):
@@ -334,7 +341,8 @@ def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
     head_name, tried = cfg.head, {}
     if head_name == "auto":
         run.log("Comparing heads by 3-fold cross-validation on the training split...")
-        head_name, tried = select_head(X, y, random_state=cfg.seed)
+        head_name, tried = select_head(X, y, random_state=cfg.seed,
+                                       cpus=plan_threads(cfg.threads).cpus)
         run.log("Cross-validated accuracy: " + ", ".join(
             f"{k} {v['cv_accuracy']:.3f} ({v['seconds']:.1f}s)" for k, v in tried.items())
             + f" -> {head_name}")
