@@ -31,7 +31,17 @@ class DataError(GraftError, ValueError):
 
 
 class ImageError(DataError):
-    """One image file cannot be decoded; extraction skips it and reports it."""
+    """One image file cannot be decoded; extraction skips it and reports it.
+
+    Attributes:
+        source: The image as named in messages (its path, or its kind).
+        reason: Why it cannot be decoded, without the name (what reports list per file).
+    """
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
 
 
 class BackboneError(GraftError):

@@ -199,3 +199,12 @@ def test_augmented_views_are_reproducible_and_differ():
     assert not np.array_equal(first, other)
     plain = augment_for_network(image, config, (), np.random.default_rng(1))
     np.testing.assert_array_equal(plain, resize_and_crop(image, config))
+
+
+def test_image_errors_carry_the_reason_apart_from_the_name(tmp_path):
+    odd = tmp_path / "a: b.jpg"  # a name with ': ' in it
+    odd.write_bytes(b"not an image")
+    with pytest.raises(ImageError) as info:
+        load_image(odd)
+    assert info.value.reason == "not an image PIL can identify"
+    assert info.value.source == str(odd) and str(info.value).startswith(str(odd))

@@ -142,7 +142,7 @@ def _usable(dataset: ImageDataset, preprocess: PreprocessConfig,
             decode_image(sample.path, min_size=size)
             return None
         except ImageError as exc:
-            return sample.relpath, str(exc).split(": ", 1)[-1]
+            return sample.relpath, exc.reason
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         problems = list(pool.map(check, dataset.samples))

@@ -49,7 +49,7 @@ def _decode(load: Callable[..., list[np.ndarray]], item: Any,
     try:
         return load(item, configs)
     except ImageError as exc:
-        return str(exc).split(": ", 1)[-1]
+        return exc.reason
 
 
 def iter_decoded_batches(

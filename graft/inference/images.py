@@ -90,7 +90,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> N
     width, height = size
     if limit > 0 and width * height > limit:
         raise ImageError(
-            f"{name}: refused as a decompression bomb ({width}x{height} = {width * height:,} "
+            name, f"refused as a decompression bomb ({width}x{height} = {width * height:,} "
             f"pixels, over the limit of {limit:,})"
         )
 
@@ -109,8 +109,8 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
             array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ImageError(
-            f"{name}: expected a uint8 array of shape (H, W), (H, W, 3) RGB or (H, W, 4) RGBA. "
-            f"Convert it first, e.g. np.asarray(image, dtype=np.uint8)."
+            name, "expected a uint8 array of shape (H, W), (H, W, 3) RGB or (H, W, 4) RGBA. "
+            "Convert it first, e.g. np.asarray(image, dtype=np.uint8)."
         )
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
@@ -148,29 +148,29 @@ def decode_image(
             return to_rgb(ImageOps.exif_transpose(source))
         if isinstance(source, (str, os.PathLike)):
             if Path(source).stat().st_size == 0:
-                raise ImageError(f"{name}: empty file (0 bytes)")
+                raise ImageError(name, "empty file (0 bytes)")
             opened = Image.open(source)
         elif isinstance(source, (bytes, bytearray, memoryview)):
             if len(source) == 0:
-                raise ImageError(f"{name}: empty (0 bytes)")
+                raise ImageError(name, "empty (0 bytes)")
             opened = Image.open(io.BytesIO(source))
         elif hasattr(source, "read"):
             opened = Image.open(source)
         else:
             raise ImageError(
-                f"{name}: not an image source. Expected a path, bytes, a binary file object, a "
-                f"PIL image or a uint8 array."
+                name, "not an image source. Expected a path, bytes, a binary file object, a "
+                "PIL image or a uint8 array."
             )
         with opened as image:
             return _finish(image, min_size, max_pixels, name)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: refused as a decompression bomb ({exc})") from exc
+        raise ImageError(name, f"refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{name}: not an image PIL can identify") from exc
+        raise ImageError(name, "not an image PIL can identify") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{name}: cannot decode ({type(exc).__name__}: {exc})") from exc
+        raise ImageError(name, f"cannot decode ({type(exc).__name__}: {exc})") from exc
 
 
 def load_image(path: ImageSource, min_size: tuple[int, int] | None = None) -> Image.Image:

@@ -152,7 +152,7 @@ class Predictor:
                                           source_of=lambda item: item[1]):
             if batch.failures:
                 (index, image), reason = batch.failures[0]
-                raise ImageError(f"{describe_source(image)} (image {index}): {reason}")
+                raise ImageError(f"{describe_source(image)} (image {index})", reason)
             yield batch.images
 
     def predict_proba(self, images: ImageSource | Iterable[ImageSource]) -> np.ndarray:
