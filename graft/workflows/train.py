@@ -497,8 +497,8 @@ def _write_report(run: _Run, directory: Path, metrics: dict[str, Any],
                            for c in run.backbones),
         "head": head_info["name"],
         **{f"head {k}": v for k, v in head_info.get("best_params", {}).items()},
-        "head fit": f"{head_info['fit_seconds']:.1f} s",
-        **{f"auto: {k}": f"CV accuracy {v['cv_accuracy']:.3f}, {v['seconds']:.1f} s"
+        "head fit": f"{head_info['fit_seconds']:.2f} s",
+        **{f"auto: {k}": f"CV accuracy {v['cv_accuracy']:.3f}, {v['seconds']:.2f} s"
            for k, v in head_info.get("auto", {}).items()},
         "split": _split_description(features, cfg),
         "augmented views": cfg.augment_views,
