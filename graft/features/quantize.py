@@ -25,7 +25,13 @@ from graft.errors import ConfigError, ModelError
 from graft.inference.batches import iter_decoded_batches
 from graft.inference.engine import OnnxEngine
 
-__all__ = ["CALIBRATION_IMAGES", "PRECISIONS", "calibration_images", "quantize_engine"]
+__all__ = [
+    "CALIBRATION_IMAGES",
+    "PRECISIONS",
+    "calibration_identity",
+    "calibration_images",
+    "quantize_engine",
+]
 
 PRECISIONS = ("fp32", "int8")
 CALIBRATION_IMAGES = 200  # "a few hundred": more changed nothing measurable, and costs time
@@ -42,12 +48,13 @@ def calibration_images(paths: Sequence[Any], limit: int = CALIBRATION_IMAGES) ->
     return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, limit).round()]
 
 
-def _calibration_key(engine: OnnxEngine, images: Sequence[Any]) -> str:
+def calibration_identity(images: Sequence[Any]) -> str:
+    """What the calibration set is, by content (the images' fingerprints): part of each int8
+    graph's key. Computed once for all the backbones calibrated on the same images."""
     from graft.data.fingerprint import content_fingerprints
 
     prints = content_fingerprints([p for p in images if isinstance(p, (str, os.PathLike))])
-    text = f"{engine.key}|int8|{_QUANT_FORMAT}|{','.join(map(str, sorted(prints.tolist())))}"
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return ",".join(map(str, sorted(prints.tolist())))
 
 
 def _static_batch(source: Path, target: Path) -> None:
@@ -99,11 +106,13 @@ def _quantize(source: Path, target: Path, calibration: list[np.ndarray], input_n
 
 
 def quantize_engine(engine: OnnxEngine, images: Sequence[Any], *,
+                    identity: str | None = None,
                     cache_dir: str | os.PathLike | None = None,
                     log: Any = None) -> OnnxEngine:
     """An int8 engine for ``engine``'s fp32 graph, calibrated on ``images`` (the training split:
     paths, up to :data:`CALIBRATION_IMAGES` of them). Cached by the fp32 key and the calibration
-    images' content, so a re-run quantizes nothing.
+    images' content (``identity``, from :func:`calibration_identity` if not given), so a re-run
+    quantizes nothing.
     """
     from graft.config import resolve_cache_dir
 
@@ -112,7 +121,10 @@ def quantize_engine(engine: OnnxEngine, images: Sequence[Any], *,
     images = list(images)
     if not images:
         raise ConfigError("--precision int8 needs training images to calibrate on.")
-    key = _calibration_key(engine, images)
+    if identity is None:
+        identity = calibration_identity(images)
+    text = f"{engine.key}|int8|{_QUANT_FORMAT}|{identity}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
     target = resolve_cache_dir(cache_dir) / "onnx" / f"{engine.path.stem}-int8-{key}.onnx"
     if not target.is_file():
         calibration = [array for batch in iter_decoded_batches(images, [engine.preprocess])

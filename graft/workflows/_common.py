@@ -79,7 +79,12 @@ def set_precision(engines: list[Any], configs: list[dict[str, Any]], precision: 
                   log: Log = silent) -> tuple[list[Any], list[dict[str, Any]]]:
     """The engines and configs for ``--precision``: unchanged for fp32; for int8, each backbone
     quantized, calibrated on up to 200 of ``train_paths``."""
-    from graft.features.quantize import PRECISIONS, calibration_images, quantize_engine
+    from graft.features.quantize import (
+        PRECISIONS,
+        calibration_identity,
+        calibration_images,
+        quantize_engine,
+    )
 
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
@@ -87,6 +92,7 @@ def set_precision(engines: list[Any], configs: list[dict[str, Any]], precision: 
     if precision == "fp32":
         return engines, configs
     images = calibration_images(train_paths)
-    engines = [quantize_engine(engine, images, cache_dir=cache_dir, log=log)
+    identity = calibration_identity(images)  # read the images once, however many backbones
+    engines = [quantize_engine(engine, images, identity=identity, cache_dir=cache_dir, log=log)
                for engine in engines]
     return engines, [{**config, "precision": precision} for config in configs]

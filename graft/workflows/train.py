@@ -28,7 +28,7 @@ from graft.errors import ConfigError, DataError, ModelError
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, FeatureSet, fused_key
 from graft.inference.predictor import Predictor, load
-from graft.inference.threads import plan_threads
+from graft.inference.threads import ThreadPlan, plan_threads
 from graft.workflows._common import (
     Log,
     build_backbones,
@@ -137,6 +137,7 @@ class _Run:
     extraction: ExtractionReport | None = None
     n_original: int = 0
     head_seconds: float = 0.0
+    plan: ThreadPlan | None = None
 
     @property
     def n_classes(self) -> int:
@@ -204,15 +205,14 @@ def _start(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     check_output_dir(out, data)
     check_replaceable(out)
     return _Run(config=config, data=data, out=Path(out), progress=progress, log=log,
-                augment=augment)
+                augment=augment, plan=plan_threads(config.threads))
 
 
 def _load_features(run: _Run) -> None:
     """Step 2: the features of every image, from the cache or extracted now (or a feature file)."""
     from graft.features import extract_feature_set, load_feature_file
 
-    cfg = run.config
-    plan = plan_threads(cfg.threads)
+    cfg, plan = run.config, run.plan
     if run.data.suffix.lower() in (".h5", ".hdf5"):
         if cfg.augment_views:
             raise ConfigError(
@@ -323,10 +323,9 @@ def _training_rows(run: _Run) -> tuple[np.ndarray, np.ndarray]:
     cfg = run.config
     if not cfg.augment_views:
         return X_train, y_train
-    plan = plan_threads(cfg.threads)
     X_views, y_views, report = extract_views(
         run.dataset, run.engines, views=cfg.augment_views, augment=run.augment,
-        cache_dir=cfg.cache_dir, batch_size=cfg.batch_size, workers=plan.decode,
+        cache_dir=cfg.cache_dir, batch_size=cfg.batch_size, workers=run.plan.decode,
         progress=run.progress)
     run.log(f"Augmented views ({cfg.augment_views} per training image, "
             f"{','.join(run.augment)}): {report.summary()}")
@@ -342,14 +341,14 @@ def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
     if head_name == "auto":
         run.log("Comparing heads by 3-fold cross-validation on the training split...")
         head_name, tried = select_head(X, y, random_state=cfg.seed,
-                                       cpus=plan_threads(cfg.threads).cpus)
+                                       cpus=run.plan.cpus)
         run.log("Cross-validated accuracy: " + ", ".join(
             f"{k} {v['cv_accuracy']:.3f} ({v['seconds']:.1f}s)" for k, v in tried.items())
             + f" -> {head_name}")
     run.log(f"Training the {head_name} head on {len(y)} images...")
     estimator, seconds = fit_head(create_head(head_name, random_state=cfg.seed, y=y), X, y,
                                   name=head_name, progress=run.progress,
-                                  cpus=plan_threads(cfg.threads).cpus)
+                                  cpus=run.plan.cpus)
     run.log(f"  fitted in {seconds:.1f}s")
     run.head_seconds = seconds
     return estimator, head_name, tried
@@ -361,7 +360,7 @@ def _training_fingerprints(run: _Run) -> np.ndarray:
     root = Path(features.root or ".")
     seen = np.isin(features.split, ["train", "val"])
     paths = [root / p for p, keep in zip(features.paths, seen) if keep]
-    return content_fingerprints(paths, workers=plan_threads(run.config.threads).cpus)
+    return content_fingerprints(paths, workers=run.plan.cpus)
 
 
 def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
