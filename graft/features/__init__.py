@@ -18,7 +18,6 @@ from graft.features.extract import (
     open_cache,
     view_key,
 )
-from graft.inference.fusion import FUSION, fuse_features
 from graft.features.store import (
     FeatureCache,
     FeatureSet,
@@ -26,6 +25,7 @@ from graft.features.store import (
     load_feature_file,
     write_feature_file,
 )
+from graft.inference.fusion import FUSION, fuse_features
 
 __all__ = [
     "FUSION",

@@ -8,10 +8,10 @@ fusion that includes it, and the other way round.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,10 @@ from graft.data.dataset import ImageDataset, Sample
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import DataError
 from graft.features.engine import FeatureEngine, fused_key
-from graft.inference.batches import iter_decoded_batches
-from graft.inference.images import decode_image, draft_size, preprocess
-from graft.inference.fusion import FUSION, fuse_features
 from graft.features.store import FeatureCache, FeatureSet, fingerprint, write_feature_file
+from graft.inference.batches import iter_decoded_batches
+from graft.inference.fusion import FUSION, fuse_features
+from graft.inference.images import decode_image, draft_size, preprocess
 
 __all__ = [
     "ExtractionReport",

@@ -46,7 +46,8 @@ class Prediction:
         return data
 
 
-def top_k_predictions(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
+def top_k_predictions(probabilities: np.ndarray, labels: Sequence[str],
+                      k: int) -> list[list[dict[str, Any]]]:
     """Postprocess: the ``k`` best ``{"label", "index", "score"}`` per row, best first."""
     if int(k) < 1:
         raise ConfigError(f"--top-k must be >= 1. Got {k!r} instead.")

@@ -10,7 +10,6 @@ from typing import Any
 
 from graft.errors import ConfigError
 
-
 Log = Callable[[str], None]
 
 
