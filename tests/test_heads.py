@@ -110,3 +110,17 @@ def test_a_fitted_search_pickles(data):
     restored = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(restored.predict(X_test), fitted.predict(X_test))
     assert restored.score(X_test, fitted.predict(X_test)) == 1.0
+
+
+def test_a_large_grid_fits_in_processes_with_the_same_result(data, monkeypatch, capsys):
+    from graft.heads import fit_head, fitting
+
+    X_train, y_train, X_test, _ = data
+    threaded, _ = fit_head(create_head("logreg", y=y_train), X_train, y_train)
+    monkeypatch.setattr(fitting, "_PROCESS_WORK", 0)  # this small grid counts as large
+    assert fitting._backend(X_train, y_train, cpus=2) == "multiprocessing"
+    forked, _ = fit_head(create_head("logreg", y=y_train), X_train, y_train, cpus=2,
+                         name="logreg", progress=True)
+    assert forked.best_params_ == threaded.best_params_
+    np.testing.assert_array_equal(forked.predict_proba(X_test), threaded.predict_proba(X_test))
+    assert "Fitting logreg" in capsys.readouterr().err and fitting._TICKS is None

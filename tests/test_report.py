@@ -171,3 +171,43 @@ def test_report_renders_in_headless_chromium(trained_report, tmp_path):
     assert pixels.shape == (2400, 1280)
     # A rendered page, not a blank or error page: text, tables and figures make many shades.
     assert len(np.unique(pixels)) > 50 and pixels.std() > 20
+
+
+_WRITER_SCRIPT = """
+import os, signal, sys
+import numpy as np
+from graft.evaluation.background import ReportWriter
+
+y = np.repeat(np.arange(3), 10)
+p = (0.2 + np.eye(3)[y]) / 1.6  # every image right: no mistakes to show
+from graft.evaluation import compute_metrics
+options = dict(title="t", metrics=compute_metrics(y, p, ["a", "b", "c"]), labels=["a", "b", "c"],
+               y_true=y, probabilities=p, test_paths=[], config={"head": "logreg"},
+               cv_results=[{"params": {"C": c}, "mean_test_score": s, "std_test_score": 0.01}
+                           for c, s in ((0.1, 0.5), (1.0, 0.7))])
+with ReportWriter() as forked:
+    assert forked._executor is not None, "a single-threaded process forks its report worker"
+    forked.write(sys.argv[1] + "/forked", **options)
+with ReportWriter(enabled=False) as here:
+    assert here._executor is None
+    here.write(sys.argv[1] + "/here", **options)
+with ReportWriter() as killed:
+    for pid in list(killed._executor._processes):
+        os.kill(pid, signal.SIGKILL)
+    killed.write(sys.argv[1] + "/killed", **options)  # drawn in this process instead
+"""
+
+
+def test_the_report_worker_writes_what_this_process_would(tmp_path):
+    import sys
+
+    subprocess.run([sys.executable, "-c", _WRITER_SCRIPT, str(tmp_path)], check=True,
+                   timeout=120)
+    pages = {name: (tmp_path / name / "report.html").read_text(encoding="utf-8")
+             for name in ("forked", "here", "killed")}
+    assert pages["forked"] == pages["here"] == pages["killed"]
+    for name in pages:
+        figures = sorted(p.name for p in (tmp_path / name).glob("*.png"))
+        assert figures == ["confusion_matrix.png", "confusion_matrix_normalized.png",
+                           "grid_search.png"]
+        _parse(tmp_path / name / "report.html")

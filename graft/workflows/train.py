@@ -25,6 +25,7 @@ from graft.data import assign_splits, check_output_dir, compute_splits, scan_dat
 from graft.data.augment import parse_augment
 from graft.data.fingerprint import content_fingerprints
 from graft.errors import ConfigError, DataError, ModelError
+from graft.evaluation.background import ReportWriter
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, FeatureSet, fused_key
 from graft.inference.predictor import Predictor, load
@@ -174,18 +175,20 @@ def train(
             ``ModelError`` if the saved model does not reproduce the trained head.
     """
     run = _start(data, out, config, options, progress, log)
-    _load_features(run)
-    _check_trainable(run.features)
-    X_train, y_train = _training_rows(run)
-    estimator, head_name, head_scores = _fit_head(run, X_train, y_train)
-    with staged_model_dir(run.out) as staging:
-        head_info = _write_model(run, staging, estimator, head_name, head_scores,
-                                 X_train.shape[1])
-        predictor = load(staging, threads=run.config.threads, batch_size=run.config.batch_size)
-        probabilities = _score_with_artifact(run, predictor, estimator)
-        metrics = _metrics(run, predictor, probabilities, len(y_train))
-        write_metrics(staging, metrics)
-        _write_report(run, staging, metrics, probabilities, head_info)
+    with ReportWriter() as reports:
+        _load_features(run)
+        _check_trainable(run.features)
+        X_train, y_train = _training_rows(run)
+        estimator, head_name, head_scores = _fit_head(run, X_train, y_train)
+        with staged_model_dir(run.out) as staging:
+            head_info = _write_model(run, staging, estimator, head_name, head_scores,
+                                     X_train.shape[1])
+            predictor = load(staging, threads=run.config.threads,
+                             batch_size=run.config.batch_size)
+            probabilities = _score_with_artifact(run, predictor, estimator)
+            metrics = _metrics(run, predictor, probabilities, len(y_train))
+            write_metrics(staging, metrics)
+            _write_report(run, reports, staging, metrics, probabilities, head_info)
     _, y_test = run.features.subset("test")
     return TrainResult(model_dir=run.out, metrics=metrics,
                        report=format_report(y_test, probabilities, run.features.label_names),
@@ -479,11 +482,9 @@ def _split_description(features: FeatureSet, cfg: TrainConfig) -> str:
     return text + (f", groups by {cfg.group_regex!r}" if cfg.group_regex else "")
 
 
-def _write_report(run: _Run, directory: Path, metrics: dict[str, Any],
+def _write_report(run: _Run, reports: ReportWriter, directory: Path, metrics: dict[str, Any],
                   probabilities: np.ndarray, head_info: dict[str, Any]) -> None:
     """Step 9: report.html and its figures."""
-    from graft.evaluation import write_report
-
     features, cfg = run.features, run.config
     root = Path(features.root or ".")
     paths = np.array([str(root / p) for p in features.paths], dtype=object)
@@ -503,7 +504,7 @@ def _write_report(run: _Run, directory: Path, metrics: dict[str, Any],
         "augmented views": cfg.augment_views,
     }
     _, y_test = features.subset("test")
-    write_report(
+    reports.write(
         directory, title=f"{run.out.name}: {head_info['name']} on "
                          f"{'+'.join(c['name'] for c in run.backbones)}",
         metrics=metrics, labels=features.label_names, y_true=y_test,
