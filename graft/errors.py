@@ -36,12 +36,16 @@ class ImageError(DataError):
     Attributes:
         source: The image as named in messages (its path, or its kind).
         reason: Why it cannot be decoded, without the name (what reports list per file).
+        kind: What went wrong, for callers that answer differently per case (the server's
+            status codes): ``"empty"``, ``"not_image"`` (no image format recognised),
+            ``"too_large"`` (over the pixel limit), or ``"corrupt"`` (anything else).
     """
 
-    def __init__(self, source: str, reason: str) -> None:
+    def __init__(self, source: str, reason: str, kind: str = "corrupt") -> None:
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+        self.kind = kind
 
 
 class BackboneError(GraftError):

@@ -2,7 +2,8 @@
 
 The base install (``pip install graft``) predicts and evaluates: numpy, Pillow, onnxruntime and
 h5py. Training needs ``graft[train]`` (torch, timm, scikit-learn, ONNX export, plots); the HTML
-report of ``graft evaluate --report`` needs ``graft[report]``; ``graft[all]`` is everything.
+report of ``graft evaluate --report`` needs ``graft[report]``; ``graft serve`` needs
+``graft[serve]``; ``graft[all]`` is everything.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ EXTRAS = {
     "train": ("torch", "torchvision", "timm", "sklearn", "skl2onnx", "onnx", "matplotlib",
               "safetensors"),
     "report": ("matplotlib",),
+    "serve": ("fastapi", "uvicorn", "prometheus_client", "multipart"),
 }
 
 

@@ -189,6 +189,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write report.html, its figures and metrics.json into DIR")
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve models over HTTP (JSON API, KServe/Triton v2, "
+        "Prometheus metrics, a web page)",
+        description="Serve one or more model directories over HTTP until SIGTERM or Ctrl-C. "
+                    "Endpoints: POST /v1/models/NAME/predict (raw image body, multipart 'file' "
+                    "fields, or JSON {\"images\": [base64...]}; ?top_k=5), /predict with one "
+                    "model, the Open Inference Protocol v2 under /v2 (tritonclient works), "
+                    "GET /metrics, and a web page at /.")
+    p.add_argument("models", nargs="+", metavar="MODEL_DIR",
+                   help="a model directory, served under its directory name, or NAME=DIR")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; "
+                        "0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free)")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="most images in one ONNX Runtime call (default: 32)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0,
+                   help="longest a batch waits for images still being decoded (default: 5); a "
+                        "batch runs at once when nothing else is on the way")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="images admitted and not yet answered, per model; more get 503 with "
+                        "Retry-After (default: 256)")
+    p.add_argument("--timeout-s", type=float, default=30.0,
+                   help="requests not answered by then get 504 (default: 30)")
+    p.add_argument("--max-body-mb", type=float, default=20.0,
+                   help="largest request body in MB; larger gets 413 (default: 20)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="largest image in pixels, checked before decoding; larger gets 413 "
+                        "(default: 89,478,485, PIL's decompression-bomb limit)")
+    _add_threads_arg(p)
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_backbones)
@@ -354,6 +386,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _print_skipped(result.extraction.failures)
     if args.report:
         _log(f"Report written to {os.path.join(args.report, 'report.html')}")
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from graft.extras import require
+
+    require("serve", command="graft serve")
+    from graft.bundle.model import load_model_config
+    from graft.serving import ServeConfig, parse_models, serve
+
+    options = {k: getattr(args, k) for k in ("host", "port", "max_batch_size", "max_delay_ms",
+                                             "max_queue", "timeout_s", "max_body_mb", "threads")}
+    if args.max_pixels is not None:
+        options["max_pixels"] = args.max_pixels
+    config = ServeConfig(models=parse_models(args.models), **options).validate()
+    for directory in config.models.values():
+        load_model_config(directory)  # a bad directory is an error now, not after startup
+    try:
+        serve(config, log=_log)
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn drained the requests in flight, then re-raised
+        _log("graft serve: stopped")
     return EXIT_OK
 
 

@@ -91,7 +91,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> N
     if limit > 0 and width * height > limit:
         raise ImageError(
             name, f"refused as a decompression bomb ({width}x{height} = {width * height:,} "
-            f"pixels, over the limit of {limit:,})"
+            f"pixels, over the limit of {limit:,})", kind="too_large"
         )
 
 
@@ -148,11 +148,11 @@ def decode_image(
             return to_rgb(ImageOps.exif_transpose(source))
         if isinstance(source, (str, os.PathLike)):
             if Path(source).stat().st_size == 0:
-                raise ImageError(name, "empty file (0 bytes)")
+                raise ImageError(name, "empty file (0 bytes)", kind="empty")
             opened = Image.open(source)
         elif isinstance(source, (bytes, bytearray, memoryview)):
             if len(source) == 0:
-                raise ImageError(name, "empty (0 bytes)")
+                raise ImageError(name, "empty (0 bytes)", kind="empty")
             opened = Image.open(io.BytesIO(source))
         elif hasattr(source, "read"):
             opened = Image.open(source)
@@ -166,9 +166,10 @@ def decode_image(
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(name, f"refused as a decompression bomb ({exc})") from exc
+        raise ImageError(name, f"refused as a decompression bomb ({exc})",
+                         kind="too_large") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(name, "not an image PIL can identify") from exc
+        raise ImageError(name, "not an image PIL can identify", kind="not_image") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(name, f"cannot decode ({type(exc).__name__}: {exc})") from exc
 

@@ -1,0 +1,140 @@
+"""Request bodies -> encoded images, read within the limits. Nothing here reads a path.
+
+Three native shapes (``POST /v1/models/{name}/predict``): a raw image body, a multipart form with
+one or more ``file`` fields, or JSON ``{"images": ["<base64>", ...]}``. The image's own bytes
+decide whether it is an image; file names and content types are not trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from typing import Any
+
+from starlette.requests import Request
+
+from graft.serving.errors import ServeError
+
+__all__ = ["decode_base64", "native_images", "read_body"]
+
+MAX_IMAGES = 1024  # per request; the queue limit applies as well
+
+
+def _too_large(limit: int, size: str) -> ServeError:
+    return ServeError(413, f"Request body too large ({size}; the limit is {limit:,} bytes, set by "
+                           f"--max-body-mb).", "body_too_large")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes: from ``Content-Length`` before
+    reading, and while streaming (chunked bodies), and again after decompression."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise ServeError(400, f"Bad Content-Length header {declared!r}.") from None
+        if length > limit:
+            raise _too_large(limit, f"Content-Length {length:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, f"over {limit:,} bytes received")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("gzip", "deflate"):
+        body = _decompress(body, encoding, limit)
+    elif encoding not in ("identity", ""):
+        raise ServeError(415, f"Unsupported Content-Encoding {encoding!r}: use gzip, deflate or "
+                              f"none.", "bad_request")
+    return body
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise ServeError(400, f"Body is not valid {encoding} data ({error}).") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise _too_large(limit, "after decompression")
+    return data
+
+
+def decode_base64(text: Any, where: str) -> bytes:
+    """Strict base64 (standard alphabet, padding optional; a ``data:`` URL prefix is allowed)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", errors="replace")
+    if not isinstance(text, str):
+        raise ServeError(400, f"{where} must be a base64 string, got {type(text).__name__}.",
+                         "bad_base64")
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    text = "".join(text.split())
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ServeError(400, f"{where} is not valid base64 ({error}).", "bad_base64") from None
+
+
+def _check_count(count: int) -> None:
+    if count == 0:
+        raise ServeError(400, "No image in the request. Send an image as the body, as 'file' "
+                              "fields of a multipart form, or as JSON {\"images\": [base64...]}.",
+                         "empty")
+    if count > MAX_IMAGES:
+        raise ServeError(413, f"{count} images in one request; at most {MAX_IMAGES}.",
+                         "too_many_images")
+
+
+async def native_images(request: Request, body: bytes) -> list[bytes]:
+    """The encoded images of a native predict request, in order."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        images = await _multipart(request, body)
+    elif kind == "application/json" or kind.endswith("+json"):
+        images = _json_images(body)
+    else:
+        images = [body] if body else []
+    _check_count(len(images))
+    if any(not image for image in images):
+        index = next(i for i, image in enumerate(images) if not image)
+        raise ServeError(400, f"Image {index} is empty (0 bytes).", "empty")
+    return images
+
+
+def _json_images(body: bytes) -> list[bytes]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ServeError(400, f"Body is not valid JSON ({error}).") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ServeError(400, 'JSON body must be {"images": ["<base64>", ...]}.')
+    return [decode_base64(text, f"images[{i}]") for i, text in enumerate(data["images"])]
+
+
+async def _multipart(request: Request, body: bytes) -> list[bytes]:
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=MAX_IMAGES, max_fields=64)
+    except Exception as error:  # noqa: BLE001 - multipart's errors have no common base
+        raise ServeError(400, f"Cannot parse the multipart form ({error}).") from None
+    try:
+        files = form.getlist("file")
+        if not files:
+            raise ServeError(400, f"The multipart form has no 'file' field (fields: "
+                                  f"{sorted(set(form.keys())) or 'none'}).", "empty")
+        images = []
+        for item in files:
+            if isinstance(item, str):
+                raise ServeError(400, "A 'file' field holds text, not a file upload.")
+            images.append(await item.read())
+        return images
+    finally:
+        await form.close()
