@@ -152,3 +152,44 @@ def test_a_cached_backbone_graph_is_found_without_torch(tmp_path):
     assert find_known_engines(TINY, layer=None, weights=str(weights), pool="avg",
                               image_size=None, cache_dir=tmp_path / "cache", threads=1,
                               default=TINY) is None
+
+
+def test_the_server_runs_without_the_training_stack(model):
+    pytest.importorskip("fastapi")
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    model_dir, _, probe = model
+    code = f"""
+        import atexit
+        from graft.cli import main
+        atexit.register(lambda: print("heavy:", sorted(
+            m for m in sys.modules if m.split(".")[0] in HEAVY), flush=True))
+        main(["serve", {str(model_dir)!r}, "--port", "0"])
+    """
+    process = subprocess.Popen([sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=REPO)
+    try:
+        url = None
+        for line in process.stdout:
+            match = re.search(r"listening on (http://\S+)", line)
+            if match:
+                url = match.group(1)
+                break
+        assert url, "the server did not start"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/v2/health/ready", timeout=5)
+                break
+            except OSError:
+                time.sleep(0.05)
+        with urllib.request.urlopen(urllib.request.Request(
+                url + "/predict", data=probe.read_bytes()), timeout=30) as response:
+            assert json.loads(response.read())["predictions"][0][0]["label"] == "blue"
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=30)[0]
+    assert "heavy: []" in rest, rest
