@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +167,60 @@ def test_decoded_batches_keep_every_item_in_order(tiny_backbone, tmp_path, n_ima
     assert [item for b in batches for item, _ in b.failures] == [bad]
     assert all(len(b.items) == len(b.images[0]) <= 4 for b in batches)
     assert all(len(b.items) == 4 for b in batches[:-1])
+
+
+def test_cache_index_opens_without_reading_shards(tmp_path):
+    from graft.features.store import FeatureCache
+
+    rng = np.random.default_rng(0)
+    cache = FeatureCache(tmp_path / "c", num_features=4, shard_size=3)
+    keys = [f"k{i}" for i in range(10)]
+    rows = rng.normal(size=(10, 4)).astype(np.float32)
+    cache.add(keys, rows)
+    cache.add_failure("bad", "not an image")
+    cache.flush()
+    cache.close()
+    shards = sorted((tmp_path / "c").glob("shard-*.h5"))
+    assert len(shards) == 2  # the 10 rows (added at once), then the failure
+
+    reopened = FeatureCache(tmp_path / "c", num_features=4)
+    present, failed = reopened.lookup([*keys, "bad", "new"])
+    assert present == set(keys) and failed == {"bad": "not an image"} and len(reopened) == 10
+    np.testing.assert_array_equal(reopened.get(["k3", "k0", "k3"]), rows[[3, 0, 3]])
+    assert reopened.info()["images"] == 10 and reopened.info()["failures"] == 1
+    reopened.close()
+
+    (tmp_path / "c" / "index.sqlite").unlink()  # a cache from before the index: rebuilt on open
+    rebuilt = FeatureCache(tmp_path / "c", num_features=4)
+    assert rebuilt.lookup(keys)[0] == set(keys) and rebuilt.failure("bad") == "not an image"
+    rebuilt.close()
+    for shard in shards:  # shards deleted by hand: their rows are forgotten, not served
+        shard.unlink()
+    emptied = FeatureCache(tmp_path / "c", num_features=4)
+    assert len(emptied) == 0 and "k0" not in emptied
+    with pytest.raises(KeyError):
+        emptied.get(["k0"])
+
+
+def test_cache_info_and_prune(tiny_backbone, tmp_path, capsys):
+    from graft.cli import main
+
+    data = make_dataset(tmp_path / "colors", n_per_class=3)
+    cache = tmp_path / "cache"
+    assert main(["extract", str(data), "--out", str(tmp_path / "f.h5"), "--backbone", TINY,
+                 "--weights", "random", "--cache-dir", str(cache), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["cache", "info", "--cache-dir", str(cache), "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["images"] == 9 and entry["backbone"] == TINY and entry["graph_bytes"] > 0
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 2  # says what to prune
+    assert "--older-than" in capsys.readouterr().err
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--older-than", "1"]) == 0
+    assert "Deleted 0 cache(s)" in capsys.readouterr().out  # used just now
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--key", entry["key"],
+                 "--dry-run"]) == 0
+    assert Path(entry["path"]).is_dir()
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
+    assert not Path(entry["path"]).exists() and not any(Path(g).exists() for g in entry["graphs"])
+    assert main(["extract", str(data), "--out", str(tmp_path / "g.h5"), "--backbone", TINY,
+                 "--weights", "random", "--cache-dir", str(cache), "-q"]) == 0  # rebuilt

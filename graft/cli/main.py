@@ -221,6 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_arg(p)
     p.set_defaults(func=_cmd_serve)
 
+    p = sub.add_parser("cache", parents=[common], help="show or trim the feature cache")
+    p.add_argument("action", choices=("info", "prune"),
+                   help="info: each backbone's cached images and size; prune: delete caches")
+    p.add_argument("--cache-dir", default=None,
+                   help="the cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
+    p.add_argument("--json", action="store_true", help="info as JSON")
+    p.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                   help="prune: caches not used for DAYS days")
+    p.add_argument("--key", action="append", default=None, metavar="KEY",
+                   help="prune: the cache with this key (see info; repeatable)")
+    p.add_argument("--all", action="store_true", help="prune: every cache")
+    p.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
+    p.set_defaults(func=_cmd_cache)
+
     p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_backbones)
@@ -407,6 +421,51 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         serve(config, log=_log)
     except KeyboardInterrupt:  # Ctrl-C: uvicorn drained the requests in flight, then re-raised
         _log("graft serve: stopped")
+    return EXIT_OK
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from graft.config import resolve_cache_dir
+    from graft.features.admin import cache_entries, prune_cache
+
+    if args.action == "info":
+        entries = cache_entries(args.cache_dir)
+        if args.json:
+            print(json.dumps([e.to_dict() for e in entries], indent=2))
+            return EXIT_OK
+        print(f"Feature cache: {resolve_cache_dir(args.cache_dir)}")
+        print(f"{'key':<22}{'backbone':<34}{'images':>9}{'failed':>8}{'features':>12}"
+              f"{'graphs':>11}  last used")
+        for e in entries:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)) \
+                if e.last_used else "?"
+            images = "?" if e.images < 0 else f"{e.images:,}"
+            failed = "?" if e.failures < 0 else f"{e.failures:,}"
+            graphs = sum(g.stat().st_size for g in e.graphs if g.exists())
+            print(f"{e.key:<22}{e.backbone[:33]:<34}{images:>9}{failed:>8}"
+                  f"{_megabytes(e.bytes):>12}{_megabytes(graphs):>11}  {used}")
+        if not entries:
+            print("(empty)")
+        if any(e.images < 0 for e in entries):
+            print("?: not indexed yet (written by an older graft); the next run that uses it "
+                  "indexes it.")
+        return EXIT_OK
+    removed = prune_cache(args.cache_dir, older_than_days=args.older_than, keys=args.key,
+                          everything=args.all, dry_run=args.dry_run)
+    verb = "Would delete" if args.dry_run else "Deleted"
+    total = sum(e.bytes + sum(g.stat().st_size for g in e.graphs if g.exists()) for e in removed) \
+        if args.dry_run else None
+    for e in removed:
+        images = "?" if e.images < 0 else f"{e.images:,}"
+        print(f"{verb} {e.key} ({e.backbone}, {images} images, "
+              f"{_megabytes(e.bytes)} of features)")
+    print(f"{verb} {len(removed)} cache(s)" + (f", {_megabytes(total)}" if total else "") + ".")
     return EXIT_OK
 
 

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _GATHER_ROWS = 4096
+_LOOKUP_BLOCK = 4096  # samples fingerprinted and looked up in the cache index at once
 
 
 @dataclass
@@ -110,23 +111,27 @@ def extract_dataset(
     report = ExtractionReport(n_images=len(dataset.samples))
     keys: list[str | None] = []
     todo: list[tuple[int, str, tuple[int, ...]]] = []
-    for index, sample in enumerate(dataset.samples):
-        try:
-            key = view_key(fingerprint(sample.path), sample.view, augment)
-        except OSError as exc:
-            report.failures.append((sample.relpath, f"cannot stat ({exc.strerror or exc})"))
+    for first in range(0, len(dataset.samples), _LOOKUP_BLOCK):  # one index query per block
+        block: list[tuple[int, str]] = []
+        for index in range(first, min(first + _LOOKUP_BLOCK, len(dataset.samples))):
+            sample = dataset.samples[index]
+            try:
+                block.append((index, view_key(fingerprint(sample.path), sample.view, augment)))
+            except OSError as exc:
+                report.failures.append((sample.relpath, f"cannot stat ({exc.strerror or exc})"))
             keys.append(None)
-            continue
-        reason = next((r for c in caches if (r := c.failure(key)) is not None), None)
-        missing = tuple(j for j, cache in enumerate(caches) if key not in cache)
-        if reason is not None:
-            report.failures.append((sample.relpath, reason))
-            key = None
-        elif missing:
-            todo.append((index, key, missing))
-        else:
-            report.n_cached += 1
-        keys.append(key)
+        found = [cache.lookup([key for _, key in block]) for cache in caches]
+        for index, key in block:
+            reason = next((failed[key] for _, failed in found if key in failed), None)
+            missing = tuple(j for j, (present, _) in enumerate(found) if key not in present)
+            if reason is not None:
+                report.failures.append((dataset.samples[index].relpath, reason))
+                continue
+            if missing:
+                todo.append((index, key, missing))
+            else:
+                report.n_cached += 1
+            keys[index] = key
     bar = tqdm(total=len(todo), unit="img", desc="Extracting features", disable=not progress or
                not todo, dynamic_ncols=True, smoothing=0.1)
     try:

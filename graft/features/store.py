@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -56,45 +57,109 @@ def _atomic_h5(path: Path):
     return Path(tmp)
 
 
+_LOOKUP_CHUNK = 500  # keys per SQL query (well under SQLite's variable limit)
+
+
+def _chunks(items: list[str], size: int = _LOOKUP_CHUNK) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start: start + size]
+
+
 class FeatureCache:
-    """Features of every image ever extracted with one backbone (one folder of shards)."""
+    """Features of every image ever extracted with one backbone (one folder of shards).
+
+    ``index.sqlite`` beside the shards maps each key to its shard and row, so opening the cache
+    reads no shard and holds no per-key state in memory, however many images it has seen. Shards
+    the index does not list (a cache written before the index existed, or a crash between a
+    shard's rename and its indexing) are indexed when the cache is opened; rows of shards deleted
+    by hand are dropped.
+    """
+
+    INDEX = "index.sqlite"
 
     def __init__(self, root: str | os.PathLike, num_features: int, shard_size: int = 512) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.num_features = int(num_features)
         self.shard_size = int(shard_size)
-        self._index: dict[str, tuple[str, int]] = {}
-        self._failed: dict[str, str] = {}
-        self._loaded: set[str] = set()
+        self._db = sqlite3.connect(self.root / self.INDEX, timeout=120, check_same_thread=False)
+        with self._db:
+            self._db.executescript("""
+                CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, shard TEXT NOT NULL,
+                                                 row INTEGER NOT NULL) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY,
+                                                     reason TEXT NOT NULL) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, rows INTEGER NOT NULL,
+                                                   bytes INTEGER NOT NULL, created REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+            """)
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('last_used', ?)",
+                             (str(time.time()),))
         self._pending_keys: list[str] = []
         self._pending_rows: list[np.ndarray] = []
         self._pending_failed: dict[str, str] = {}
         self.refresh()
 
+    def close(self) -> None:
+        self._db.close()
+
     def refresh(self) -> None:
-        """Read the keys of shards written since the last look (by this or another process)."""
-        for shard in sorted(self.root.glob("shard-*.h5")):
-            if shard.name in self._loaded:
-                continue
-            with h5py.File(shard, "r") as handle:
-                keys = handle["keys"].asstr()[:]
-                for row, key in enumerate(keys):
-                    self._index[key] = (shard.name, row)
-                if "failed_keys" in handle:
-                    reasons = handle["failed_reasons"].asstr()[:]
-                    self._failed.update(zip(handle["failed_keys"].asstr()[:], reasons))
-            self._loaded.add(shard.name)
+        """Index shards written since the index last saw them; forget shards that are gone."""
+        known = {name for (name,) in self._db.execute("SELECT name FROM shards")}
+        on_disk = {p.name for p in self.root.glob("shard-*.h5")}
+        for name in sorted(on_disk - known):
+            with h5py.File(self.root / name, "r") as handle:
+                keys = list(handle["keys"].asstr()[:])
+                failed = (dict(zip(handle["failed_keys"].asstr()[:],
+                                   handle["failed_reasons"].asstr()[:]))
+                          if "failed_keys" in handle else {})
+            self._index_shard(name, keys, failed)
+        gone = sorted(known - on_disk)
+        if gone:
+            with self._db:
+                self._db.executemany("DELETE FROM rows WHERE shard = ?", [(n,) for n in gone])
+                self._db.executemany("DELETE FROM shards WHERE name = ?", [(n,) for n in gone])
+
+    def _index_shard(self, name: str, keys: list[str], failed: dict[str, str]) -> None:
+        path = self.root / name
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?)",
+                                 [(key, name, row) for row, key in enumerate(keys)])
+            self._db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?)",
+                                 list(failed.items()))
+            self._db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)",
+                             (name, len(keys), path.stat().st_size, path.stat().st_mtime))
 
     def __contains__(self, key: str) -> bool:
-        return key in self._index
+        return self._db.execute("SELECT 1 FROM rows WHERE key = ?", (key,)).fetchone() is not None
 
     def __len__(self) -> int:
-        return len(self._index)
+        return int(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
 
     def failure(self, key: str) -> str | None:
         """The reason an image failed before, if it did (failures are cached too)."""
-        return self._failed.get(key) if key not in self._index else None
+        return self.lookup([key])[1].get(key)
+
+    def lookup(self, keys: list[str]) -> tuple[set[str], dict[str, str]]:
+        """Which of ``keys`` are cached, and why the others failed before (if they did)."""
+        present: set[str] = set()
+        failed: dict[str, str] = {}
+        for chunk in _chunks(list(dict.fromkeys(keys))):
+            marks = ",".join("?" * len(chunk))
+            present.update(k for (k,) in self._db.execute(
+                f"SELECT key FROM rows WHERE key IN ({marks})", chunk))
+            failed.update(self._db.execute(
+                f"SELECT key, reason FROM failures WHERE key IN ({marks})", chunk))
+        return present, {k: v for k, v in failed.items() if k not in present}
+
+    def info(self) -> dict[str, Any]:
+        """Images, failures, shards, bytes on disk and when it was last opened."""
+        images, = self._db.execute("SELECT COUNT(*) FROM rows").fetchone()
+        failures, = self._db.execute("SELECT COUNT(*) FROM failures").fetchone()
+        shards, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) "
+                                        "FROM shards").fetchone()
+        return {"images": int(images), "failures": int(failures), "shards": int(shards),
+                "bytes": int(size) + (self.root / self.INDEX).stat().st_size}
 
     def add(self, keys: Iterable[str], features: np.ndarray) -> None:
         """Buffer features; a shard is written each time ``shard_size`` rows are buffered."""
@@ -113,7 +178,8 @@ class FeatureCache:
         self._pending_failed[key] = reason
 
     def flush(self) -> None:
-        """Write buffered rows as one complete shard (temp file, then atomic rename)."""
+        """Write buffered rows as one complete shard (temp file, then atomic rename), then index
+        it."""
         if not self._pending_keys and not self._pending_failed:
             return
         name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
@@ -134,28 +200,36 @@ class FeatureCache:
         finally:
             if tmp.exists():
                 tmp.unlink()
-        for row, key in enumerate(self._pending_keys):
-            self._index[key] = (name, row)
-        self._failed.update(self._pending_failed)
-        self._loaded.add(name)
+        self._index_shard(name, self._pending_keys, self._pending_failed)
         self._pending_keys, self._pending_rows, self._pending_failed = [], [], {}
 
-    def get(self, keys: list[str]) -> np.ndarray:
-        """Features for ``keys`` (all must be cached), read shard by shard."""
-        out = np.empty((len(keys), self.num_features), dtype=np.float32)
-        by_shard: dict[str, list[tuple[int, int]]] = {}
+    def get(self, keys: list[str], out: np.ndarray | None = None) -> np.ndarray:
+        """Features for ``keys`` (all must be cached), read shard by shard (into ``out`` if
+        given: an (N, num_features) float32 array or view)."""
+        if out is None:
+            out = np.empty((len(keys), self.num_features), dtype=np.float32)
+        positions: dict[str, list[int]] = {}
         for position, key in enumerate(keys):
-            shard, row = self._index[key]
-            by_shard.setdefault(shard, []).append((row, position))
+            positions.setdefault(key, []).append(position)
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        found = 0
+        for chunk in _chunks(list(positions)):
+            marks = ",".join("?" * len(chunk))
+            for key, shard, row in self._db.execute(
+                    f"SELECT key, shard, row FROM rows WHERE key IN ({marks})", chunk):
+                found += 1
+                by_shard.setdefault(shard, []).extend((row, p) for p in positions[key])
+        if found != len(positions):
+            raise KeyError(f"{len(positions) - found} of the keys are not in the cache {self.root}.")
         for shard, pairs in by_shard.items():
             pairs.sort()
             rows = np.array([r for r, _ in pairs])
-            positions = np.array([p for _, p in pairs])
+            where = np.array([p for _, p in pairs])
             with h5py.File(self.root / shard, "r") as handle:
                 data = handle["features"]
                 # One contiguous read beats h5py fancy indexing for scattered rows.
                 block = data[rows.min(): rows.max() + 1]
-                out[positions] = block[rows - rows.min()]
+                out[where] = block[rows - rows.min()]
         return out
 
 
