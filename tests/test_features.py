@@ -224,3 +224,14 @@ def test_cache_info_and_prune(tiny_backbone, tmp_path, capsys):
     assert not Path(entry["path"]).exists() and not any(Path(g).exists() for g in entry["graphs"])
     assert main(["extract", str(data), "--out", str(tmp_path / "g.h5"), "--backbone", TINY,
                  "--weights", "random", "--cache-dir", str(cache), "-q"]) == 0  # rebuilt
+
+
+def test_splits_are_views_of_one_matrix(tiny_backbone, tmp_path):
+    root = make_dataset(tmp_path / "data", n_per_class=6)
+    dataset = assign_splits(scan_dataset(root), test_size=0.3, val_size=0.2)
+    engine = create_engine(tiny_backbone, device="cpu")
+    features, _ = extract_feature_set(dataset, engine, [tiny_backbone.config()], progress=False)
+    for split in ("train", "val", "test"):
+        X, y = features.subset(split)
+        assert len(X) and np.shares_memory(X, features.features), split  # no copy
+        assert list(features.split[features.split == split]) == [split] * len(y)

@@ -124,3 +124,34 @@ def test_a_large_grid_fits_in_processes_with_the_same_result(data, monkeypatch, 
     assert forked.best_params_ == threaded.best_params_
     np.testing.assert_array_equal(forked.predict_proba(X_test), threaded.predict_proba(X_test))
     assert "Fitting logreg" in capsys.readouterr().err and fitting._TICKS is None
+
+
+def test_a_large_training_set_searches_on_a_sample_and_refits_on_all():
+    from graft.heads import describe_head, final_estimator, fit_head
+    from graft.heads.fitting import search_sample
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16))
+    y = rng.integers(0, 4, 3000)
+    X = (centers[y] + rng.normal(scale=2.0, size=(3000, 16))).astype(np.float32)
+    sample = search_sample(y, 600)
+    assert 550 <= len(sample) <= 650 and set(np.unique(y[sample])) == {0, 1, 2, 3}
+    fitted, _ = fit_head(create_head("logreg", y=y), X, y, max_search_rows=600)
+    final = final_estimator(fitted)
+    assert fitted.search_rows_ == len(sample) and final.C == fitted.best_params_["C"]
+    # the final head saw every row: it equals a plain fit at the chosen C on all of them
+    plain = type(final)(**final.get_params()).fit(X, y)
+    np.testing.assert_allclose(fitted.predict_proba(X[:50]), plain.predict_proba(X[:50]),
+                               atol=1e-6)
+    assert describe_head(fitted)["search_rows"] == len(sample)
+
+
+def test_quadratic_heads_refuse_very_large_training_sets():
+    from graft.errors import ConfigError
+    from graft.heads import check_head_scales
+
+    check_head_scales("svm", 50_000)
+    check_head_scales("logreg", 10_000_000)
+    for name in ("svm", "knn", "auto"):
+        with pytest.raises(ConfigError, match="'logreg'.*'softmax'"):
+            check_head_scales(name, 50_001)

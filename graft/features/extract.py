@@ -187,6 +187,25 @@ class _Extracted:
         keys = self.keys[start:stop]
         return fuse_features([cache.get(keys) for cache in self.caches])
 
+    def matrix(self) -> np.ndarray:
+        """Every row in one float32 matrix, filled block by block (no second full copy)."""
+        width = sum(cache.num_features for cache in self.caches)
+        out = np.empty((len(self.keys), width), dtype=np.float32)
+        for start in range(0, len(self.keys), _GATHER_ROWS):
+            stop = min(start + _GATHER_ROWS, len(self.keys))
+            if len(self.caches) == 1:
+                self.caches[0].get(self.keys[start:stop], out=out[start:stop])
+            else:
+                out[start:stop] = self.features(start, stop)
+        return out
+
+    def grouped_by_split(self) -> _Extracted:
+        """The same rows, train then val then test (stable), so each split is one slice."""
+        rank = {"train": 0, "val": 1, "test": 2}
+        order = sorted(range(len(self.samples)), key=lambda i: rank.get(self.samples[i].split, 3))
+        return _Extracted(self.caches, [self.keys[i] for i in order],
+                          [self.samples[i] for i in order], self.labels[order], self.report)
+
 
 def _extract_usable(
     dataset: ImageDataset,
@@ -272,9 +291,10 @@ def extract_feature_set(
     """
     engines = _as_list(engines)
     done = _extract_usable(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,
-                           workers=workers, progress=progress, min_per_class=min_per_class)
+                           workers=workers, progress=progress,
+                           min_per_class=min_per_class).grouped_by_split()
     feature_set = FeatureSet(
-        features=done.features(),
+        features=done.matrix(),
         labels=done.labels,
         label_names=list(dataset.classes),
         paths=[s.relpath for s in done.samples],
@@ -305,7 +325,7 @@ def extract_to_file(
 
     engines = _as_list(engines)
     done = _extract_usable(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,
-                           workers=workers, progress=progress)
+                           workers=workers, progress=progress).grouped_by_split()
     chunks = (done.features(i, i + _GATHER_ROWS) for i in range(0, len(done.keys), _GATHER_ROWS))
     path = write_feature_file(
         out,

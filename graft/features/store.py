@@ -250,8 +250,12 @@ class FeatureSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        mask = self.split == split
-        return self.features[mask], self.labels[mask]
+        """Features and labels of one split: views, no copy, when its rows are contiguous
+        (as :func:`graft.features.extract_feature_set` arranges them)."""
+        rows = np.flatnonzero(self.split == split)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return self.features[rows[0]: rows[-1] + 1], self.labels[rows[0]: rows[-1] + 1]
+        return self.features[rows], self.labels[rows]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{split: {label: count}}``."""

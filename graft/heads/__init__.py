@@ -8,6 +8,7 @@ from graft.heads.onnx import PROBABILITIES, head_to_onnx, module_to_onnx, onnx_p
 from graft.heads.registry import (
     DEFAULT_HEAD,
     HEADS,
+    check_head_scales,
     create_head,
     describe_head,
     final_estimator,
@@ -30,6 +31,7 @@ __all__ = [
     "PROBABILITIES",
     "TorchMLPClassifier",
     "TorchSoftmaxClassifier",
+    "check_head_scales",
     "create_head",
     "describe_head",
     "final_estimator",

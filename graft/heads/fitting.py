@@ -32,6 +32,10 @@ __all__ = ["fit_head", "fitting_threads"]
 # 2.4e7, gains nothing from processes; 102 classes x 2,040 x 1,280, 2.7e8, gains a second).
 _PROCESS_WORK = 1e8
 
+# Above this many training rows a grid search runs on a stratified sample of this size, and only
+# the final fit sees every row: 15 cross-validation fits on 100,000 rows would take an hour.
+MAX_SEARCH_ROWS = 20_000
+
 # Fits done by the running grid search, ticked by its scorer in this process or a forked worker.
 _TICKS: Any = None
 
@@ -100,18 +104,38 @@ def _counting(bar: Any) -> Iterator[None]:
         _TICKS = None
 
 
+def search_sample(y: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
+    """Indices of a stratified sample of about ``rows`` labels (every class keeps at least
+    min(its count, 3) rows), sorted."""
+    rng = np.random.default_rng(seed)
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    share = rows / len(y)
+    chosen = []
+    for index, count in enumerate(counts):
+        members = np.flatnonzero(inverse == index)
+        take = min(count, max(3, int(round(count * share))))
+        chosen.append(rng.choice(members, take, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
 def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
              name: str = "head", progress: bool = False,
-             cpus: int | None = None) -> tuple[BaseEstimator, float]:
+             cpus: int | None = None,
+             max_search_rows: int | None = MAX_SEARCH_ROWS) -> tuple[BaseEstimator, float]:
     """Fit ``estimator`` under :func:`fitting_threads`; return it and the seconds it took.
 
     A grid search shows a progress bar (one step per cross-validation fit) when ``progress``,
-    and runs its fits in processes when they are many and large (see the module's notes).
+    and runs its fits in processes when they are many and large (see the module's notes). Over
+    ``max_search_rows`` training rows, it searches on a stratified sample of that many and refits
+    the chosen hyper-parameters on every row (``search_rows_`` records the sample's size).
     """
     from tqdm.auto import tqdm
 
     cpus = cpus or available_cpus()
     search = hasattr(estimator, "param_grid") and hasattr(estimator, "cv")
+    if search and max_search_rows and len(y) > max_search_rows:
+        return _fit_search_on_sample(estimator, X, y, name=name, progress=progress, cpus=cpus,
+                                     rows=max_search_rows)
     bar = tqdm(total=_grid_size(estimator) if search else None, unit="fit",
                desc=f"Fitting {name}", disable=not (progress and search), leave=False,
                dynamic_ncols=True)
@@ -133,4 +157,22 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
             estimator.set_params(scoring=None)
             if hasattr(estimator, "scorer_"):
                 estimator.scorer_ = check_scoring(estimator.estimator)
+    return estimator, time.perf_counter() - start
+
+
+def _fit_search_on_sample(estimator: Any, X: np.ndarray, y: np.ndarray, *, name: str,
+                          progress: bool, cpus: int, rows: int) -> tuple[BaseEstimator, float]:
+    from sklearn.base import clone
+
+    start = time.perf_counter()
+    sample = search_sample(y, rows)
+    estimator.set_params(refit=False)
+    fit_head(estimator, X[sample], y[sample], name=f"{name} (search on {len(sample):,} rows)",
+             progress=progress, cpus=cpus, max_search_rows=None)
+    final = clone(estimator.estimator).set_params(**estimator.best_params_)
+    with fitting_threads(cpus):
+        final.fit(X, y)
+    estimator.best_estimator_ = final  # what the search's predict and predict_proba use
+    estimator.set_params(refit=True)
+    estimator.search_rows_ = len(sample)
     return estimator, time.perf_counter() - start

@@ -25,6 +25,7 @@ from graft.errors import ConfigError
 __all__ = [
     "DEFAULT_HEAD",
     "HEADS",
+    "check_head_scales",
     "create_head",
     "describe_head",
     "final_estimator",
@@ -99,6 +100,20 @@ HEADS: dict[str, tuple[str, Callable[..., BaseEstimator]]] = {
 _AUTO_CANDIDATES = ("logreg", "svm", "knn", "softmax")
 
 
+# Heads whose time or memory grows with the square of the training rows, and their limit.
+QUADRATIC_HEADS = ("svm", "knn", "auto")
+QUADRATIC_LIMIT = 50_000
+
+
+def check_head_scales(name: str, n_rows: int) -> None:
+    """Refuse a head that cannot fit ``n_rows`` training rows in reasonable time and memory."""
+    if name in QUADRATIC_HEADS and n_rows > QUADRATIC_LIMIT:
+        raise ConfigError(
+            f"The {name!r} head grows with the square of the training images: {n_rows:,} is over "
+            f"its limit of {QUADRATIC_LIMIT:,}. Use 'logreg' (the default), 'softmax' or "
+            f"'mlp', which grow linearly.")
+
+
 def list_heads() -> dict[str, str]:
     """``{name: description}`` of every head, plus ``auto``."""
     return dict(HEAD_DESCRIPTIONS)
@@ -150,6 +165,8 @@ def describe_head(estimator: BaseEstimator) -> dict[str, Any]:
     params = {k: v for k, v in final.get_params(deep=True).items()
               if not isinstance(v, (BaseEstimator, list))}
     info: dict[str, Any] = {"class": type(final).__name__, "params": _jsonable(params)}
+    if hasattr(estimator, "search_rows_"):
+        info["search_rows"] = int(estimator.search_rows_)
     if hasattr(estimator, "best_params_"):
         info["best_params"] = _jsonable(estimator.best_params_)
         info["cv_best_score"] = float(estimator.best_score_)

@@ -337,10 +337,11 @@ def _training_rows(run: _Run) -> tuple[np.ndarray, np.ndarray]:
 
 def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
     """Step 5: pick (``auto``) and fit the head, timed, with deliberate thread pools."""
-    from graft.heads import create_head, fit_head, select_head
+    from graft.heads import check_head_scales, create_head, fit_head, select_head
 
     cfg = run.config
     head_name, tried = cfg.head, {}
+    check_head_scales(head_name, len(y))
     if head_name == "auto":
         run.log("Comparing heads by 3-fold cross-validation on the training split...")
         head_name, tried = select_head(X, y, random_state=cfg.seed,
