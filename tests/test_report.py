@@ -211,3 +211,31 @@ def test_the_report_worker_writes_what_this_process_would(tmp_path):
         assert figures == ["confusion_matrix.png", "confusion_matrix_normalized.png",
                            "grid_search.png"]
         _parse(tmp_path / name / "report.html")
+
+
+def test_a_report_at_1000_classes_stays_readable(tmp_path):
+    from graft.evaluation.report import confused_pairs
+
+    rng = np.random.default_rng(0)
+    labels = [f"class{i:04d}" for i in range(1000)]
+    y = np.repeat(np.arange(1000), 3)
+    probabilities = np.full((3000, 1000), 0.1 / 999, dtype=np.float32)
+    predicted = np.where(rng.random(3000) < 0.8, y, rng.integers(0, 1000, 3000))
+    predicted[:3] = 7  # class 0 always taken for class 7: the top pair
+    probabilities[np.arange(3000), predicted] = 0.9
+    metrics = compute_metrics(y, probabilities, labels)
+    figure = plot_confusion_matrix(metrics["confusion_matrix"], labels)
+    width, height = figure.get_size_inches()
+    assert width < 20 and height < 20 and "30 most confused of 1000" in figure.axes[0].get_title()
+    pairs = confused_pairs(metrics["confusion_matrix"], labels)
+    assert pairs[0] == {"true": "class0000", "predicted": "class0007", "count": 3, "share": 1.0}
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "img.png")
+    report = write_report(tmp_path / "report", title="big", metrics=metrics, labels=labels,
+                          y_true=y, probabilities=probabilities,
+                          test_paths=[tmp_path / "img.png"] * 3000, config={})
+    text = report.read_text(encoding="utf-8")
+    assert "Most confused pairs" in text and "class0007" in text
+    for name in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
+        assert (tmp_path / "report" / name).stat().st_size < 2_000_000

@@ -64,11 +64,34 @@ def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Figure, Any]:
     return ax.figure, ax
 
 
+MAX_MATRIX_CLASSES = 30  # larger confusion matrices show their most confused classes
+
+
+def most_confused_classes(matrix: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the ``limit`` classes most involved in mistakes (as true or predicted
+    class), in their original order."""
+    counts = np.asarray(matrix, dtype=float)
+    off = counts - np.diag(np.diag(counts))
+    involvement = off.sum(axis=0) + off.sum(axis=1)
+    return np.sort(np.argsort(-involvement, kind="stable")[:limit])
+
+
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], *,
-                          normalize: bool = False, ax: Any = None) -> Figure:
-    """Heat map of a confusion matrix (rows: true class; ``normalize``: each row sums to 1)."""
+                          normalize: bool = False, ax: Any = None,
+                          max_classes: int = MAX_MATRIX_CLASSES) -> Figure:
+    """Heat map of a confusion matrix (rows: true class; ``normalize``: each row sums to 1).
+
+    Over ``max_classes`` classes it shows only the ``max_classes`` most confused ones (rows
+    normalized over all predictions), so the figure stays readable at 1,000 classes.
+    """
     counts = np.asarray(matrix, dtype=float)
     values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    suffix = ""
+    if len(labels) > max_classes:
+        keep = most_confused_classes(counts, max_classes)
+        suffix = f"\n{max_classes} most confused of {len(labels)} classes"
+        counts, values = counts[np.ix_(keep, keep)], values[np.ix_(keep, keep)]
+        labels = [labels[i] for i in keep]
     size = max(4.0, 0.45 * len(labels) + 2.5)
     figure, ax = _axes(ax, (size + 1, size))
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
@@ -77,7 +100,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Confusion matrix" + (" (row-normalized)" if normalize else " (counts)"))
+    ax.set_title("Confusion matrix" + (" (row-normalized)" if normalize else " (counts)") + suffix)
     if len(labels) <= 20:
         threshold = values.max() / 2 if values.size else 0
         for i in range(len(labels)):

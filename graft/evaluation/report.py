@@ -23,7 +23,7 @@ from graft.evaluation.plots import (
     plot_misclassified,
 )
 
-__all__ = ["sample_images", "worst_mistakes", "write_report"]
+__all__ = ["confused_pairs", "sample_images", "worst_mistakes", "write_report"]
 
 REPORT_FILE = "report.html"
 
@@ -58,6 +58,25 @@ def worst_mistakes(y_true: np.ndarray, probabilities: np.ndarray, paths: Sequenc
     return [{"path": str(paths[i]), "true": labels[int(y_true[i])],
              "predicted": labels[int(predicted[i])], "score": float(probabilities[i, predicted[i]])}
             for i in wrong]
+
+
+def confused_pairs(matrix: Sequence[Sequence[int]], labels: Sequence[str],
+                   limit: int = 20) -> list[dict[str, Any]]:
+    """The most frequent mistakes, ``{"true", "predicted", "count", "share"}`` (share: of the
+    true class's test images), most frequent first."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:limit]
+    support = counts.sum(axis=1)
+    pairs = []
+    for flat in order:
+        i, j = divmod(int(flat), counts.shape[1])
+        if off[i, j] == 0:
+            break
+        pairs.append({"true": labels[i], "predicted": labels[j], "count": int(off[i, j]),
+                      "share": float(off[i, j] / max(support[i], 1))})
+    return pairs
 
 
 def sample_images(paths: Sequence[str | Path], y: Sequence[int], labels: Sequence[str],
@@ -209,6 +228,14 @@ def write_report(
          + _figure(files["cmn"], "row-normalized: the diagonal is each class's recall")
          + "</div>"),
     ]
+    pairs = confused_pairs(cm, labels)
+    if pairs and len(labels) > 2:
+        sections += [
+            "<h2>Most confused pairs</h2>",
+            '<p class="sub">share: of the true class\'s test images.</p>',
+            _table(["true class", "predicted as", "images", "share"],
+                   [[p["true"], p["predicted"], p["count"], p["share"]] for p in pairs],
+                   left=2)]
     if "curves" in files:
         sections += ["<h2>Learning curves</h2>",
                      _figure(files["curves"], "training and validation, per epoch")]
