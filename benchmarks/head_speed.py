@@ -9,6 +9,8 @@ Datasets (features of the default backbone, EfficientNet-Lite0, 1280-d):
                 of Oxford Flowers-102's training split
   synth-102-L   3,060 train rows, 102 classes (Caltech-101-sized), same recipe
   synth-5       4,000 train rows, 5 classes, same recipe
+  synth-100k    100,000 train rows, 10 classes, spread 3 (not run by default: the scale case)
+  synth-100k-hard  the same with spread 6 (classes far harder to separate)
 
 Usage: python benchmarks/head_speed.py [--heads logreg,svm,...] [--datasets flowers17,...]
        [--before]   (fit with library-default thread pools, as graft did before fit_head)
@@ -77,10 +79,13 @@ def main() -> None:
     if "hymenoptera" in wanted:
         data["hymenoptera"] = _features("hymenoptera")
     real = np.vstack([flowers[0], flowers[2]])
-    for name, classes, n_train in (("synth-102", 102, 2040), ("synth-102-L", 102, 3060),
-                                   ("synth-5", 5, 4000)):
+    for name, classes, n_train, spread in (
+            ("synth-102", 102, 2040, 1.5), ("synth-102-L", 102, 3060, 1.5),
+            ("synth-5", 5, 4000, 1.5), ("synth-100k", 10, 100_000, 3.0),
+            ("synth-100k-hard", 10, 100_000, 6.0)):
         if name in wanted:
-            data[name] = _synthetic(real, classes, n_train, n_train // 2)
+            data[name] = _synthetic(real, classes, n_train, min(n_train // 2, 5000),
+                                    spread=spread)
     print(f"{'head':<14}{'dataset':<14}{'train':>7}{'classes':>8}{'fit s':>9}{'test acc':>10}")
     for head in args.heads.split(","):
         for name, (X_train, y_train, X_test, y_test) in data.items():

@@ -139,10 +139,12 @@ def test_a_large_training_set_searches_on_a_sample_and_refits_on_all():
     fitted, _ = fit_head(create_head("logreg", y=y), X, y, max_search_rows=600)
     final = final_estimator(fitted)
     assert fitted.search_rows_ == len(sample) and final.C == fitted.best_params_["C"]
-    # the final head saw every row: it equals a plain fit at the chosen C on all of them
+    # the final head saw every row: it is a fit at the chosen C on all of them (warm-started
+    # from the sample's, so equal to a cold fit up to the solver's tolerance)
+    assert not final.warm_start
     plain = type(final)(**final.get_params()).fit(X, y)
-    np.testing.assert_allclose(fitted.predict_proba(X[:50]), plain.predict_proba(X[:50]),
-                               atol=1e-6)
+    np.testing.assert_allclose(fitted.predict_proba(X), plain.predict_proba(X), atol=2e-3)
+    assert np.mean(fitted.predict(X) == plain.predict(X)) > 0.995
     assert describe_head(fitted)["search_rows"] == len(sample)
 
 

@@ -1,0 +1,110 @@
+"""Peak memory and throughput of extract, train and predict as the number of images grows.
+
+Synthetic JPEGs of varied sizes (48-480 px a side, 10 classes of noisy colour fields close
+enough that the head has work to do) are generated on the fly into a temporary folder (nothing is
+committed); each command then runs as its own process under /usr/bin/time, which reports its
+peak RSS. The default backbone (EfficientNet-Lite0) and head (logreg) throughout; the feature
+cache starts empty for each size.
+
+Usage: python benchmarks/scale_memory.py [--sizes 10000,100000] [--keep DIR]
+A million images: python benchmarks/scale_memory.py --sizes 1000000 (about 3 hours of
+extraction and as much of prediction on 2 CPU cores, and about 15 GB of disk for the JPEGs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+CLASSES = 10
+
+
+def _make(args: tuple[Path, int]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    root, index = args
+    rng = np.random.default_rng(index)
+    label = index % CLASSES
+    width, height = (int(v) for v in rng.integers(48, 481, 2))
+    # close colours under heavy noise: classes a head must work to separate
+    hue = np.array([110 + 4 * label, 128 - 3 * label, 120 + 2 * (label % 3)], np.float32)
+    pixels = hue + rng.normal(0, 70, (height, width, 3))
+    folder = root / f"class{label:02d}"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+        folder / f"img{index:07d}.jpg", quality=85)
+
+
+def generate(root: Path, count: int) -> float:
+    for label in range(CLASSES):
+        (root / f"class{label:02d}").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with Pool(os.cpu_count()) as pool:
+        for _ in pool.imap_unordered(_make, ((root, i) for i in range(count)), chunksize=256):
+            pass
+    return time.perf_counter() - start
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, stderr) of one command as its own process."""
+    start = time.perf_counter()
+    result = subprocess.run(["/usr/bin/time", "-f", "PEAK_KB %M", *command], env=env,
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    peak = int(re.search(r"PEAK_KB (\d+)", result.stderr).group(1)) / 1024
+    return seconds, peak, result.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--keep", default=None, help="generate into (and keep) this folder")
+    args = parser.parse_args()
+    graft = [sys.executable, "-m", "graft"]
+    print(f"{'images':>8} {'step':<9}{'seconds':>9}{'img/s':>9}{'peak RSS MB':>13}")
+    for size in (int(s) for s in args.sizes.split(",")):
+        work = Path(args.keep or tempfile.mkdtemp(prefix="graft-scale-")) / f"n{size}"
+        try:
+            data = work / "data"
+            made = generate(data, size)
+            env = {**os.environ, "GRAFT_CACHE_DIR": str(work / "cache")}
+            # the exported graph is copied in: timing the network, not the one-time export
+            onnx = Path(os.environ.get("GRAFT_CACHE_DIR", Path.home() / ".cache" / "graft"))
+            if (onnx / "onnx").is_dir():
+                shutil.copytree(onnx / "onnx", work / "cache" / "onnx", dirs_exist_ok=True)
+            print(f"{size:>8} {'generate':<9}{made:>9.1f}{size / made:>9.1f}{'':>13}", flush=True)
+            rows = [
+                ("extract", [*graft, "extract", str(data), "--out", str(work / "f.h5"), "-q"]),
+                ("train", [*graft, "train", str(data), "--out", str(work / "model"), "-q"]),
+                ("predict", [*graft, "predict", str(work / "model"), str(data), "--csv",
+                             str(work / "p.csv"), "-q"]),
+            ]
+            for step, command in rows:
+                seconds, peak, _ = timed(command, env)
+                rate = f"{size / seconds:9.1f}" if step != "train" else f"{'':>9}"
+                note = ""
+                if step == "train":
+                    import json
+
+                    metrics = json.loads((work / "model" / "metrics.json").read_text())
+                    note = (f"   (head fit {metrics['head_fit_seconds']:.1f} s on "
+                            f"{metrics['n_train']:,} images, test accuracy "
+                            f"{metrics['accuracy']:.3f})")
+                print(f"{size:>8} {step:<9}{seconds:>9.1f}{rate}{peak:>13.0f}{note}", flush=True)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
