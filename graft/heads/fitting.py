@@ -108,12 +108,12 @@ def search_sample(y: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
     """Indices of a stratified sample of about ``rows`` labels (every class keeps at least
     min(its count, 3) rows), sorted."""
     rng = np.random.default_rng(seed)
-    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     share = rows / len(y)
     chosen = []
     for index, count in enumerate(counts):
         members = np.flatnonzero(inverse == index)
-        take = min(count, max(3, int(round(count * share))))
+        take = min(count, max(3, round(count * share)))
         chosen.append(rng.choice(members, take, replace=False))
     return np.sort(np.concatenate(chosen))
 

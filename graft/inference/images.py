@@ -38,6 +38,7 @@ __all__ = [
 
 # PIL's own default (about 89.5 megapixels: a 1024x1024x24-bit image decompressed 85x over).
 DEFAULT_MAX_PIXELS = 89_478_485
+_ROWS_PER_BLOCK = 256  # rows converted at a time from 16/32-bit images
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image,
                     np.ndarray]
@@ -68,13 +69,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image)
-        if mode == "F":
-            high = float(array.max()) if array.size else 1.0
-            array = array / (max(1.0, high)) * 255.0
-        else:
-            array = array.astype(np.float64) / (257.0 if array.max() > 255 else 1.0)
-        gray = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), mode="L")
-        return gray.convert("RGB")
+        high = float(array.max()) if array.size else 1.0
+        out = np.empty(array.shape, np.uint8)
+        # In blocks of rows: the float arithmetic of a whole 16-bit image would need ~28 bytes
+        # per pixel at once (a 175 KB PNG could ask for gigabytes); the result is the same.
+        for start in range(0, array.shape[0], _ROWS_PER_BLOCK):
+            block = array[start: start + _ROWS_PER_BLOCK]
+            if mode == "F":
+                block = block / (max(1.0, high)) * 255.0
+            else:
+                block = block.astype(np.float64) / (257.0 if high > 255 else 1.0)
+            out[start: start + _ROWS_PER_BLOCK] = np.clip(block + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(out, mode="L").convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = "RGBA"
@@ -122,6 +128,7 @@ def decode_image(
     *,
     min_size: tuple[int, int] | None = None,
     max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
 ) -> Image.Image:
     """Decode an image from any source into an RGB PIL image, oriented as EXIF says.
 
@@ -132,6 +139,7 @@ def decode_image(
             reduced DCT scale no smaller than this (``Image.draft``), several times faster.
         max_pixels: Refuse larger images (decompression bombs) before decoding them; default
             :data:`DEFAULT_MAX_PIXELS`, ``0`` for no limit.
+        formats: Only these PIL formats (e.g. the server's few common ones); default: any.
 
     Raises:
         ImageError: With the reason, for an empty, truncated, unreadable or oversized image.
@@ -149,13 +157,13 @@ def decode_image(
         if isinstance(source, (str, os.PathLike)):
             if Path(source).stat().st_size == 0:
                 raise ImageError(name, "empty file (0 bytes)", kind="empty")
-            opened = Image.open(source)
+            opened = Image.open(source, formats=formats)
         elif isinstance(source, (bytes, bytearray, memoryview)):
             if len(source) == 0:
                 raise ImageError(name, "empty (0 bytes)", kind="empty")
-            opened = Image.open(io.BytesIO(source))
+            opened = Image.open(io.BytesIO(source), formats=formats)
         elif hasattr(source, "read"):
-            opened = Image.open(source)
+            opened = Image.open(source, formats=formats)
         else:
             raise ImageError(
                 name, "not an image source. Expected a path, bytes, a binary file object, a "
@@ -193,13 +201,15 @@ def preprocess(
     configs: PreprocessConfig | Sequence[PreprocessConfig],
     *,
     max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
     """Decode an image once and prepare it for each backbone: one ``uint8`` HxWx3 per config.
 
     Configs that differ only in normalization (done inside the networks) share one resize.
     """
     configs = [configs] if isinstance(configs, PreprocessConfig) else list(configs)
-    image = decode_image(source, min_size=draft_size(configs), max_pixels=max_pixels)
+    image = decode_image(source, min_size=draft_size(configs), max_pixels=max_pixels,
+                         formats=formats)
     prepared: dict[tuple, np.ndarray] = {}
     for config in configs:
         if config.geometry not in prepared:

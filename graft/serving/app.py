@@ -147,12 +147,17 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.middleware("http")
     async def _count(request: Request, call_next: Any) -> Response:
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        state.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+        status = "500"  # unless the route answers: an unexpected error is answered outside
+        try:
+            response = await call_next(request)
+            status = str(response.status_code)
+            return response
+        finally:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            method = request.method if request.method in ("GET", "POST", "HEAD") else "other"
+            state.metrics.requests.labels(endpoint, method, status).inc()
+            state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
     # -- native API and the page ----------------------------------------------------------
     @app.get("/", include_in_schema=False)

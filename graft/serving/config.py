@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ class ServeConfig:
                   ("--timeout-s", self.timeout_s, 1e-3), ("--max-body-mb", self.max_body_mb, 1e-3),
                   ("--max-pixels", self.max_pixels, 1)]
         for flag, value, lowest in checks:
-            if value < lowest:
+            if not math.isfinite(value) or value < lowest:
                 raise ConfigError(f"{flag} must be >= {lowest}. Got {value!r}.")
         if self.port > 65535:
             raise ConfigError(f"--port must be <= 65535. Got {self.port!r}.")

@@ -13,7 +13,7 @@ import json
 import zlib
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from graft.serving.errors import ServeError
 
@@ -39,11 +39,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         if length > limit:
             raise _too_large(limit, f"Content-Length {length:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, f"over {limit:,} bytes received")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit, f"over {limit:,} bytes received")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ServeError(400, "The client went away before sending the whole body.",
+                         "client_disconnected") from None
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("gzip", "deflate"):
@@ -62,6 +66,8 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise ServeError(400, f"Body is not valid {encoding} data ({error}).") from None
     if len(data) > limit or inflater.unconsumed_tail:
         raise _too_large(limit, "after decompression")
+    if not inflater.eof:
+        raise ServeError(400, f"Body is truncated {encoding} data.")
     return data
 
 
@@ -110,7 +116,7 @@ async def native_images(request: Request, body: bytes) -> list[bytes]:
 def _json_images(body: bytes) -> list[bytes]:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise ServeError(400, f"Body is not valid JSON ({error}).") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ServeError(400, 'JSON body must be {"images": ["<base64>", ...]}.')

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -27,7 +28,13 @@ from graft.serving.config import ServeConfig
 from graft.serving.errors import ServeError, image_error
 from graft.serving.metrics import ServerMetrics
 
-__all__ = ["ServedModel", "Timing"]
+__all__ = ["SERVED_FORMATS", "ServedModel", "Timing"]
+
+log = logging.getLogger("graft.serve")
+
+# What the server decodes (by the bytes' own signature): the common photo formats. Pillow can
+# open dozens more, some through external programs (EPS runs Ghostscript); uploads get none.
+SERVED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")  # JPEG covers MPO
 
 
 @dataclass
@@ -97,6 +104,10 @@ class ServedModel:
             ServeError: 503 when the queue is full, 4xx for an image that cannot be decoded.
         """
         count = len(images)
+        if count > self.config.max_queue:
+            raise ServeError(413, f"{count} images in one request, more than model {self.name!r} "
+                                  f"ever holds at once (--max-queue {self.config.max_queue}). "
+                                  f"Send them in smaller requests.", "too_many_images")
         if self._pending + count > self.config.max_queue:
             self._metrics.rejected.labels(reason="queue_full").inc(count)
             raise ServeError(
@@ -128,16 +139,20 @@ class ServedModel:
         configs, limit = self.predictor.preprocess_configs, self.config.max_pixels
 
         def decode(data: bytes) -> list[np.ndarray]:
-            return preprocess(data, configs, max_pixels=limit)
+            return preprocess(data, configs, max_pixels=limit, formats=SERVED_FORMATS)
 
-        tasks = [loop.run_in_executor(self._decode_pool, decode, data) for data in images]
         try:
+            tasks = [loop.run_in_executor(self._decode_pool, decode, data) for data in images]
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self._decoding -= len(images)
+            self._wakeup.set()  # a batch waiting for these images need not wait any longer
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, ImageError):
                 raise image_error(outcome, index, len(images))
+            if isinstance(outcome, Exception):  # a decoder's own failure: still the image's
+                raise image_error(ImageError("upload", f"cannot decode ({type(outcome).__name__}: "
+                                                       f"{outcome})"), index, len(images))
             if isinstance(outcome, BaseException):
                 raise outcome
         return outcomes, time.perf_counter() - start
@@ -149,6 +164,15 @@ class ServedModel:
         return await item.future
 
     async def _batch_loop(self) -> None:
+        while True:
+            try:
+                await self._run_batches()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch loop of model %s failed; restarting it", self.name)
+
+    async def _run_batches(self) -> None:
         loop = asyncio.get_running_loop()
         limit, delay = self.config.max_batch_size, self.config.max_delay_ms / 1000
         while True:
@@ -174,9 +198,9 @@ class ServedModel:
             if not batch:
                 continue
             start = time.perf_counter()
-            stacked = [np.stack([item.inputs[b] for item in batch])
-                       for b in range(len(batch[0].inputs))]
             try:
+                stacked = [np.stack([item.inputs[b] for item in batch])
+                           for b in range(len(batch[0].inputs))]
                 probabilities = await loop.run_in_executor(self._infer_pool,
                                                            self.predictor.forward, stacked)
             except Exception as error:  # noqa: BLE001 - the requests get it, the loop goes on

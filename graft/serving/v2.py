@@ -71,7 +71,7 @@ def model_config(name: str, labels: list[str], max_batch_size: int,
 def _json(data: bytes) -> dict[str, Any]:
     try:
         header = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise ServeError(400, f"Inference request is not valid JSON ({error}).") from None
     if not isinstance(header, dict):
         raise ServeError(400, "Inference request must be a JSON object.")
@@ -142,7 +142,7 @@ def parse_infer(body: bytes, header_length: str | None, max_batch_size: int) -> 
     if count > max_batch_size:
         raise ServeError(400, f"Batch of {count} images is over this model's max_batch_size "
                               f"{max_batch_size}.", "bad_shape")
-    parameters = spec.get("parameters") or {}
+    parameters = _parameters(spec, f"input {INPUT!r}")
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
         if not isinstance(size, int) or size != len(binary):
@@ -150,7 +150,10 @@ def parse_infer(body: bytes, header_length: str | None, max_batch_size: int) -> 
                                   f"bytes after the JSON header.")
         elements = _bytes_elements(binary)
     elif "data" in spec:
-        elements = _flatten(spec["data"])
+        try:
+            elements = _flatten(spec["data"])
+        except RecursionError:
+            raise ServeError(400, f"Input {INPUT!r} data is nested too deeply.") from None
     else:
         raise ServeError(400, f"Input {INPUT!r} has neither 'data' nor binary data.")
     if len(elements) != count:
@@ -168,8 +171,15 @@ def _request_id(header: dict[str, Any]) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
+def _parameters(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = spec.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ServeError(400, f"'parameters' of {where} must be a JSON object.")
+    return parameters
+
+
 def _outputs(header: dict[str, Any]) -> list[_Output]:
-    default_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(_parameters(header, "the request").get("binary_data_output", False))
     requested = header.get("outputs")
     if requested is None:
         return [_Output(OUTPUT, default_binary)]
@@ -180,9 +190,9 @@ def _outputs(header: dict[str, Any]) -> list[_Output]:
         if not isinstance(spec, dict) or spec.get("name") != OUTPUT:
             name = spec.get("name") if isinstance(spec, dict) else spec
             raise ServeError(400, f"Unknown output {name!r}: this model's output is {OUTPUT!r}.")
-        parameters = spec.get("parameters") or {}
+        parameters = _parameters(spec, f"output {OUTPUT!r}")
         classes = parameters.get("classification", 0)
-        if not isinstance(classes, int) or classes < 0:
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
             raise ServeError(400, f"classification must be a count >= 0, got {classes!r}.")
         outputs.append(_Output(OUTPUT, bool(parameters.get("binary_data", default_binary)),
                                classes))
