@@ -418,3 +418,24 @@ def test_v2_bytes_wire_format_round_trips():
     elements = [b"abc", b"", bytes(range(256))]
     wire = b"".join(struct.pack("<I", len(e)) + e for e in elements)
     assert _bytes_elements(wire) == elements
+
+
+def test_ready_only_after_load_and_warm_up_and_not_while_draining(model):
+    import asyncio
+
+    from graft.serving import ServeConfig, create_app
+
+    app = create_app(ServeConfig(models={"m": model}))
+    state = app.state.graft
+
+    async def lifecycle():
+        async with app.router.lifespan_context(app):
+            assert not state.ready  # listening, the model still loading in the background
+            while not state.ready:
+                await asyncio.sleep(0.01)
+            warmups = state.metrics.batch_size.labels(model="m")._sum.get()
+            assert warmups == 1  # ready only after one warm-up inference has run
+            state.draining = True  # what SIGTERM sets before uvicorn drains
+            assert not state.ready
+
+    asyncio.run(lifecycle())
