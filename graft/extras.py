@@ -20,6 +20,7 @@ EXTRAS = {
               "safetensors"),
     "report": ("matplotlib",),
     "serve": ("fastapi", "uvicorn", "prometheus_client", "multipart"),
+    "ray": ("ray", "pyarrow"),
 }
 
 

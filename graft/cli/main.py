@@ -60,6 +60,12 @@ def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
                             "extraction on an AVX2 CPU; accuracy within a point, measured)")
     group.add_argument("--device", default="auto",
                        help="auto (CUDA if present, else ONNX Runtime on CPU), cpu, cuda, torch")
+    group.add_argument("--engine", default="local", choices=("local", "ray"),
+                       help="local (this process), or ray: decode and run the backbone on a Ray "
+                            "cluster (needs graft[ray]); only this process writes the cache")
+    group.add_argument("--address", default=None,
+                       help="the Ray cluster with --engine ray: auto, HOST:PORT or ray://... "
+                            "(default: $RAY_ADDRESS, else a local cluster)")
     group.add_argument("--cache-dir", default=None,
                        help="feature/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
 
@@ -249,7 +255,7 @@ def _backbone_kwargs(args: argparse.Namespace) -> dict:
         "backbone": args.backbone, "layer": args.layer, "pool": args.pool,
         "weights": args.weights, "image_size": args.image_size, "batch_size": args.batch_size,
         "device": args.device, "cache_dir": args.cache_dir, "threads": args.threads,
-        "precision": args.precision,
+        "precision": args.precision, "engine": args.engine, "address": args.address,
     }
 
 

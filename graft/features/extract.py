@@ -92,6 +92,8 @@ def extract_dataset(
     workers: int | None = None,
     progress: bool = True,
     augment: tuple[str, ...] = (),
+    engine: str = "local",
+    address: str | None = None,
 ) -> tuple[list[str | None], ExtractionReport]:
     """Make sure every image of ``dataset`` is in each backbone's cache; compute only what is missing.
 
@@ -100,6 +102,8 @@ def extract_dataset(
         caches: The cache of each engine, in the same order.
         augment: How samples with ``view > 0`` are augmented (see ``augment_for_network``);
             each view is cached under its own key, reproducible from the file and the view.
+        engine: ``local`` (this process) or ``ray`` (decode and run the graphs on a Ray
+            cluster at ``address``; only this process writes the cache).
 
     Returns:
         The cache key of every sample (None for a file that could not be read), and a report.
@@ -135,6 +139,11 @@ def extract_dataset(
     bar = tqdm(total=len(todo), unit="img", desc="Extracting features", disable=not progress or
                not todo, dynamic_ncols=True, smoothing=0.1)
     try:
+        if engine == "ray" and todo:
+            _extract_on_ray(dataset, engines, caches, todo, keys, report, bar,
+                            batch_size=batch_size, address=address)
+            todo = []
+
         def load(item: tuple, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
             sample = dataset.samples[item[0]]
             if sample.view == 0:
@@ -170,6 +179,30 @@ def extract_dataset(
     report.failures.sort()
     report.seconds = time.perf_counter() - start
     return keys, report
+
+
+def _extract_on_ray(dataset: ImageDataset, engines: Sequence[FeatureEngine],
+                    caches: Sequence[FeatureCache], todo: list[tuple[int, str, tuple[int, ...]]],
+                    keys: list[str | None], report: ExtractionReport, bar: Any, *,
+                    batch_size: int, address: str | None) -> None:
+    from graft.scale.ray_engine import ray_features
+
+    if any(dataset.samples[index].view for index, _, _ in todo):
+        raise DataError("--augment-views runs locally: leave out --engine ray for it.")
+    paths = [str(dataset.samples[index].path) for index, _, _ in todo]
+    for batch in ray_features(paths, engines, batch_size=batch_size, address=address):
+        for position, reason in batch.failures:
+            index, key, _ = todo[position]
+            report.failures.append((dataset.samples[index].relpath, reason))
+            for cache in caches:
+                cache.add_failure(key, reason)
+            keys[index] = None
+        for j, (cache, block) in enumerate(zip(caches, batch.features)):
+            rows = [r for r, position in enumerate(batch.positions) if j in todo[position][2]]
+            if rows:
+                cache.add([todo[batch.positions[r]][1] for r in rows], block[rows])
+        report.n_computed += len(batch.positions)
+        bar.update(len(batch.positions) + len(batch.failures))
 
 
 @dataclass
@@ -217,10 +250,13 @@ def _extract_usable(
     progress: bool,
     min_per_class: int = 2,
     augment: tuple[str, ...] = (),
+    engine: str = "local",
+    address: str | None = None,
 ) -> _Extracted:
-    caches = [open_cache(engine, cache_dir) for engine in engines]
+    caches = [open_cache(e, cache_dir) for e in engines]
     keys, report = extract_dataset(dataset, engines, caches, batch_size=batch_size,
-                                   workers=workers, progress=progress, augment=augment)
+                                   workers=workers, progress=progress, augment=augment,
+                                   engine=engine, address=address)
     rows = [i for i, key in enumerate(keys) if key is not None]
     samples = [dataset.samples[i] for i in rows]
     counts = Counter(s.label for s in samples)
@@ -280,6 +316,8 @@ def extract_feature_set(
     workers: int | None = None,
     progress: bool = True,
     min_per_class: int = 2,
+    engine: str = "local",
+    address: str | None = None,
 ) -> tuple[FeatureSet, ExtractionReport]:
     """Extract (or read from the cache) the features of ``dataset`` into memory.
 
@@ -291,8 +329,8 @@ def extract_feature_set(
     """
     engines = _as_list(engines)
     done = _extract_usable(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,
-                           workers=workers, progress=progress,
-                           min_per_class=min_per_class).grouped_by_split()
+                           workers=workers, progress=progress, min_per_class=min_per_class,
+                           engine=engine, address=address).grouped_by_split()
     feature_set = FeatureSet(
         features=done.matrix(),
         labels=done.labels,
@@ -319,13 +357,16 @@ def extract_to_file(
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
 ) -> tuple[Path, ExtractionReport]:
     """Extract ``dataset`` into the feature file ``out``, streaming from the cache (flat memory)."""
     from graft import __version__
 
     engines = _as_list(engines)
     done = _extract_usable(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,
-                           workers=workers, progress=progress).grouped_by_split()
+                           workers=workers, progress=progress, engine=engine,
+                           address=address).grouped_by_split()
     chunks = (done.features(i, i + _GATHER_ROWS) for i in range(0, len(done.keys), _GATHER_ROWS))
     path = write_feature_file(
         out,

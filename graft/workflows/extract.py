@@ -8,6 +8,7 @@ from pathlib import Path
 
 from graft.catalog import DEFAULT_BACKBONE
 from graft.data import assign_splits, scan_dataset
+from graft.errors import ConfigError
 from graft.features import ExtractionReport, extract_to_file
 from graft.inference.threads import plan_threads
 from graft.workflows._common import build_backbones, set_precision
@@ -34,6 +35,8 @@ def extract(
     threads: int | None = None,
     precision: str = "fp32",
     progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
 ) -> tuple[Path, ExtractionReport]:
     """Extract the features of an image folder (or CSV) into a feature file (HDF5).
 
@@ -45,6 +48,8 @@ def extract(
             their features concatenated. ``weights`` and ``layer`` then take ``NAME=VALUE``.
         threads: CPUs to use, split between decoding and the network.
         precision: ``fp32`` or ``int8`` (quantized, calibrated on up to 200 training images).
+        engine: ``local``, or ``ray`` (decode and run the graphs on the Ray cluster at
+            ``address``; default ``$RAY_ADDRESS``, else a local one).
 
     Returns:
         The file written, and what was extracted, read from the cache, or skipped.
@@ -58,5 +63,8 @@ def extract(
     engines, configs = set_precision(
         engines, configs, precision, [s.path for s in dataset.samples if s.split == "train"],
         cache_dir=cache_dir)
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray. Got {engine!r}.")
     return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,
-                           batch_size=batch_size, workers=plan.decode, progress=progress)
+                           batch_size=batch_size, workers=plan.decode, progress=progress,
+                           engine=engine, address=address)

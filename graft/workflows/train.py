@@ -67,6 +67,9 @@ class TrainConfig:
         threads: CPUs to use, split between decoding and the network (default: all available).
         precision: ``fp32``, or ``int8``: the backbone quantized (calibrated on up to 200
             training images); the model directory then ships the int8 graph.
+        engine: ``local``, or ``ray``: extraction decodes and runs the graphs on a Ray
+            cluster (``address``: ``auto``, ``host:port``...; default ``$RAY_ADDRESS``, else a
+            local cluster).
     """
 
     backbone: str | Sequence[str] | None = DEFAULT_BACKBONE
@@ -86,6 +89,8 @@ class TrainConfig:
     augment: str = "flip,rotate,crop"
     threads: int | None = None
     precision: str = "fp32"
+    engine: str = "local"
+    address: str | None = None
 
     def validate(self) -> tuple[str, ...]:
         """Check the options that can be checked before any work; return the augmentations."""
@@ -98,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size!r}.")
         from graft.features.quantize import PRECISIONS
 
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"--engine must be local or ray. Got {self.engine!r}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
                               f"Got {self.precision!r}.")
@@ -250,7 +257,8 @@ def _load_features(run: _Run) -> None:
     _set_precision(run, [s.path for s in run.dataset.samples if s.split == "train"])
     run.features, run.extraction = extract_feature_set(
         run.dataset, run.engines, run.backbones, cache_dir=cfg.cache_dir,
-        batch_size=cfg.batch_size, workers=plan.decode, progress=run.progress)
+        batch_size=cfg.batch_size, workers=plan.decode, progress=run.progress,
+        engine=cfg.engine, address=cfg.address)
     run.log(run.extraction.summary())
 
 

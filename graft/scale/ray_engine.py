@@ -1,0 +1,156 @@
+"""``--engine ray``: decode and run the backbone graphs on a Ray cluster, with Ray Data.
+
+The driver lists the images and drops those already cached; a Parquet manifest of the rest is
+read by Ray Data; stateless tasks decode and preprocess (the same :func:`preprocess` as local
+runs, so the same bytes reach the network); an actor pool runs the exported ONNX graphs (sent
+once through the object store), each actor's ONNX Runtime threads sized to its CPUs. Results
+stream back to the driver, which alone writes the HDF5 cache (one writer), a shard at a time:
+a killed run keeps what was written, and the next run computes only the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.data.preprocess import PreprocessConfig
+from graft.errors import ConfigError
+
+__all__ = ["RayBatch", "connect", "ray_features"]
+
+
+@dataclass
+class RayBatch:
+    """Features of some images, computed on the cluster (rows in ``positions`` order)."""
+
+    positions: np.ndarray        # indices into the list of paths given to ray_features
+    features: list[np.ndarray]   # one (N, D_j) block per engine
+    failures: list[tuple[int, str]]  # (position, reason) of images that could not be decoded
+
+
+def connect(address: str | None = None) -> Any:
+    """Join the cluster at ``address`` (``auto``, ``ray://...``, ``host:port``; default
+    ``$RAY_ADDRESS``, else a local cluster on this machine's CPUs)."""
+    from graft.extras import require
+
+    require("ray", command="--engine ray")
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no C++ warnings on stderr
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            raise ConfigError(f"Cannot reach a Ray cluster at {address!r}: {error}. Start one "
+                              f"('ray start --head') or leave --address out for a local "
+                              f"one.") from None
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # graft shows its own
+    return ray
+
+
+def _decode(batch: dict[str, np.ndarray], configs: list[dict]) -> dict[str, np.ndarray]:
+    from graft.errors import ImageError
+    from graft.inference.images import preprocess
+
+    prepared = [PreprocessConfig.from_dict(c) for c in configs]
+    shapes = [(c.input_size[1], c.input_size[2], 3) for c in prepared]
+    n = len(batch["path"])
+    images = [np.zeros((n, *shape), np.uint8) for shape in shapes]
+    reasons = np.array([""] * n, dtype=object)
+    for row, path in enumerate(batch["path"]):
+        try:
+            for j, array in enumerate(preprocess(str(path), prepared)):
+                images[j][row] = array
+        except ImageError as error:
+            reasons[row] = error.reason
+        except OSError as error:
+            reasons[row] = f"cannot read ({error.strerror or error})"
+    out = {"position": batch["position"], "reason": reasons}
+    out.update({f"image_{j}": block for j, block in enumerate(images)})
+    return out
+
+
+class _Embed:
+    """One actor: the graphs loaded once, ONNX Runtime threads = the actor's CPUs."""
+
+    def __init__(self, graphs: list[Any], engines: list[dict], threads: int) -> None:
+        import ray
+
+        from graft.inference.engine import OnnxEngine
+
+        self._folder = tempfile.mkdtemp(prefix="graft-ray-")
+        self.engines = []
+        for j, (graph, spec) in enumerate(zip(graphs, engines)):
+            path = Path(self._folder) / f"graph{j}.onnx"
+            path.write_bytes(ray.get(graph))
+            self.engines.append(OnnxEngine(
+                path, key=spec["key"], preprocess=PreprocessConfig.from_dict(spec["preprocess"]),
+                num_features=spec["num_features"], threads=threads))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.array([not r for r in batch["reason"]], dtype=bool)
+        out = {"position": batch["position"], "reason": batch["reason"]}
+        for j, engine in enumerate(self.engines):
+            features = np.zeros((len(ok), engine.num_features), np.float32)
+            if ok.any():
+                features[ok] = engine(np.ascontiguousarray(batch[f"image_{j}"][ok]))
+            out[f"features_{j}"] = features
+        return out
+
+
+def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: int = 32,
+                 address: str | None = None, work_dir: str | os.PathLike | None = None
+                 ) -> Iterator[RayBatch]:
+    """Features of ``paths`` for each engine (an ONNX graph on disk), computed on Ray."""
+    if not paths:
+        return
+    ray = connect(address)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data import ActorPoolStrategy
+
+    for engine in engines:
+        if not hasattr(engine, "path"):
+            raise ConfigError("--engine ray runs exported ONNX graphs: use --device cpu (or auto).")
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = max(1, cpus - 1)  # leave a CPU for reading and decoding: they must not starve
+    specs = [{"key": e.key, "preprocess": e.preprocess.to_dict(), "num_features": e.num_features}
+             for e in engines]
+    graphs = [ray.put(Path(e.path).read_bytes()) for e in engines]  # once, not per task
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="graft-ray-run-") as run:
+        manifest = Path(run) / "manifest.parquet"
+        pq.write_table(pa.table({"path": [str(p) for p in paths],
+                                 "position": np.arange(len(paths), dtype=np.int64)}), manifest)
+        # blocks of a few batches: results (and cache shards) arrive while the run goes on
+        blocks = max(1, min(-(-len(paths) // batch_size), 4096))
+        dataset = ray.data.read_parquet(str(manifest)).repartition(blocks)
+        dataset = dataset.map_batches(_decode, fn_kwargs={"configs": [s["preprocess"]
+                                                                      for s in specs]},
+                                      batch_size=batch_size, batch_format="numpy",
+                                      num_cpus=0.5)
+        dataset = dataset.map_batches(_Embed, fn_constructor_kwargs={
+            "graphs": graphs, "engines": specs, "threads": 1},
+            compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
+            batch_size=batch_size, batch_format="numpy")
+        columns = ["position", "reason", *(f"features_{j}" for j in range(len(engines)))]
+        for batch in dataset.select_columns(columns).iter_batches(batch_size=None,
+                                                                 batch_format="numpy"):
+            reasons = batch["reason"]
+            ok = np.array([not r for r in reasons], dtype=bool)
+            yield RayBatch(
+                positions=batch["position"][ok],
+                features=[np.asarray(batch[f"features_{j}"], np.float32)[ok]
+                          for j in range(len(engines))],
+                failures=[(int(p), str(r)) for p, r in zip(batch["position"][~ok],
+                                                           reasons[~ok])])
