@@ -163,12 +163,12 @@ def extract_dataset(
                 for cache in caches:
                     cache.add_failure(key, reason)
                 keys[index] = None
-            for j, (engine, cache) in enumerate(zip(engines, caches)):
+            for j, (network, cache) in enumerate(zip(engines, caches)):
                 rows = [r for r, (_, _, missing) in enumerate(batch.items) if j in missing]
                 if rows:
                     images = batch.images[j]
                     images = images if len(rows) == len(images) else images[rows]
-                    cache.add([batch.items[r][1] for r in rows], engine(images))
+                    cache.add([batch.items[r][1] for r in rows], network(images))
             report.n_computed += len(batch.items)
             bar.update(len(batch.items) + len(batch.failures))
     finally:
