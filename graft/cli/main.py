@@ -453,9 +453,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
                 if e.last_used else "?"
             images = "?" if e.images < 0 else f"{e.images:,}"
             failed = "?" if e.failures < 0 else f"{e.failures:,}"
-            graphs = sum(g.stat().st_size for g in e.graphs if g.exists())
             print(f"{e.key:<22}{e.backbone[:33]:<34}{images:>9}{failed:>8}"
-                  f"{_megabytes(e.bytes):>12}{_megabytes(graphs):>11}  {used}")
+                  f"{_megabytes(e.bytes):>12}{_megabytes(e.graph_bytes):>11}  {used}")
         if not entries:
             print("(empty)")
         if any(e.images < 0 for e in entries):
@@ -465,8 +464,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     removed = prune_cache(args.cache_dir, older_than_days=args.older_than, keys=args.key,
                           everything=args.all, dry_run=args.dry_run)
     verb = "Would delete" if args.dry_run else "Deleted"
-    total = sum(e.bytes + sum(g.stat().st_size for g in e.graphs if g.exists()) for e in removed) \
-        if args.dry_run else None
+    total = sum(e.bytes + e.graph_bytes for e in removed) if args.dry_run else None
     for e in removed:
         images = "?" if e.images < 0 else f"{e.images:,}"
         print(f"{verb} {e.key} ({e.backbone}, {images} images, "

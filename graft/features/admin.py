@@ -36,10 +36,14 @@ class CacheEntry:
     last_used: float
     graphs: list[Path]
 
+    @property
+    def graph_bytes(self) -> int:
+        return sum(_size(g) for g in self.graphs)
+
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "backbone": self.backbone, "path": str(self.path),
                 "images": self.images, "failures": self.failures, "shards": self.shards,
-                "bytes": self.bytes, "graph_bytes": sum(_size(g) for g in self.graphs),
+                "bytes": self.bytes, "graph_bytes": self.graph_bytes,
                 "last_used": self.last_used, "graphs": [str(g) for g in self.graphs]}
 
 

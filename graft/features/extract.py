@@ -159,10 +159,7 @@ def extract_dataset(
         )
         for batch in batches:
             for (index, key, _), reason in batch.failures:
-                report.failures.append((dataset.samples[index].relpath, reason))
-                for cache in caches:
-                    cache.add_failure(key, reason)
-                keys[index] = None
+                _unreadable(dataset, caches, keys, report, index, key, reason)
             for j, (network, cache) in enumerate(zip(engines, caches)):
                 rows = [r for r, (_, _, missing) in enumerate(batch.items) if j in missing]
                 if rows:
@@ -181,6 +178,15 @@ def extract_dataset(
     return keys, report
 
 
+def _unreadable(dataset: ImageDataset, caches: Sequence[FeatureCache], keys: list[str | None],
+                report: ExtractionReport, index: int, key: str, reason: str) -> None:
+    """Record an image that could not be decoded: reported, cached as failed, not used."""
+    report.failures.append((dataset.samples[index].relpath, reason))
+    for cache in caches:
+        cache.add_failure(key, reason)
+    keys[index] = None
+
+
 def _extract_on_ray(dataset: ImageDataset, engines: Sequence[FeatureEngine],
                     caches: Sequence[FeatureCache], todo: list[tuple[int, str, tuple[int, ...]]],
                     keys: list[str | None], report: ExtractionReport, bar: Any, *,
@@ -193,10 +199,7 @@ def _extract_on_ray(dataset: ImageDataset, engines: Sequence[FeatureEngine],
     for batch in ray_features(paths, engines, batch_size=batch_size, address=address):
         for position, reason in batch.failures:
             index, key, _ = todo[position]
-            report.failures.append((dataset.samples[index].relpath, reason))
-            for cache in caches:
-                cache.add_failure(key, reason)
-            keys[index] = None
+            _unreadable(dataset, caches, keys, report, index, key, reason)
         for j, (cache, block) in enumerate(zip(caches, batch.features)):
             rows = [r for r, position in enumerate(batch.positions) if j in todo[position][2]]
             if rows:
