@@ -85,3 +85,14 @@ def test_a_killed_ray_run_resumes(tiny_backbone, tmp_path):
     _, report = extract_dataset(scan_dataset(data), [engine], [cache], batch_size=4,
                                 progress=False)
     assert report.n_cached == done and report.n_computed == 30 - done
+
+
+def test_the_cli_extracts_and_trains_on_ray(cluster, tmp_path):
+    from graft.cli import main
+
+    data = make_dataset(tmp_path / "data", n_per_class=6)
+    args = ["--backbone", "test_efficientnet", "--weights", "random", "--engine", "ray",
+            "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert main(["extract", str(data), "--out", str(tmp_path / "f.h5"), *args]) == 0
+    assert main(["train", str(data), "--out", str(tmp_path / "model"), *args]) == 0
+    assert (tmp_path / "model" / "graft.json").is_file()
