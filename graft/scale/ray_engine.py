@@ -40,10 +40,10 @@ def connect(address: str | None = None) -> Any:
     from graft.extras import require
 
     require("ray", command="--engine ray")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines stay off stderr
     import ray
 
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no C++ warnings on stderr
         address = address or os.environ.get("RAY_ADDRESS") or None
         try:
             ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
@@ -52,11 +52,18 @@ def connect(address: str | None = None) -> Any:
             raise ConfigError(f"Cannot reach a Ray cluster at {address!r}: {error}. Start one "
                               f"('ray start --head') or leave --address out for a local "
                               f"one.") from None
-    import logging
-
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    _quiet()
     ray.data.DataContext.get_current().enable_progress_bars = False  # graft shows its own
     return ray
+
+
+def _quiet() -> None:
+    """Ray Data's own log lines off stderr: graft reports progress itself."""
+    import logging
+
+    for name in ("ray.data", *(n for n in logging.root.manager.loggerDict
+                               if n.startswith("ray.data."))):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _decode(batch: dict[str, np.ndarray], configs: list[dict]) -> dict[str, np.ndarray]:
@@ -143,6 +150,7 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
             "graphs": graphs, "engines": specs, "threads": 1},
             compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
             batch_size=batch_size, batch_format="numpy")
+        _quiet()  # Ray Data configures its loggers when first used: quiet them again
         columns = ["position", "reason", *(f"features_{j}" for j in range(len(engines)))]
         for batch in dataset.select_columns(columns).iter_batches(batch_size=None,
                                                                  batch_format="numpy"):
