@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free)")
     p.add_argument("--max-batch-size", type=int, default=32,
-                   help="most images in one ONNX Runtime call (default: 32)")
+                   help="most images in one batch through the model (default: 32)")
     p.add_argument("--max-delay-ms", type=float, default=5.0,
                    help="longest a batch waits for images still being decoded (default: 5); a "
                         "batch runs at once when nothing else is on the way")

@@ -18,6 +18,7 @@ from typing import Any
 
 from graft.config import resolve_cache_dir
 from graft.errors import ConfigError
+from graft.features.store import index_counts
 
 __all__ = ["CacheEntry", "cache_entries", "prune_cache"]
 
@@ -70,10 +71,7 @@ def _read_index(folder: Path) -> tuple[int, int, float | None]:
         return -1, -1, None
     db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=30)
     try:
-        images, = db.execute("SELECT COUNT(*) FROM rows").fetchone()
-        failures, = db.execute("SELECT COUNT(*) FROM failures").fetchone()
-        used = db.execute("SELECT value FROM meta WHERE name = 'last_used'").fetchone()
-        return int(images), int(failures), float(used[0]) if used else None
+        return index_counts(db)
     except sqlite3.Error:
         return -1, -1, None
     finally:

@@ -60,6 +60,14 @@ def _atomic_h5(path: Path):
 _LOOKUP_CHUNK = 500  # keys per SQL query (well under SQLite's variable limit)
 
 
+def index_counts(db: sqlite3.Connection) -> tuple[int, int, float | None]:
+    """Images, failures and last use recorded in a cache's ``index.sqlite``."""
+    images, = db.execute("SELECT COUNT(*) FROM rows").fetchone()
+    failures, = db.execute("SELECT COUNT(*) FROM failures").fetchone()
+    used = db.execute("SELECT value FROM meta WHERE name = 'last_used'").fetchone()
+    return int(images), int(failures), float(used[0]) if used else None
+
+
 def _chunks(items: list[str], size: int = _LOOKUP_CHUNK) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start: start + size]
@@ -154,11 +162,10 @@ class FeatureCache:
 
     def info(self) -> dict[str, Any]:
         """Images, failures, shards, bytes on disk and when it was last opened."""
-        images, = self._db.execute("SELECT COUNT(*) FROM rows").fetchone()
-        failures, = self._db.execute("SELECT COUNT(*) FROM failures").fetchone()
+        images, failures, _ = index_counts(self._db)
         shards, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) "
                                         "FROM shards").fetchone()
-        return {"images": int(images), "failures": int(failures), "shards": int(shards),
+        return {"images": images, "failures": failures, "shards": int(shards),
                 "bytes": int(size) + (self.root / self.INDEX).stat().st_size}
 
     def add(self, keys: Iterable[str], features: np.ndarray) -> None:

@@ -166,14 +166,15 @@ def _fit_search_on_sample(estimator: Any, X: np.ndarray, y: np.ndarray, *, name:
 
     start = time.perf_counter()
     sample = search_sample(y, rows)
+    X_sample, y_sample = X[sample], y[sample]
     estimator.set_params(refit=False)
-    fit_head(estimator, X[sample], y[sample], name=f"{name} (search on {len(sample):,} rows)",
+    fit_head(estimator, X_sample, y_sample, name=f"{name} (search on {len(sample):,} rows)",
              progress=progress, cpus=cpus, max_search_rows=None)
     final = clone(estimator.estimator).set_params(**estimator.best_params_)
     with fitting_threads(cpus):
         warm = "warm_start" in final.get_params()
         if warm:  # start the fit on every row from the sample's solution: far fewer iterations
-            final.fit(X[sample], y[sample])
+            final.fit(X_sample, y_sample)
             final.set_params(warm_start=True)
         final.fit(X, y)
         if warm:

@@ -67,22 +67,22 @@ def _quiet() -> None:
 
 
 def _decode(batch: dict[str, np.ndarray], configs: list[dict]) -> dict[str, np.ndarray]:
-    from graft.errors import ImageError
-    from graft.inference.images import preprocess
+    """One Ray Data batch of paths -> prepared images (zeros and a reason where one failed),
+    through the same decoding loop as local extraction."""
+    from graft.inference.batches import iter_decoded_batches
 
     prepared = [PreprocessConfig.from_dict(c) for c in configs]
-    shapes = [(c.input_size[1], c.input_size[2], 3) for c in prepared]
     n = len(batch["path"])
-    images = [np.zeros((n, *shape), np.uint8) for shape in shapes]
+    images = [np.zeros((n, c.input_size[1], c.input_size[2], 3), np.uint8) for c in prepared]
     reasons = np.array([""] * n, dtype=object)
-    for row, path in enumerate(batch["path"]):
-        try:
-            for j, array in enumerate(preprocess(str(path), prepared)):
-                images[j][row] = array
-        except ImageError as error:
-            reasons[row] = error.reason
-        except OSError as error:
-            reasons[row] = f"cannot read ({error.strerror or error})"
+    for decoded in iter_decoded_batches(enumerate(batch["path"]), prepared,
+                                        batch_size=max(1, n), workers=0,
+                                        source_of=lambda item: str(item[1])):
+        rows = [row for row, _ in decoded.items]
+        for j, block in enumerate(decoded.images):
+            images[j][rows] = block
+        for (row, _), reason in decoded.failures:
+            reasons[row] = reason
     out = {"position": batch["position"], "reason": reasons}
     out.update({f"image_{j}": block for j, block in enumerate(images)})
     return out

@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from graft.serving.errors import ServeError
 
-__all__ = ["decode_base64", "native_images", "read_body"]
+__all__ = ["decode_base64", "load_json", "native_images", "read_body"]
 
 MAX_IMAGES = 1024  # per request; the queue limit applies as well
 
@@ -113,11 +113,16 @@ async def native_images(request: Request, body: bytes) -> list[bytes]:
     return images
 
 
-def _json_images(body: bytes) -> list[bytes]:
+def load_json(data: bytes, what: str = "Body") -> Any:
+    """Parsed JSON, or a 400 that says why (nesting too deep included)."""
     try:
-        data = json.loads(body)
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
-        raise ServeError(400, f"Body is not valid JSON ({error}).") from None
+        raise ServeError(400, f"{what} is not valid JSON ({error}).") from None
+
+
+def _json_images(body: bytes) -> list[bytes]:
+    data = load_json(body)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ServeError(400, 'JSON body must be {"images": ["<base64>", ...]}.')
     return [decode_base64(text, f"images[{i}]") for i, text in enumerate(data["images"])]

@@ -21,7 +21,7 @@ import numpy as np
 from starlette.responses import Response
 
 from graft.serving.errors import ServeError
-from graft.serving.inputs import MAX_IMAGES, decode_base64
+from graft.serving.inputs import MAX_IMAGES, decode_base64, load_json
 
 __all__ = ["INPUT", "OUTPUT", "InferRequest", "infer_response", "model_config", "model_metadata",
            "parse_infer"]
@@ -69,10 +69,7 @@ def model_config(name: str, labels: list[str], max_batch_size: int,
 
 
 def _json(data: bytes) -> dict[str, Any]:
-    try:
-        header = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
-        raise ServeError(400, f"Inference request is not valid JSON ({error}).") from None
+    header = load_json(data, "Inference request")
     if not isinstance(header, dict):
         raise ServeError(400, "Inference request must be a JSON object.")
     return header
@@ -139,6 +136,8 @@ def parse_infer(body: bytes, header_length: str | None, max_batch_size: int) -> 
         raise ServeError(400, f"Input {INPUT!r} must have shape [N] (or [N, 1]), N >= 1; got "
                               f"{shape!r}.", "bad_shape")
     count = shape[0]
+    if count > MAX_IMAGES:
+        raise ServeError(413, f"{count} images in one request; at most {MAX_IMAGES}.")
     if count > max_batch_size:
         raise ServeError(400, f"Batch of {count} images is over this model's max_batch_size "
                               f"{max_batch_size}.", "bad_shape")
@@ -161,8 +160,6 @@ def parse_infer(body: bytes, header_length: str | None, max_batch_size: int) -> 
                               f"elements.", "bad_shape")
     images = [_image(e, f"{INPUT}[{i}]") if isinstance(e, bytes) else
               decode_base64(e, f"{INPUT}[{i}]") for i, e in enumerate(elements)]
-    if count > MAX_IMAGES:
-        raise ServeError(413, f"{count} images in one request; at most {MAX_IMAGES}.")
     return InferRequest(images, _outputs(header), _request_id(header))
 
 
