@@ -14,7 +14,7 @@ Then: an overload run (concurrency 4x --max-queue: 503s, not timeouts), and a so
 server's RSS after 1,000 and after --soak requests).
 
 Usage: python benchmarks/serve_load.py [--levels 1,8,32,64] [--seconds 10] [--soak 20000]
-       [--skip-baseline]      (needs `pip install aiohttp`, and graft[all,serve])
+       [--skip-baseline] [--precision fp32|int8]      (needs `pip install aiohttp`, and graft[all,serve])
 """
 
 from __future__ import annotations
@@ -130,9 +130,9 @@ def _row(name: str, concurrency: int, r: dict) -> str:
             f"{r['p99']:>9.1f}{r['ok']:>8}   {other or '-'}{' errors=' + str(r['errors']) if r['errors'] else ''}")
 
 
-def _train(model: Path) -> None:
+def _train(model: Path, precision: str) -> None:
     subprocess.run([sys.executable, "-m", "graft", "train", str(DATA), "--out", str(model),
-                    "-q"], check=True, capture_output=True)
+                    "--precision", precision, "-q"], check=True, capture_output=True)
 
 
 def _offline(model: Path, paths: list[Path]) -> float:
@@ -154,15 +154,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--soak", type=int, default=20000)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="graft's model (train --precision); the baseline stays fp32")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     paths = sorted((DATA / "val").glob("*/*.jpg"))
     images = [p.read_bytes() for p in paths]
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "hymenoptera"
-        _train(model)
+        _train(model, args.precision)
         offline = _offline(model, paths)
-        print(f"{len(images)} hymenoptera photos; {os.cpu_count()} CPUs; offline Predictor "
+        print(f"{len(images)} hymenoptera photos; {os.cpu_count()} CPUs; graft's model "
+              f"{args.precision}; offline Predictor "
               f"(graft predict's path): {offline:.1f} img/s\n")
         print(f"{'server':<9}{'conc':>5}{'img/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
               f"{'ok':>8}   other statuses")

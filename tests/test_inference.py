@@ -194,6 +194,22 @@ def test_session_is_created_once_under_concurrent_first_use(tiny_backbone, tmp_p
     np.testing.assert_array_equal(together, one_by_one)
 
 
+def test_a_batch_is_shared_among_threads_with_the_same_features(tiny_backbone, tmp_path):
+    exported = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path)
+    images = np.random.default_rng(1).integers(0, 255, (7, *tiny_backbone.preprocess.size, 3),
+                                               dtype=np.uint8)
+    common = dict(key=exported.key, preprocess=exported.preprocess,
+                  num_features=exported.num_features)
+    alone = OnnxEngine(exported.path, threads=1, micro_batch=2, **common)
+    shared = OnnxEngine(exported.path, threads=3, micro_batch=2, **common)
+    expected = alone(images)
+    for _ in range(3):  # 4 slices (the last padded) over 3 callers, in order
+        np.testing.assert_array_equal(shared(images), expected)
+    np.testing.assert_array_equal(shared(images[:1]), expected[:1])
+    assert shared.session.get_session_options().intra_op_num_threads == 1
+    assert shared._callers == 3
+
+
 def test_thread_plan_is_logged_once():
     import logging
 
@@ -210,8 +226,8 @@ def test_thread_plan_is_logged_once():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    assert messages == ["threads: 97 CPU(s): decoding with 97 thread(s), then the network with "
-                        "97 ONNX Runtime thread(s), in turn"]
+    assert messages == ["threads: 97 CPU(s): decoding with 97 thread(s), then the network on "
+                        "97 image(s) at a time, in turn"]
 
 
 def test_thread_plan_uses_the_available_cpus():

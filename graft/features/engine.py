@@ -26,19 +26,20 @@ __all__ = [
     "FeatureEngine",
     "OnnxEngine",
     "TorchEngine",
+    "EXPORT_FORMAT",
     "backbone_key",
     "create_engine",
     "export_backbone_onnx",
     "fused_key",
 ]
 
-_EXPORT_FORMAT = 3  # bump when the exported graph changes, so caches are rebuilt
+EXPORT_FORMAT = 4  # bump when the exported graph or the CPU-side resize changes: caches rebuild
 
 
 def backbone_key(config: dict[str, Any]) -> str:
     """Identity of a feature extractor: same key, same features for the same image."""
     ident = {k: config[k] for k in ("name", "layer", "pool", "weights_sha256", "preprocess")}
-    ident["export_format"] = _EXPORT_FORMAT
+    ident["export_format"] = EXPORT_FORMAT
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 

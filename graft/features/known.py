@@ -5,8 +5,8 @@ only to compute the key of an ONNX graph that is usually cached already. So ever
 backbone is built, graft also records the *request* that produced it (name, cut, pooling, input
 size, and the identity of the weights: a file's path, size and modification time, a URL, or the
 installed versions of the packages that ship default weights) next to the exported graph. The next
-identical request finds the graph and the backbone's config from that record, and runs on
-onnxruntime alone. Any change in the request, the weights file or the packages misses the record,
+identical request (under the same :data:`EXPORT_FORMAT`) finds the graph and the backbone's
+config from that record, and runs on onnxruntime alone. Any change in the request, the weights file or the packages misses the record,
 and the backbone is built (and recorded) again.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 from graft.config import resolve_cache_dir
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import GraftError
+from graft.features.engine import EXPORT_FORMAT
 from graft.inference.engine import OnnxEngine
 
 __all__ = ["find_known_engines", "record_known_engines"]
@@ -58,7 +59,7 @@ def _request_key(name: str, layer: str | None, weights: str | None, pool: str,
     identity = _weights_identity(weights)
     if identity is None:
         return None
-    request = {"format": _FORMAT, "name": name.lower(), "layer": layer, "pool": pool,
+    request = {"format": _FORMAT, "export_format": EXPORT_FORMAT, "name": name.lower(), "layer": layer, "pool": pool,
                "image_size": image_size, "weights": identity}
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:24]
 

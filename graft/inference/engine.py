@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,15 @@ class OnnxEngine(FeatureEngine):
     static, ONNX Runtime folds the shape arithmetic of TF-"same" padding and plans memory once.
     Measured for EfficientNet-Lite0 on 2 cores: pinned to 1 image, 149 img/s; pinned to 32, 157;
     a dynamic batch of 32, 122. Pinning to 1 keeps nearly all of the gain, never pads, and makes
-    one image cost one image, so it is the CPU default. On CUDA the batch stays dynamic.
+    one image cost one image, so it is the CPU default.
+
+    On CPU the session runs each slice on one thread and a batch's slices are shared among
+    ``threads`` callers (the calling thread and ``threads - 1`` workers), each calling the one
+    session (``InferenceSession.run`` is thread-safe): a convolution split over threads waits at
+    every layer for the slowest, whole images do not. Measured for EfficientNet-Lite0 on 2
+    cores, one image per slice: 175 img/s two slices at a time, one thread each, against 156 img/s
+    one slice at a time over two intra-op threads. One image alone then runs on one thread
+    (11 ms instead of 6.4 ms). On CUDA the batch stays dynamic and runs as one call.
     """
 
     name = "onnxruntime"
@@ -97,6 +106,8 @@ class OnnxEngine(FeatureEngine):
         self.threads = int(threads)
         self.micro_batch = micro_batch
         self._session: Any = None
+        self._callers = 1  # slices run at once (set when the session is made)
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     @property
@@ -108,13 +119,18 @@ class OnnxEngine(FeatureEngine):
                     import onnxruntime as ort
 
                     gpu = "CUDAExecutionProvider" in ort.get_available_providers()
-                    session = create_session(self.path, threads=self.threads,
+                    callers = 1 if gpu else self.threads
+                    session = create_session(self.path, threads=self.threads // callers,
                                              pinned_batch=None if gpu else self.micro_batch)
                     fixed = session.get_inputs()[0].shape[0]
                     if isinstance(fixed, int):  # a graph saved with a fixed batch (int8)
                         self.micro_batch = fixed
                     elif gpu:
                         self.micro_batch, self.prefetch = None, 2
+                    if callers > 1 and self.micro_batch is not None:
+                        self._callers = callers
+                        self._pool = ThreadPoolExecutor(max_workers=callers - 1,
+                                                        thread_name_prefix="graft-onnx")
                     self._session = session  # published last: its settings are final
         return self._session
 
@@ -127,10 +143,20 @@ class OnnxEngine(FeatureEngine):
         if step is None or len(images) == step:
             return session.run(None, {name: images})[0].astype(np.float32, copy=False)
         out = np.empty((len(images), self.num_features), np.float32)
-        for start in range(0, len(images), step):
-            chunk = images[start:start + step]
-            if len(chunk) < step:  # pad the tail to the pinned size; keep only its rows
-                pad = np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            out[start:start + step] = session.run(None, {name: chunk})[0][:len(images) - start]
+        starts = list(range(0, len(images), step))
+
+        def run_slices(chosen: list[int]) -> None:
+            for start in chosen:
+                chunk = images[start:start + step]
+                if len(chunk) < step:  # pad the tail to the pinned size; keep only its rows
+                    pad = np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                out[start:start + step] = session.run(None, {name: chunk})[0][:len(images) - start]
+
+        callers = min(self._callers, len(starts))
+        shares = [starts[i::callers] for i in range(callers)]
+        helpers = [self._pool.submit(run_slices, share) for share in shares[1:]] if self._pool else []
+        run_slices(shares[0])
+        for helper in helpers:
+            helper.result()
         return out

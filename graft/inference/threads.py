@@ -1,6 +1,6 @@
 """How many threads graft runs: never more busy threads than the CPUs this process may use (its
-affinity mask and its cgroup's CPU quota, not the machine's core count). Decode workers and ONNX
-Runtime's intra-op threads take turns, so the two never fight for the same cores.
+affinity mask and its cgroup's CPU quota, not the machine's core count). Decode workers and the
+network's threads take turns, so the two never fight for the same cores.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def available_cpus() -> int:
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """Threads for one pipeline: ``decode`` image workers and ``onnx`` intra-op threads.
+    """Threads for one pipeline: ``decode`` image workers and ``onnx`` network threads (on CPU,
+    that many images run through the one ONNX Runtime session at once, one thread each).
 
     The two take turns (decode a batch, then run the network on it), so at any moment at most
     ``cpus`` threads are busy: each phase may use every CPU without the two fighting over them.
@@ -65,7 +66,7 @@ class ThreadPlan:
 
     def describe(self) -> str:
         return (f"{self.cpus} CPU(s): decoding with {self.decode} thread(s), then the network "
-                f"with {self.onnx} ONNX Runtime thread(s), in turn")
+                f"on {self.onnx} image(s) at a time, in turn")
 
 
 def plan_threads(threads: int | None = None) -> ThreadPlan:

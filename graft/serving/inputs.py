@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -20,6 +21,9 @@ from graft.serving.errors import ServeError
 __all__ = ["decode_base64", "load_json", "native_images", "read_body"]
 
 MAX_IMAGES = 1024  # per request; the queue limit applies as well
+# A refused body is still read (and dropped) up to this many bytes before the 413 goes out:
+# closing a connection with unread data resets it, and most clients then lose the answer.
+DRAIN_BYTES = 64 * 1024 * 1024
 
 
 def _too_large(limit: int, size: str) -> ServeError:
@@ -37,12 +41,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise ServeError(400, f"Bad Content-Length header {declared!r}.") from None
         if length > limit:
+            await _drain(request.stream())
             raise _too_large(limit, f"Content-Length {length:,}")
     chunks, size = [], 0
+    stream = request.stream()
     try:
-        async for chunk in request.stream():
+        async for chunk in stream:
             size += len(chunk)
             if size > limit:
+                await _drain(stream)
                 raise _too_large(limit, f"over {limit:,} bytes received")
             chunks.append(chunk)
     except ClientDisconnect:
@@ -56,6 +63,18 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ServeError(415, f"Unsupported Content-Encoding {encoding!r}: use gzip, deflate or "
                               f"none.", "bad_request")
     return body
+
+
+async def _drain(stream: AsyncIterator[bytes]) -> None:
+    """Read and drop the rest of a refused body, up to :data:`DRAIN_BYTES`."""
+    received = 0
+    try:
+        async for chunk in stream:
+            received += len(chunk)
+            if received > DRAIN_BYTES:
+                return
+    except ClientDisconnect:
+        return
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
