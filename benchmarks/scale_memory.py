@@ -3,8 +3,9 @@
 Synthetic JPEGs of varied sizes (48-480 px a side, 10 classes of noisy colour fields close
 enough that the head has work to do) are generated on the fly into a temporary folder (nothing is
 committed); each command then runs as its own process under /usr/bin/time, which reports its
-peak RSS. The default backbone (EfficientNet-Lite0) and head (logreg) throughout; the feature
-cache starts empty for each size.
+peak RSS. The default backbone (EfficientNet-Lite0) and head (logreg) throughout, and the
+out-of-core training (``train-ooc``: ``graft train --out-of-core``, the ``sgd`` head read from the
+cache a chunk at a time); the feature cache starts empty for each size.
 
 Usage: python benchmarks/scale_memory.py [--sizes 10000,100000] [--keep DIR]
 A million images: python benchmarks/scale_memory.py --sizes 1000000 (about 3 hours of
@@ -86,17 +87,20 @@ def main() -> None:
             rows = [
                 ("extract", [*graft, "extract", str(data), "--out", str(work / "f.h5"), "-q"]),
                 ("train", [*graft, "train", str(data), "--out", str(work / "model"), "-q"]),
+                ("train-ooc", [*graft, "train", str(data), "--out", str(work / "model-ooc"),
+                               "--out-of-core", "-q"]),
                 ("predict", [*graft, "predict", str(work / "model"), str(data), "--csv",
                              str(work / "p.csv"), "-q"]),
             ]
             for step, command in rows:
                 seconds, peak, _ = timed(command, env)
-                rate = f"{size / seconds:9.1f}" if step != "train" else f"{'':>9}"
+                rate = f"{size / seconds:9.1f}" if not step.startswith("train") else f"{'':>9}"
                 note = ""
-                if step == "train":
+                if step.startswith("train"):
                     import json
 
-                    metrics = json.loads((work / "model" / "metrics.json").read_text())
+                    model = work / ("model" if step == "train" else "model-ooc")
+                    metrics = json.loads((model / "metrics.json").read_text())
                     note = (f"   (head fit {metrics['head_fit_seconds']:.1f} s on "
                             f"{metrics['n_train']:,} images, test accuracy "
                             f"{metrics['accuracy']:.3f})")

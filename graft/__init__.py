@@ -25,6 +25,7 @@ from __future__ import annotations
 from graft._lazy import lazy_exports
 from graft.errors import (
     BackboneError,
+    ClusterError,
     ConfigError,
     DataError,
     GraftError,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackboneError",
+    "ClusterError",
     "ConfigError",
     "DataError",
     "EvaluateResult",

@@ -21,5 +21,6 @@ HEAD_DESCRIPTIONS = {
     "knn": "k nearest neighbours (k=5, on standardized features)",
     "softmax": "One dense softmax layer in PyTorch (retrain.py's final layer)",
     "mlp": "Multi-layer perceptron in PyTorch (the seed's DNN)",
+    "sgd": "Logistic regression by SGD on standardized features; trains out of core, in chunks",
     "auto": "Pick the head with the best cross-validated accuracy on the training split",
 }

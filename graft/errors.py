@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackboneError",
+    "ClusterError",
     "ConfigError",
     "DataError",
     "GraftError",
@@ -58,6 +59,11 @@ class WeightsError(BackboneError):
 
 class ModelError(GraftError):
     """A saved model directory is missing, incomplete, or from an incompatible version."""
+
+
+class ClusterError(GraftError):
+    """A job on the Ray cluster failed (a worker died more often than it may be restarted, or
+    the cluster went away); what was computed before it is kept."""
 
 
 class MissingExtraError(GraftError, ImportError):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import TINY, make_dataset, make_image
 
+import graft
 from graft.backbones import ImageModel
 from graft.data import assign_splits, scan_dataset
 from graft.errors import DataError
@@ -235,3 +236,57 @@ def test_splits_are_views_of_one_matrix(tiny_backbone, tmp_path):
         X, y = features.subset(split)
         assert len(X) and np.shares_memory(X, features.features), split  # no copy
         assert list(features.split[features.split == split]) == [split] * len(y)
+
+
+def test_out_of_core_training_reads_the_cache_a_chunk_at_a_time(tiny_backbone, tmp_path):
+    from graft.features import CachedFeatures
+    from graft.heads import create_head, fit_out_of_core
+
+    root = make_dataset(tmp_path / "data", n_per_class=12)
+    dataset = assign_splits(scan_dataset(root), test_size=0.25)
+    engine = create_engine(tiny_backbone, device="cpu")
+    in_memory, _ = extract_feature_set(dataset, engine, [tiny_backbone.config()], progress=False)
+    cached, _ = extract_feature_set(dataset, engine, [tiny_backbone.config()], progress=False,
+                                    out_of_core=True)
+    assert isinstance(cached.features, CachedFeatures)
+    assert cached.features.shape == in_memory.features.shape
+    np.testing.assert_array_equal(cached.features.rows(), in_memory.features)
+    reads = []
+
+    class Counted(CachedFeatures):  # the same reads, their sizes recorded
+        def rows(self, start=0, stop=None):
+            block = super().rows(start, stop)
+            reads.append(len(block))
+            return block
+
+    X, y = cached.subset("train")
+    X = Counted(X.caches, X.keys)
+    head = fit_out_of_core(create_head("sgd"), X, y, chunk_rows=5, epochs=3, progress=False)
+    assert max(reads) == 5 and sum(reads) == 4 * len(y)  # the scaler's pass, then 3 epochs
+    X_test, y_test = cached.subset("test")
+    assert head.score(X_test.rows(), y_test) > 0.75
+    with pytest.raises(graft.ConfigError, match="use one of sgd"):
+        fit_out_of_core(create_head("logreg"), X, y, progress=False)
+
+
+def test_train_out_of_core_end_to_end(tmp_path, monkeypatch, capsys):
+    import graft.workflows.train as training
+    from graft.cli import main
+
+    data = make_dataset(tmp_path / "data", n_per_class=10)
+    args = ["--backbone", TINY, "--weights", "random", "-q"]
+    assert main(["train", str(data), "--out", str(tmp_path / "m"), "--out-of-core", *args]) == 0
+    config = json.loads((tmp_path / "m" / "graft.json").read_text())
+    assert config["head"]["name"] == "sgd" and config["head"]["out_of_core"]["epochs"] >= 1
+    assert "Out of core the head is 'sgd'" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.8 and metrics["scored_with"].startswith("saved model")
+    # not asked for, but the matrix would not fit: out of core, and said so
+    monkeypatch.setattr(training, "available_memory", lambda: 1000)
+    assert main(["train", str(data), "--out", str(tmp_path / "m2"), *args]) == 0
+    assert "training out of core" in capsys.readouterr().err
+    assert main(["train", str(data), "--out", str(tmp_path / "m3"), "--in-memory", *args]) == 0
+    assert json.loads((tmp_path / "m3" / "graft.json").read_text())["head"]["name"] == "logreg"
+    assert main(["train", str(data), "--out", str(tmp_path / "m4"), "--out-of-core",
+                 "--head", "svm", *args]) == 2
+    assert "out of core, use --head sgd" in capsys.readouterr().err

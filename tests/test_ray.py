@@ -1,5 +1,6 @@
 """`--engine ray` on a real local Ray cluster (ray.init(num_cpus=2)): the same features as a
-local run, cached by content, nothing recomputed, and a killed run resumes."""
+local run, cached by content, nothing recomputed, a killed run resumes, and predict and evaluate
+give what they give locally."""
 
 from __future__ import annotations
 
@@ -87,6 +88,54 @@ def test_a_killed_ray_run_resumes(tiny_backbone, tmp_path):
     assert report.n_cached == done and report.n_computed == 30 - done
 
 
+DYING_ACTOR = textwrap.dedent("""
+    import os, sys
+    import ray
+    from graft.backbones import create_backbone
+    from graft.data import scan_dataset
+    from graft.errors import ClusterError
+    from graft.features import create_engine, extract_dataset, open_cache
+    from graft.scale import ray_engine
+
+    data, cache_dir, marker, mode = sys.argv[1:5]
+
+    class Dying(ray_engine._Embed):  # defined here, so Ray ships it by value to the actors
+        def __call__(self, batch):
+            if mode == "always" or not os.path.exists(marker):
+                open(marker, "a").close()
+                os._exit(1)  # the actor's process dies mid-batch, as on a lost node
+            return super().__call__(batch)
+
+    ray_engine._Embed = Dying
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    engine = create_engine(create_backbone("test_efficientnet", weights="random"), device="cpu",
+                           cache_dir=cache_dir)
+    cache = open_cache(engine, cache_dir)
+    try:
+        _, report = extract_dataset(scan_dataset(data), [engine], [cache], batch_size=4,
+                                    progress=False, engine="ray")
+    except ClusterError as error:
+        print("ClusterError:", error)
+        sys.exit(3)
+    print("computed", report.n_computed)
+""")
+
+
+@pytest.mark.parametrize("mode", ["once", "always"])
+def test_a_dead_actor_is_replaced_and_never_hangs_the_job(tmp_path, mode):
+    data = make_dataset(tmp_path / "data", n_per_class=4)
+    marker = tmp_path / "died"
+    result = subprocess.run([sys.executable, "-c", DYING_ACTOR, str(data), str(tmp_path / "c"),
+                             str(marker), mode], cwd=REPO, capture_output=True, text=True,
+                            timeout=240, check=False)
+    assert marker.exists()  # an actor did die
+    if mode == "once":  # restarted, its batch retried: every image computed
+        assert result.returncode == 0 and "computed 12" in result.stdout, result.stderr[-2000:]
+    else:  # dies every time: a clear error once the restarts are spent, not a hang
+        assert result.returncode == 3, result.stderr[-2000:]
+        assert "The Ray job failed" in result.stdout and "run the command again" in result.stdout
+
+
 def test_the_cli_extracts_and_trains_on_ray(cluster, tmp_path):
     from graft.cli import main
 
@@ -96,3 +145,44 @@ def test_the_cli_extracts_and_trains_on_ray(cluster, tmp_path):
     assert main(["extract", str(data), "--out", str(tmp_path / "f.h5"), *args]) == 0
     assert main(["train", str(data), "--out", str(tmp_path / "model"), *args]) == 0
     assert (tmp_path / "model" / "graft.json").is_file()
+
+
+def test_predict_and_evaluate_on_ray_equal_local(cluster, tmp_path):
+    import json
+
+    from graft.cli import main
+    from graft.workflows.evaluate import evaluate
+    from graft.workflows.predict import predict
+
+    data = make_dataset(tmp_path / "data", n_per_class=8)
+    model = tmp_path / "model"
+    assert main(["train", str(data), "--out", str(model), "--backbone", "test_efficientnet",
+                 "--weights", "random", "--cache-dir", str(tmp_path / "cache"), "-q"]) == 0
+    (data / "green" / "broken.png").write_bytes(b"\x89PNG truncated")
+    images = [data, data / "red" / "red_000.jpg"]  # a folder, then a file again: order is kept
+    local = [p.to_dict() for p in predict(model, images, top_k=2, batch_size=5)]
+    counted = []
+    remote = [p.to_dict() for p in predict(model, images, top_k=2, batch_size=5, engine="ray",
+                                           on_result=counted.append)]
+    assert [r["path"] for r in remote] == [r["path"] for r in local] and len(local) == 26
+    assert sum(counted) == 26
+    for mine, theirs in zip(remote, local):
+        assert ("error" in mine) == ("error" in theirs)
+        if "error" in theirs:
+            assert mine["error"] == theirs["error"]
+            continue
+        assert [p["label"] for p in mine["predictions"]] == \
+            [p["label"] for p in theirs["predictions"]]
+        np.testing.assert_allclose([p["score"] for p in mine["predictions"]],
+                                   [p["score"] for p in theirs["predictions"]], atol=1e-5)
+    (data / "green" / "broken.png").unlink()
+    scored = {}
+    for engine in ("local", "ray"):
+        result = evaluate(model, data, split="all", cache_dir=tmp_path / f"eval-{engine}",
+                          progress=False, engine=engine)
+        assert result.extraction.n_computed == 24
+        scored[engine] = result.metrics
+    assert json.dumps(scored["ray"]["confusion_matrix"]) == \
+        json.dumps(scored["local"]["confusion_matrix"])
+    assert scored["ray"]["accuracy"] == scored["local"]["accuracy"]
+    assert main(["predict", str(model), str(data), "--engine", "ray", "--json", "-q"]) == 0

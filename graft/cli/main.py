@@ -60,14 +60,18 @@ def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
                             "extraction on an AVX2 CPU; accuracy within a point, measured)")
     group.add_argument("--device", default="auto",
                        help="auto (CUDA if present, else ONNX Runtime on CPU), cpu, cuda, torch")
+    _add_engine_args(group)
+    group.add_argument("--cache-dir", default=None,
+                       help="feature/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
+
+
+def _add_engine_args(group) -> None:
     group.add_argument("--engine", default="local", choices=("local", "ray"),
                        help="local (this process), or ray: decode and run the backbone on a Ray "
                             "cluster (needs graft[ray]); only this process writes the cache")
     group.add_argument("--address", default=None,
                        help="the Ray cluster with --engine ray: auto, HOST:PORT or ray://... "
                             "(default: $RAY_ADDRESS, else a local cluster)")
-    group.add_argument("--cache-dir", default=None,
-                       help="feature/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
 
 
 def _add_split_args(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also extract K random augmented views of every training image (cached)")
     p.add_argument("--augment", default="flip,rotate,crop",
                    help="transformations for --augment-views: flip, rotate, crop, color")
+    memory = p.add_mutually_exclusive_group()
+    memory.add_argument("--out-of-core", dest="out_of_core", action="store_const", const=True,
+                        default=None,
+                        help="train the head from the feature cache a chunk at a time (the sgd "
+                             "head), never holding every feature in memory (default: only when "
+                             "they would take more than half of the memory available)")
+    memory.add_argument("--in-memory", dest="out_of_core", action="store_const", const=False,
+                        help="always hold the features in memory")
     _add_backbone_args(p)
     _add_split_args(p)
     p.set_defaults(func=_cmd_train)
@@ -177,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="write path, label, score and the top-k to FILE")
+    _add_engine_args(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", parents=[common], help="score a saved model on a labeled image folder")
@@ -193,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write report.html, its figures and metrics.json into DIR")
+    _add_engine_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -288,7 +302,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from graft.workflows.train import TrainConfig, train
 
     config = TrainConfig(head=args.head, augment_views=args.augment_views, augment=args.augment,
-                         **_backbone_kwargs(args), **_split_kwargs(args))
+                         out_of_core=args.out_of_core, **_backbone_kwargs(args),
+                         **_split_kwargs(args))
     result = train(args.data, out=args.out, config=config, progress=not args.quiet, log=_log)
     metrics = result.metrics
     print(f"\nHeld-out test split: {metrics['n_test']} images "
@@ -369,7 +384,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:  # the model loads first: a bad model leaves an existing --csv file untouched
         predictions = predict(args.model, args.paths, top_k=args.top_k,
                               batch_size=args.batch_size, threads=args.threads,
-                              on_result=bar.update)
+                              on_result=bar.update, engine=args.engine, address=args.address)
     except BaseException:
         bar.close()
         raise
@@ -396,7 +411,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size,
                       cache_dir=args.cache_dir, report=args.report, threads=args.threads,
-                      progress=not args.quiet, log=_log)
+                      progress=not args.quiet, log=_log, engine=args.engine,
+                      address=args.address)
     metrics = result.metrics
     if args.json:
         print(json.dumps(metrics, indent=2))

@@ -19,6 +19,7 @@ from graft.features.extract import (
     view_key,
 )
 from graft.features.store import (
+    CachedFeatures,
     FeatureCache,
     FeatureSet,
     fingerprint,
@@ -29,6 +30,7 @@ from graft.inference.fusion import FUSION, fuse_features
 
 __all__ = [
     "FUSION",
+    "CachedFeatures",
     "ExtractionReport",
     "FeatureCache",
     "FeatureEngine",

@@ -26,9 +26,15 @@ from graft.data.dataset import ImageDataset, Sample
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import DataError
 from graft.features.engine import FeatureEngine, fused_key
-from graft.features.store import FeatureCache, FeatureSet, fingerprint, write_feature_file
+from graft.features.store import (
+    CachedFeatures,
+    FeatureCache,
+    FeatureSet,
+    fingerprint,
+    write_feature_file,
+)
 from graft.inference.batches import iter_decoded_batches
-from graft.inference.fusion import FUSION, fuse_features
+from graft.inference.fusion import FUSION
 from graft.inference.images import decode_image, draft_size, preprocess
 
 __all__ = [
@@ -220,8 +226,11 @@ class _Extracted:
 
     def features(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop``, the backbones' features fused (see :func:`fuse_features`)."""
-        keys = self.keys[start:stop]
-        return fuse_features([cache.get(keys) for cache in self.caches])
+        return self.cached().rows(start, stop)
+
+    def cached(self) -> CachedFeatures:
+        """Every row, left in the cache (read a chunk at a time)."""
+        return CachedFeatures(self.caches, self.keys)
 
     def matrix(self) -> np.ndarray:
         """Every row in one float32 matrix, filled block by block (no second full copy)."""
@@ -321,8 +330,10 @@ def extract_feature_set(
     min_per_class: int = 2,
     engine: str = "local",
     address: str | None = None,
+    out_of_core: bool = False,
 ) -> tuple[FeatureSet, ExtractionReport]:
-    """Extract (or read from the cache) the features of ``dataset`` into memory.
+    """Extract (or read from the cache) the features of ``dataset``: into one float32 matrix in
+    memory, or with ``out_of_core`` left in the cache (a :class:`CachedFeatures` view).
 
     Args:
         engines: One engine, or one per fused backbone (features are concatenated in order).
@@ -335,7 +346,7 @@ def extract_feature_set(
                            workers=workers, progress=progress, min_per_class=min_per_class,
                            engine=engine, address=address).grouped_by_split()
     feature_set = FeatureSet(
-        features=done.matrix(),
+        features=done.cached() if out_of_core else done.matrix(),
         labels=done.labels,
         label_names=list(dataset.classes),
         paths=[s.relpath for s in done.samples],

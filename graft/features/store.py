@@ -19,7 +19,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,16 @@ import numpy as np
 from graft.errors import DataError
 
 __all__ = [
+    "CHUNK_ROWS",
     "FEATURE_FILE_FORMAT",
+    "CachedFeatures",
     "FeatureCache",
     "FeatureSet",
+    "chunk_bounds",
     "fingerprint",
+    "in_chunks",
     "load_feature_file",
+    "read_rows",
     "write_feature_file",
 ]
 
@@ -240,11 +245,73 @@ class FeatureCache:
         return out
 
 
+CHUNK_ROWS = 8192  # rows read from the cache at a time (8192 x 1280 float32 = 40 MB)
+
+
+def chunk_bounds(n_rows: int, size: int = CHUNK_ROWS) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each chunk of ``size`` rows."""
+    return [(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+
+
+def read_rows(X: np.ndarray | CachedFeatures, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an array, or read from the cache for a :class:`CachedFeatures`."""
+    if isinstance(X, CachedFeatures):
+        return X.rows(start, stop)
+    return np.asarray(X[start:stop], dtype=np.float32)
+
+
+def in_chunks(function: Any, X: np.ndarray | CachedFeatures, size: int = CHUNK_ROWS
+              ) -> np.ndarray:
+    """``function`` (rows -> one result per row) over ``X`` a chunk at a time, concatenated:
+    out of core, only one chunk of features is in memory at once."""
+    parts = [function(read_rows(X, start, stop)) for start, stop in chunk_bounds(len(X), size)]
+    return np.concatenate(parts) if parts else function(read_rows(X, 0, 0))
+
+
+class CachedFeatures:
+    """A feature matrix left in the cache: its rows are read when asked for, a chunk at a time.
+
+    What training uses out of core (``--out-of-core``), where one float32 matrix of every row
+    would not fit in memory. Slicing (``features[a:b]``, ``features[index_array]``) gives another
+    view and reads nothing; :meth:`rows` (and :func:`in_chunks`) read.
+    """
+
+    def __init__(self, caches: Sequence[FeatureCache], keys: Sequence[str]) -> None:
+        self.caches = list(caches)
+        self.keys = list(keys)
+        self.dtype = np.dtype(np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.keys), sum(cache.num_features for cache in self.caches)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, rows: slice | np.ndarray) -> CachedFeatures:
+        if isinstance(rows, slice):
+            return CachedFeatures(self.caches, self.keys[rows])
+        return CachedFeatures(self.caches, [self.keys[int(i)] for i in np.asarray(rows)])
+
+    def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` read from the cache, the backbones' features side by side."""
+        from graft.inference.fusion import fuse_features
+
+        keys = self.keys[start:stop]
+        return fuse_features([cache.get(keys) for cache in self.caches])
+
+
+
 @dataclass
 class FeatureSet:
-    """Features with their labels, splits and provenance, in memory (for training heads)."""
+    """Features with their labels, splits and provenance: one float32 matrix in memory, or
+    (out of core) a :class:`CachedFeatures` view of the cache."""
 
-    features: np.ndarray
+    features: np.ndarray | CachedFeatures
     labels: np.ndarray
     label_names: list[str]
     paths: list[str]

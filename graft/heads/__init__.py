@@ -15,6 +15,7 @@ from graft.heads.registry import (
     list_heads,
     select_head,
 )
+from graft.heads.streaming import STREAMING_HEADS, fit_out_of_core
 
 if TYPE_CHECKING:
     from graft.heads.torch_heads import TorchMLPClassifier, TorchSoftmaxClassifier
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_HEAD",
     "HEADS",
     "PROBABILITIES",
+    "STREAMING_HEADS",
     "TorchMLPClassifier",
     "TorchSoftmaxClassifier",
     "check_head_scales",
@@ -36,6 +38,7 @@ __all__ = [
     "describe_head",
     "final_estimator",
     "fit_head",
+    "fit_out_of_core",
     "fitting_threads",
     "head_to_onnx",
     "list_heads",

@@ -124,6 +124,9 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
              max_search_rows: int | None = MAX_SEARCH_ROWS) -> tuple[BaseEstimator, float]:
     """Fit ``estimator`` under :func:`fitting_threads`; return it and the seconds it took.
 
+    ``X`` left in the cache (a :class:`graft.features.CachedFeatures`) is fitted out of core, a
+    chunk at a time (:func:`graft.heads.streaming.fit_out_of_core`; the ``sgd`` head).
+
     A grid search shows a progress bar (one step per cross-validation fit) when ``progress``,
     and runs its fits in processes when they are many and large (see the module's notes). Over
     ``max_search_rows`` training rows, it searches on a stratified sample of that many and refits
@@ -132,6 +135,13 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
     from tqdm.auto import tqdm
 
     cpus = cpus or available_cpus()
+    if not isinstance(X, np.ndarray):  # features left in the cache: out of core, in chunks
+        from graft.heads.streaming import fit_out_of_core
+
+        start = time.perf_counter()
+        with fitting_threads(cpus, backend="threading"):
+            fit_out_of_core(estimator, X, y, progress=progress)
+        return estimator, time.perf_counter() - start
     search = hasattr(estimator, "param_grid") and hasattr(estimator, "cv")
     if search and max_search_rows and len(y) > max_search_rows:
         return _fit_search_on_sample(estimator, X, y, name=name, progress=progress, cpus=cpus,

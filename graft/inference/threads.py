@@ -14,7 +14,7 @@ from pathlib import Path
 
 from graft.errors import ConfigError
 
-__all__ = ["ThreadPlan", "available_cpus", "plan_threads"]
+__all__ = ["ThreadPlan", "available_cpus", "available_memory", "plan_threads"]
 
 _log = logging.getLogger("graft")
 _logged: set = set()
@@ -49,6 +49,27 @@ def available_cpus() -> int:
     if quota is not None:
         cpus = min(cpus, max(1, math.floor(quota)))
     return max(1, cpus)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process could still take: the kernel's ``MemAvailable``, capped by
+    the cgroup's memory limit (v2 ``memory.max`` less ``memory.current``); None if unknown."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            room = max(0, int(limit) - used)
+            available = room if available is None else min(available, room)
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,18 @@ runs, so the same bytes reach the network); an actor pool runs the exported ONNX
 once through the object store), each actor's ONNX Runtime threads sized to its CPUs. Results
 stream back to the driver, which alone writes the HDF5 cache (one writer), a shard at a time:
 a killed run keeps what was written, and the next run computes only the rest.
+
+Batch prediction (:func:`ray_predictions`) runs the same backbone graphs on the cluster, in the
+order given; the driver applies the model's head (a features x classes graph, microseconds per
+image) and writes the results as they arrive.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +25,13 @@ from typing import Any
 import numpy as np
 
 from graft.data.preprocess import PreprocessConfig
-from graft.errors import ConfigError
+from graft.errors import ClusterError, ConfigError
 
-__all__ = ["RayBatch", "connect", "ray_features"]
+__all__ = ["ACTOR_RESTARTS", "RayBatch", "connect", "ray_features", "ray_predictions"]
+
+# An actor that dies (its node lost, the process killed) is restarted and its batch retried, this
+# many times; after that the job fails with a ClusterError instead of retrying for ever.
+ACTOR_RESTARTS = 3
 
 
 @dataclass
@@ -117,9 +126,12 @@ class _Embed:
 
 
 def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: int = 32,
-                 address: str | None = None, work_dir: str | os.PathLike | None = None
-                 ) -> Iterator[RayBatch]:
-    """Features of ``paths`` for each engine (an ONNX graph on disk), computed on Ray."""
+                 address: str | None = None, work_dir: str | os.PathLike | None = None,
+                 ordered: bool = False) -> Iterator[RayBatch]:
+    """Features of ``paths`` for each engine (an ONNX graph on disk), computed on Ray.
+
+    Batches arrive as they are done, or in the order of ``paths`` with ``ordered``.
+    """
     if not paths:
         return
     ray = connect(address)
@@ -135,6 +147,9 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     specs = [{"key": e.key, "preprocess": e.preprocess.to_dict(), "num_features": e.num_features}
              for e in engines]
     graphs = [ray.put(Path(e.path).read_bytes()) for e in engines]  # once, not per task
+    context = ray.data.DataContext.get_current()
+    preserved = context.execution_options.preserve_order
+    context.execution_options.preserve_order = ordered  # read when the dataset is built
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="graft-ray-run-") as run:
         manifest = Path(run) / "manifest.parquet"
         pq.write_table(pa.table({"path": [str(p) for p in paths],
@@ -146,14 +161,29 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
                                                                       for s in specs]},
                                       batch_size=batch_size, batch_format="numpy",
                                       num_cpus=0.5)
-        dataset = dataset.map_batches(_Embed, fn_constructor_kwargs={
-            "graphs": graphs, "engines": specs, "threads": 1},
-            compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
-            batch_size=batch_size, batch_format="numpy")
+        with warnings.catch_warnings():
+            # Ray 2.5x-2.63 warn that extra remote args will go in 2.64 (the ray extra pins
+            # below it); no named parameter sets the restarts yet.
+            warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+            dataset = dataset.map_batches(_Embed, fn_constructor_kwargs={
+                "graphs": graphs, "engines": specs, "threads": 1},
+                compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
+                batch_size=batch_size, batch_format="numpy", max_restarts=ACTOR_RESTARTS,
+                max_task_retries=ACTOR_RESTARTS)
+        context.execution_options.preserve_order = preserved
         _quiet()  # Ray Data configures its loggers when first used: quiet them again
         columns = ["position", "reason", *(f"features_{j}" for j in range(len(engines)))]
-        for batch in dataset.select_columns(columns).iter_batches(batch_size=None,
-                                                                 batch_format="numpy"):
+        batches = iter(dataset.select_columns(columns).iter_batches(batch_size=None,
+                                                                    batch_format="numpy"))
+        while True:
+            try:
+                batch = next(batches, None)
+            except ray.exceptions.RayError as error:
+                raise ClusterError(
+                    f"The Ray job failed: {_first_line(error)}. Everything finished before "
+                    f"it is kept: run the command again to go on from there.") from None
+            if batch is None:
+                return
             reasons = batch["reason"]
             ok = np.array([not r for r in reasons], dtype=bool)
             yield RayBatch(
@@ -162,3 +192,33 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
                           for j in range(len(engines))],
                 failures=[(int(p), str(r)) for p, r in zip(batch["position"][~ok],
                                                            reasons[~ok])])
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of a Ray exception (its text runs to a remote traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Traceback", "File ", "ray::"))]
+    return (useful or lines or [type(error).__name__])[0][:300]
+
+def ray_predictions(predictor: Any, paths: Iterable[str | os.PathLike], *, top_k: int = 5,
+                    address: str | None = None, on_result: Any = None) -> Iterator[Any]:
+    """:meth:`graft.inference.Predictor.predict_paths` with the backbones run on Ray: the same
+    :class:`~graft.inference.Prediction` per path, in the order given."""
+    from graft.inference.fusion import fuse_features
+    from graft.inference.predictor import Prediction
+
+    if int(top_k) < 1:
+        raise ConfigError(f"--top-k must be >= 1. Got {top_k!r} instead.")
+    names = [os.fspath(p) for p in paths]
+    for batch in ray_features(names, predictor.engines, batch_size=predictor.batch_size,
+                              address=address, ordered=True):
+        results = [(int(p), Prediction(names[p], error=reason)) for p, reason in batch.failures]
+        if len(batch.positions):
+            probabilities = predictor.probabilities_from_features(fuse_features(batch.features))
+            ranked = predictor.postprocess(probabilities, top_k)
+            results += [(int(p), Prediction(names[p], predictions=r))
+                        for p, r in zip(batch.positions, ranked)]
+        for _, prediction in sorted(results, key=lambda pair: pair[0]):
+            yield prediction
+        if on_result is not None:
+            on_result(len(results))

@@ -50,6 +50,8 @@ def evaluate(
     threads: int | None = None,
     progress: bool = True,
     log: Log = silent,
+    engine: str = "local",
+    address: str | None = None,
 ) -> EvaluateResult:
     """Score a saved model on a labeled image folder (or CSV).
 
@@ -63,6 +65,8 @@ def evaluate(
             (needs the report extra: matplotlib).
         threads: CPUs to use, split between decoding and the network.
         log: Where the note on what is scored (and any overlap warning) goes.
+        engine: ``"local"``, or ``"ray"`` to run the backbones of the images not yet cached on
+            the Ray cluster at ``address``.
 
     Returns:
         Metrics (``overlap_with_training`` included), the printable report, the extraction
@@ -83,7 +87,7 @@ def evaluate(
     features, extraction = extract_feature_set(
         dataset, predictor.engines, predictor.config["backbones"], cache_dir=cache_dir,
         batch_size=batch_size, workers=predictor.threads.decode, progress=progress,
-        min_per_class=0,
+        min_per_class=0, engine=engine, address=address,
     )
     if len(features.labels) == 0:
         raise DataError(

@@ -28,8 +28,9 @@ from graft.errors import ConfigError, DataError, ModelError
 from graft.evaluation.background import ReportWriter
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, FeatureSet, fused_key
+from graft.features.store import in_chunks
 from graft.inference.predictor import Predictor, load
-from graft.inference.threads import ThreadPlan, plan_threads
+from graft.inference.threads import ThreadPlan, available_memory, plan_threads
 from graft.workflows._common import (
     Log,
     build_backbones,
@@ -70,6 +71,9 @@ class TrainConfig:
         engine: ``local``, or ``ray``: extraction decodes and runs the graphs on a Ray
             cluster (``address``: ``auto``, ``host:port``...; default ``$RAY_ADDRESS``, else a
             local cluster).
+        out_of_core: Train from the feature cache a chunk at a time, never holding the whole
+            feature matrix (the ``sgd`` head; ``logreg`` is switched to it). Default (None): only
+            when the matrix would take more than half of the memory available.
     """
 
     backbone: str | Sequence[str] | None = DEFAULT_BACKBONE
@@ -91,6 +95,7 @@ class TrainConfig:
     precision: str = "fp32"
     engine: str = "local"
     address: str | None = None
+    out_of_core: bool | None = None
 
     def validate(self) -> tuple[str, ...]:
         """Check the options that can be checked before any work; return the augmentations."""
@@ -108,6 +113,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
                               f"Got {self.precision!r}.")
+        if self.out_of_core and self.augment_views:
+            raise ConfigError("--augment-views and --out-of-core do not go together: the views "
+                              "would multiply the rows that do not fit. Leave one out.")
         return augment
 
     @property
@@ -145,6 +153,7 @@ class _Run:
     extraction: ExtractionReport | None = None
     n_original: int = 0
     head_seconds: float = 0.0
+    out_of_core: bool = False
     plan: ThreadPlan | None = None
 
     @property
@@ -224,6 +233,10 @@ def _load_features(run: _Run) -> None:
 
     cfg, plan = run.config, run.plan
     if run.data.suffix.lower() in (".h5", ".hdf5"):
+        if cfg.out_of_core:
+            raise ConfigError(
+                "--out-of-core trains from the feature cache of an image folder: train on the "
+                "folder (its features are cached already if 'graft extract' ran on it).")
         if cfg.augment_views:
             raise ConfigError(
                 "--augment-views needs the images: train on the image folder, not a feature file."
@@ -255,11 +268,28 @@ def _load_features(run: _Run) -> None:
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
         threads=plan.onnx)
     _set_precision(run, [s.path for s in run.dataset.samples if s.split == "train"])
+    run.out_of_core = _out_of_core(run)
     run.features, run.extraction = extract_feature_set(
         run.dataset, run.engines, run.backbones, cache_dir=cfg.cache_dir,
         batch_size=cfg.batch_size, workers=plan.decode, progress=run.progress,
-        engine=cfg.engine, address=cfg.address)
+        engine=cfg.engine, address=cfg.address, out_of_core=run.out_of_core)
     run.log(run.extraction.summary())
+
+
+def _out_of_core(run: _Run) -> bool:
+    """Whether the head trains from the cache in chunks: asked for, or the feature matrix would
+    take more than half of the memory available (then said so)."""
+    cfg = run.config
+    if cfg.out_of_core is False:
+        return False
+    needed = len(run.dataset.samples) * sum(e.num_features for e in run.engines) * 4
+    available = available_memory()
+    if cfg.out_of_core is None:
+        if available is None or needed <= available / 2:
+            return False
+        run.log(f"The feature matrix ({needed / 2**30:.1f} GiB) would take more than half of "
+                f"the memory available ({available / 2**30:.1f} GiB): training out of core.")
+    return True
 
 
 def _set_precision(run: _Run, train_paths: list) -> None:
@@ -349,6 +379,8 @@ def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
 
     cfg = run.config
     head_name, tried = cfg.head, {}
+    if run.out_of_core:
+        head_name = _streaming_head(run, head_name)
     check_head_scales(head_name, len(y))
     if head_name == "auto":
         run.log("Comparing heads by 3-fold cross-validation on the training split...")
@@ -364,6 +396,20 @@ def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
     run.log(f"  fitted in {seconds:.1f}s")
     run.head_seconds = seconds
     return estimator, head_name, tried
+
+
+def _streaming_head(run: _Run, name: str) -> str:
+    """The head out of core: ``sgd``; the default ``logreg`` is switched to it, and said so."""
+    from graft.heads import STREAMING_HEADS
+
+    if name in STREAMING_HEADS:
+        return name
+    if name == DEFAULT_HEAD:
+        run.log(f"Out of core the head is 'sgd' (logistic regression by SGD, trained a chunk at "
+                f"a time) instead of '{name}'.")
+        return "sgd"
+    raise ConfigError(f"The {name!r} head needs every feature in memory; out of core, use "
+                      f"--head {' or '.join(STREAMING_HEADS)} (or leave --head out).")
 
 
 def _training_fingerprints(run: _Run) -> np.ndarray:
@@ -384,6 +430,10 @@ def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
 
     head_info = {"name": head_name, **describe_head(estimator),
                  "fit_seconds": round(run.head_seconds, 3)}
+    if run.out_of_core:
+        from graft.heads.streaming import CHUNK_ROWS, EPOCHS
+
+        head_info["out_of_core"] = {"epochs": EPOCHS, "chunk_rows": CHUNK_ROWS}
     if head_scores:
         head_info["auto"] = head_scores
     exported = []  # each backbone's ONNX graph: the cached export, or one made now (torch engine)
@@ -428,8 +478,8 @@ def _score_with_artifact(run: _Run, predictor: Predictor, estimator: Any) -> np.
     """
     features = run.features
     X_test, _ = features.subset("test")
-    artifact = predictor.probabilities_from_features(X_test)
-    memory = _align(estimator, estimator.predict_proba(X_test), run.n_classes)
+    artifact = in_chunks(predictor.probabilities_from_features, X_test)
+    memory = _align(estimator, in_chunks(estimator.predict_proba, X_test), run.n_classes)
     _check_parity("the saved head", artifact, memory, "the trained head")
     root = Path(features.root or ".")
     test_paths = [root / p for p, s in zip(features.paths, features.split) if s == "test"]
@@ -477,7 +527,7 @@ def _metrics(run: _Run, predictor: Predictor, probabilities: np.ndarray,
     X_val, y_val = features.subset("val")
     metrics["n_val"] = len(y_val)
     if len(y_val):
-        val_probs = predictor.probabilities_from_features(X_val)
+        val_probs = in_chunks(predictor.probabilities_from_features, X_val)
         metrics["val_accuracy"] = float(np.mean(val_probs.argmax(1) == y_val))
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in features.skipped]
     return metrics
