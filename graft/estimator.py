@@ -1,4 +1,5 @@
-"""``ImageClassifier``: a scikit-learn estimator over image *paths*, at feature-cache speed.
+"""``ImageClassifier``: a scikit-learn estimator over image *paths* (or a ``uint8`` image array),
+at feature-cache speed.
 
 Features come from graft's on-disk cache (extracted once per image and backbone), so
 ``cross_val_score`` and ``GridSearchCV`` over heads or backbones refit only the head: the images
@@ -39,17 +40,23 @@ def _extractor(backbone: Any, layer: Any, weights: Any, pool: str, image_size: i
                            image_size=image_size, device=device, cache_dir=cache_dir)
 
 
-def _as_paths(X: Any) -> list[Path]:
+def _as_paths(X: Any, cache_dir: Any = None) -> list[Path]:
+    """Image paths, or a ``uint8`` image array (N, H, W[, 3]) written as PNG files in the cache
+    (by content: :func:`graft.data.arrays.array_images`)."""
     if isinstance(X, (str, os.PathLike)):
         raise DataError(
             "ImageClassifier takes a list of image paths, not one path. Wrap it: [path]."
         )
+    if isinstance(X, np.ndarray) and X.dtype == np.uint8:
+        from graft.data.arrays import array_images
+
+        return array_images(X, cache_dir=cache_dir)
     items = list(np.asarray(X, dtype=object).ravel()) if isinstance(X, np.ndarray) else list(X)
     if not all(isinstance(item, (str, os.PathLike)) for item in items):
         raise DataError(
-            "ImageClassifier takes image file paths (str or Path), so that features come from "
-            "the on-disk cache. For PIL images or arrays, save them first, or use graft.load(...) "
-            "on a saved model."
+            "ImageClassifier takes image file paths (str or Path), or a uint8 array of images "
+            "(N, H, W, 3) or (N, H, W). For PIL images, save them first or stack them into an "
+            "array (np.stack([np.asarray(image) for image in images]))."
         )
     return [Path(item) for item in items]
 
@@ -118,7 +125,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         from graft.data.dataset import ImageDataset, Sample
         from graft.features import extract_dataset, fuse_features, open_cache
 
-        paths = _as_paths(X)
+        paths = _as_paths(X, self.cache_dir)
         _, engines, _ = self._engines()
         caches = [open_cache(engine, self.cache_dir) for engine in engines]
         dataset = ImageDataset(root=Path("."), classes=[], layout="paths", samples=[
@@ -136,7 +143,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         """Extract (or read cached) features of the images ``X`` and fit the head on ``y``."""
         from graft.heads import create_head, fit_head
 
-        paths, y = _as_paths(X), np.asarray(y)
+        paths, y = _as_paths(X, self.cache_dir), np.asarray(y)
         if len(y) != len(paths):
             raise DataError(f"X has {len(paths)} images but y has {len(y)} labels.")
         self.classes_, y_index = np.unique(y, return_inverse=True)

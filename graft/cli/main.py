@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from graft import __version__
 from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD, HEAD_DESCRIPTIONS, POOLS
-from graft.errors import GraftError
+from graft.errors import ConfigError, GraftError
 
 __all__ = ["build_parser", "main"]
 
@@ -255,6 +255,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
     p.set_defaults(func=_cmd_cache)
 
+    p = sub.add_parser("data", parents=[common],
+                       help="fetch a tutorial dataset, or check one for leaks and duplicates")
+    data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,check}")
+    data_sub.required = True
+    q = data_sub.add_parser(
+        "fetch", parents=[common], help="download a dataset into the layout graft trains on",
+        epilog="Offline: download the file(s) by hand and pass them with --from; the pinned "
+               "checksums still apply.")
+    q.add_argument("name", nargs="?", help="the dataset (see --list)")
+    q.add_argument("--to", default=".", metavar="DIR",
+                   help="where DIR/NAME is made (default: the current folder)")
+    q.add_argument("--list", action="store_true",
+                   help="list the datasets: size, classes, licence, citation, source")
+    q.add_argument("--from", dest="from_files", action="append", default=[], metavar="FILE",
+                   help="a file downloaded by hand (repeat for several), instead of the URL")
+    q.add_argument("--mirror", default=None, metavar="BASE_URL",
+                   help="fetch the same file names from this base URL "
+                        "(default: $GRAFT_DATA_MIRROR)")
+    q.add_argument("--sha256", action="append", default=None, metavar="[FILE=]HEX",
+                   help="require this checksum instead of the pinned one (a file you trust)")
+    q.add_argument("--split", default=None, choices=("30-per-class",),
+                   help="caltech101: 30 training images per class, the rest for testing")
+    q.add_argument("--seed", type=int, default=0, help="seed of --split (default: 0)")
+    q.add_argument("--cache-dir", default=None,
+                   help="where downloads are kept (default: $GRAFT_CACHE_DIR, else the user "
+                        "cache dir)")
+    q.set_defaults(func=_cmd_data_fetch)
+    q = data_sub.add_parser(
+        "check", parents=[common],
+        help="counts, sizes, unreadable files, duplicates, leaks across splits, label conflicts",
+        epilog="Exit status: 0 when no leak or label conflict was found, 1 when some were, 2 on "
+               "an error. Unsplit folders are checked under the split 'graft train' makes with "
+               "the same --test-size, --val-size, --seed and --group-regex.")
+    q.add_argument("data", help="image folder, pre-split folder, CSV or .npz")
+    q.add_argument("--json", action="store_true", help="print everything found as JSON")
+    q.add_argument("--html", default=None, metavar="FILE",
+                   help="also write an HTML page with thumbnails of every leak and duplicate")
+    q.add_argument("--no-near", dest="near", action="store_false",
+                   help="skip near duplicates (exact ones only)")
+    q.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    _add_split_args(q)
+    q.set_defaults(func=_cmd_data_check)
+
     p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_backbones)
@@ -448,6 +491,82 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _megabytes(size: int) -> str:
     return f"{size / 1e6:,.1f} MB"
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from graft.data.fetch import fetch_dataset, list_datasets
+
+    if args.list:
+        for info in list_datasets():
+            size = f"{info.size / 1e6:,.0f} MB" if all(f.size for f in info.files) else \
+                "size not published"
+            print(f"{info.name}  ({size}, {info.classes} classes, "
+                  f"{info.images:,} images)\n  layout:   {info.layout}\n  licence:  "
+                  f"{info.licence}\n  cite:     {info.citation}")
+            for remote in info.files:
+                pinned = remote.sha256 or "none published (printed when fetched)"
+                print(f"  source:   {remote.url}\n  sha256:   {pinned}")
+        return EXIT_OK
+    if not args.name:
+        raise ConfigError("graft data fetch needs a dataset name (see 'graft data fetch "
+                          "--list').")
+    path = fetch_dataset(args.name, args.to, from_files=args.from_files, mirror=args.mirror,
+                         sha256=args.sha256, split=args.split, seed=args.seed,
+                         cache_dir=args.cache_dir, progress=not args.quiet, log=_log)
+    print(f"{args.name} is in {path}: graft train {path}")
+    return EXIT_OK
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from graft.data import assign_splits, scan_dataset
+    from graft.data.check import check_dataset, write_check_page
+
+    dataset = assign_splits(scan_dataset(args.data, cache_dir=args.cache_dir,
+                                         progress=not args.quiet), **_split_kwargs(args))
+    report = check_dataset(dataset, near=args.near, progress=not args.quiet)
+    if args.html:
+        _log(f"Page written to {write_check_page(report, args.html)}")
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_check(report)
+    return 1 if report.leaks or report.label_conflicts else EXIT_OK
+
+
+def _print_check(report) -> None:
+    summary = report.summary_counts()
+    classes = sorted({c for counts in report.counts.values() for c in counts})
+    print(f"{report.root}: {summary['images']:,} images, {len(classes)} classes, splits: "
+          f"{report.split_source}\n")
+    width = max(9, *(len(c) + 2 for c in classes[:50]))
+    print(f"{'class':<{width}}" + "".join(f"{s:>8}" for s in report.counts))
+    for name in classes[:50]:
+        print(f"{name:<{width}}" + "".join(f"{report.counts[s].get(name, 0):>8}"
+                                          for s in report.counts))
+    if len(classes) > 50:
+        print(f"... {len(classes) - 50} more classes (all in --json)")
+    print(f"{'imbalance':<{width}}" + "".join(f"{report.imbalance[s]:>8}" for s in report.counts))
+    print("\nsizes (longer side): " + ", ".join(f"{k}: {v}" for k, v in report.sizes.items()))
+    print("modes: " + ", ".join(f"{k}: {v}" for k, v in report.modes.items()))
+    print(f"\nunreadable files: {len(report.unreadable)}")
+    for item in report.unreadable[:20]:
+        print(f"  {item['path']}: {item['reason']}")
+    near = [g for g in report.near_duplicates if not g["across_splits"]]
+    exact = [g for g in report.exact_duplicates if not g["across_splits"]]
+    print(f"duplicates within a split: {len(exact)} exact, {len(near)} near")
+    for title, groups in (("LEAKS across splits", report.leaks),
+                          ("LABEL CONFLICTS", report.label_conflicts),
+                          ("duplicates within a split", exact + near)):
+        if not groups:
+            continue
+        print(f"\n{title}: {len(groups)}")
+        for group in groups[:20]:
+            print(f"  [{group['kind']}] " + "  =  ".join(
+                f"{m['path']} ({m['split']}, {m['class']})" for m in group["images"]))
+        if len(groups) > 20:
+            print(f"  ... {len(groups) - 20} more (all in --json)")
+    if not report.leaks and not report.label_conflicts:
+        print("\nNo leak across splits and no label conflict.")
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:

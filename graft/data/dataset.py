@@ -196,25 +196,36 @@ def _read_csv(csv_path: Path) -> ImageDataset:
     )
 
 
-def scan_dataset(path: str | os.PathLike) -> ImageDataset:
+def scan_dataset(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> ImageDataset:
     """Find the labeled images at ``path``.
 
     Layouts: ``DATA/<class>/<image>`` (nested folders below a class count for that class);
-    pre-split ``DATA/{train,val|validation,test}/<class>/<image>``; or a ``.csv`` of
-    ``path,label[,split]`` with paths relative to the CSV file.
+    pre-split ``DATA/{train,val|validation,test}/<class>/<image>``; a ``.csv`` of
+    ``path,label[,split]`` with paths relative to the CSV file; or arrays: a ``.npz`` (``x``,
+    ``y``, optional ``class_names`` and ``split``) or CIFAR-10's binary batches folder, written
+    once as PNG files into the cache (``cache_dir``; see :mod:`graft.data.arrays`).
 
     Raises:
         DataError: When the path is missing or holds no class folders with images.
     """
+    from graft.data import arrays
+
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist. Give a folder of class folders, or a CSV file.")
+    if path.suffix.lower() == ".npz" and path.is_file():
+        return scan_dataset(arrays.array_folder(arrays.load_npz(path), cache_dir=cache_dir,
+                                                progress=progress))
+    if arrays.is_cifar10_binary(path):
+        return scan_dataset(arrays.array_folder(arrays.read_cifar10_binary(path),
+                                                cache_dir=cache_dir, progress=progress))
     if path.is_file():
         if path.suffix.lower() == ".csv":
             return _read_csv(path.resolve())
         raise DataError(
             f"{path} is a file; expected a folder 'DATA/<class>/<image>', a pre-split folder "
-            f"'DATA/train/<class>/...', or a CSV of path,label."
+            f"'DATA/train/<class>/...', a CSV of path,label, or a .npz of x and y arrays."
         )
     root = path.resolve()
     splits = _split_folders(root)
@@ -362,8 +373,8 @@ def check_output_dir(out: str | os.PathLike, data: str | os.PathLike) -> None:
     out_path = Path(out).expanduser().resolve()
     data_path = Path(data).expanduser().resolve()
     root = data_path.parent if data_path.is_file() else data_path
-    if data_path.suffix.lower() in (".h5", ".hdf5"):
-        return  # a feature file: nothing is scanned next to it
+    if data_path.suffix.lower() in (".h5", ".hdf5", ".npz"):
+        return  # a feature or array file: nothing is scanned next to it
     if out_path == root or root in out_path.parents:
         raise ConfigError(
             f"--out {out} is inside the dataset {data}: the model's files would be read as images "

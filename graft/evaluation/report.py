@@ -15,6 +15,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from graft.evaluation.page import CSS as _CSS
+from graft.evaluation.page import table as _table
 from graft.evaluation.plots import (
     plot_confusion_matrix,
     plot_grid_search,
@@ -27,26 +29,6 @@ __all__ = ["confused_pairs", "sample_images", "worst_mistakes", "write_report"]
 
 REPORT_FILE = "report.html"
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;
-color:#1d2330}
-main{max-width:1100px;margin:0 auto;padding:24px 32px 48px}
-h1{font-size:26px;margin:8px 0 4px}h2{font-size:19px;margin:32px 0 10px;border-bottom:1px solid
-#d9dde3;padding-bottom:4px}
-.sub{color:#5b6473;margin:0 0 16px}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
-.card{background:#fff;border:1px solid #d9dde3;border-radius:8px;padding:10px 16px;min-width:120px}
-.card .v{font-size:24px;font-weight:600}.card .k{color:#5b6473;font-size:12px}
-table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0}
-th,td{border:1px solid #d9dde3;padding:4px 10px;text-align:right}
-th{background:#eef1f5}td.l,th.l{text-align:left}
-tr.low td{background:#fdecea}
-figure{margin:10px 0;background:#fff;border:1px solid #d9dde3;border-radius:8px;padding:8px}
-figure img{max-width:100%;height:auto;display:block;margin:0 auto}
-figcaption{color:#5b6473;font-size:12px;margin-top:4px}
-.row{display:flex;flex-wrap:wrap;gap:12px}.row figure{flex:1 1 420px}
-code{background:#eef1f5;padding:1px 4px;border-radius:3px}
-"""
 
 
 def worst_mistakes(y_true: np.ndarray, probabilities: np.ndarray, paths: Sequence[str | Path],
@@ -100,21 +82,6 @@ def _save(figure, path: Path) -> str:
     figure.savefig(path, dpi=110, pil_kwargs={"compress_level": 1})
     plt.close(figure)
     return path.name
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1,
-           classes: Sequence[str] | None = None) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>'
-                   for i, h in enumerate(header))
-    body = []
-    for r, row in enumerate(rows):
-        cells = "".join(
-            f'<td class="{"l" if i < left else ""}">'
-            f'{html.escape(f"{v:.3f}" if isinstance(v, float) else str(v))}</td>'
-            for i, v in enumerate(row))
-        css = f' class="{classes[r]}"' if classes and classes[r] else ""
-        body.append(f"<tr{css}>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _setting(value: Any) -> str:

@@ -40,7 +40,8 @@ def serve(config: ServeConfig, *, log: Callable[[str], None] = print) -> None:
     names = ", ".join(f"{name}={path}" for name, path in config.models.items())
     plan = state.plan
     log(f"graft serve: models {names}; {plan.cpus} CPU(s): {plan.decode} decoding thread(s) "
-        f"beside one inference thread running ONNX Runtime with {plan.onnx} thread(s); batches up to "
+        f"beside one inference thread running {plan.onnx} image(s) at a time through ONNX "
+        f"Runtime, one thread each; batches up to "
         f"{config.max_batch_size} images, waiting at most {config.max_delay_ms:g} ms; queue "
         f"{config.max_queue} images per model; timeout {config.timeout_s:g} s; body up to "
         f"{config.max_body_mb:g} MB; images up to {config.max_pixels:,} pixels")

@@ -79,7 +79,7 @@ def evaluate(
 
         require("report", "matplotlib", "evaluate --report")  # before any work, not after
     predictor = load(model_dir, threads=threads, batch_size=batch_size)
-    dataset = scan_dataset(data)
+    dataset = scan_dataset(data, cache_dir=cache_dir, progress=progress)
     dataset, split, note = _choose_split(dataset, Path(data), predictor.config, split)
     log(note)
     _check_classes(dataset, predictor, data)

@@ -54,7 +54,8 @@ def extract(
     Returns:
         The file written, and what was extracted, read from the cache, or skipped.
     """
-    dataset = assign_splits(scan_dataset(data), test_size=test_size, val_size=val_size, seed=seed,
+    dataset = assign_splits(scan_dataset(data, cache_dir=cache_dir, progress=progress),
+                            test_size=test_size, val_size=val_size, seed=seed,
                             group_regex=group_regex)
     plan = plan_threads(threads)
     _, engines, configs = build_backbones(backbone, layer=layer, weights=weights, pool=pool,

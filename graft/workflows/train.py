@@ -154,6 +154,8 @@ class _Run:
     n_original: int = 0
     head_seconds: float = 0.0
     out_of_core: bool = False
+    fingerprints: np.ndarray | None = None  # content fingerprints, one per feature row
+    data_check: dict[str, Any] = field(default_factory=dict)
     plan: ThreadPlan | None = None
 
     @property
@@ -194,6 +196,7 @@ def train(
     with ReportWriter() as reports:
         _load_features(run)
         _check_trainable(run.features)
+        _check_leaks(run)
         X_train, y_train = _training_rows(run)
         estimator, head_name, head_scores = _fit_head(run, X_train, y_train)
         with staged_model_dir(run.out) as staging:
@@ -259,7 +262,9 @@ def _load_features(run: _Run) -> None:
                 f"now (images changed or missing). Extract it again with 'graft extract ... "
                 f"--precision {cfg.precision}'.")
         return
-    run.dataset = assign_splits(scan_dataset(run.data), **cfg.split_params)
+    run.dataset = assign_splits(
+        scan_dataset(run.data, cache_dir=cfg.cache_dir, progress=run.progress),
+        **cfg.split_params)
     if run.dataset.split_source == "folders":
         run.log("Using the data's own split folders (with only train/val, val is the test); "
                 "--test-size does not apply.")
@@ -412,13 +417,34 @@ def _streaming_head(run: _Run, name: str) -> str:
                       f"--head {' or '.join(STREAMING_HEADS)} (or leave --head out).")
 
 
-def _training_fingerprints(run: _Run) -> np.ndarray:
-    """Content fingerprints of the images the head was fitted or selected on (train and val)."""
+def _check_leaks(run: _Run) -> None:
+    """Step 3b: the cheap part of ``graft data check``: the same file content in two splits (a
+    leak) or under two classes (a label conflict), warned about and kept for metrics.json."""
+    from graft.data.check import split_leaks
+
     features = run.features
     root = Path(features.root or ".")
-    seen = np.isin(features.split, ["train", "val"])
-    paths = [root / p for p, keep in zip(features.paths, seen) if keep]
-    return content_fingerprints(paths, workers=run.plan.cpus)
+    run.fingerprints = content_fingerprints([root / p for p in features.paths],
+                                            workers=run.plan.cpus)
+    found = split_leaks(features.paths, list(features.split),
+                        [features.label_names[i] for i in features.labels], run.fingerprints)
+    run.data_check = {"leaks_across_splits": len(found["leaks_across_splits"]),
+                      "label_conflicts": len(found["label_conflicts"]),
+                      "examples": (found["leaks_across_splits"] + found["label_conflicts"])[:10]}
+    for key, what in (("leaks_across_splits", ("image(s) with the same content in more than "
+                                               "one split: the test score counts images the "
+                                               "model trained on")),
+                      ("label_conflicts", "image(s) with the same content under two classes")):
+        if found[key]:
+            example = ", ".join(f"{m['split']}/{m['path']}" for m in found[key][0]["images"][:3])
+            run.log(f"Warning: {len(found[key])} {what} (e.g. {example}). 'graft data check' "
+                    f"lists them all, with near duplicates.")
+
+
+def _training_fingerprints(run: _Run) -> np.ndarray:
+    """Content fingerprints of the images the head was fitted or selected on (train and val)."""
+    seen = np.isin(run.features.split, ["train", "val"])
+    return run.fingerprints[seen]
 
 
 def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
@@ -530,6 +556,7 @@ def _metrics(run: _Run, predictor: Predictor, probabilities: np.ndarray,
         val_probs = in_chunks(predictor.probabilities_from_features, X_val)
         metrics["val_accuracy"] = float(np.mean(val_probs.argmax(1) == y_val))
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in features.skipped]
+    metrics["data_check"] = run.data_check
     return metrics
 
 
