@@ -13,7 +13,7 @@ DEFAULT_HEAD = "logreg"
 POOLS = ("avg", "max", "avgmax", "flatten")
 
 HEAD_DESCRIPTIONS = {
-    "logreg": "Logistic regression, C grid-searched by 3-fold CV (default)",
+    "logreg": "Logistic regression, C grid-searched by 3-fold CV (default); trains out of core",
     "linear-svm": "Linear SVM (probabilities by sigmoid calibration)",
     "svm": "RBF-kernel SVM",
     "random-forest": "Random forest, 300 trees",
@@ -21,6 +21,5 @@ HEAD_DESCRIPTIONS = {
     "knn": "k nearest neighbours (k=5, on standardized features)",
     "softmax": "One dense softmax layer in PyTorch (retrain.py's final layer)",
     "mlp": "Multi-layer perceptron in PyTorch (the seed's DNN)",
-    "sgd": "Logistic regression by SGD on standardized features; trains out of core, in chunks",
     "auto": "Pick the head with the best cross-validated accuracy on the training split",
 }

@@ -203,7 +203,7 @@ def test_traversal_links_and_bombs_are_refused(tmp_path):
     assert not (tmp_path.parent / "escaped.txt").exists()
 
 
-def test_flowers102_uses_the_official_split_and_labels(server, tmp_path):
+def test_flowers102_uses_the_official_split_and_labels(server, tmp_path, monkeypatch):
     from scipy.io import savemat
 
     url, files = server
@@ -216,8 +216,9 @@ def test_flowers102_uses_the_official_split_and_labels(server, tmp_path):
         buffer = io.BytesIO()
         savemat(buffer, content)
         files.files[name] = buffer.getvalue()
+    monkeypatch.setenv("GRAFT_DATA_MIRROR", url)  # the company-mirror setting
     root = fetch_dataset(
-        "oxford_flowers102", tmp_path / "data", mirror=url, progress=False,
+        "oxford_flowers102", tmp_path / "data", progress=False,
         cache_dir=tmp_path / "cache",
         sha256=[f"102flowers.tgz={sha(tgz)}",
                 f"imagelabels.mat={sha(files.files['imagelabels.mat'])}",

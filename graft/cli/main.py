@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     memory = p.add_mutually_exclusive_group()
     memory.add_argument("--out-of-core", dest="out_of_core", action="store_const", const=True,
                         default=None,
-                        help="train the head from the feature cache a chunk at a time (the sgd "
-                             "head), never holding every feature in memory (default: only when "
-                             "they would take more than half of the memory available)")
+                        help="train the head from the feature cache a chunk at a time (logreg), "
+                             "never holding every feature in memory (default: only when they "
+                             "would take more than half of the memory available)")
     memory.add_argument("--in-memory", dest="out_of_core", action="store_const", const=False,
                         help="always hold the features in memory")
     _add_backbone_args(p)

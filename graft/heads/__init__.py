@@ -15,7 +15,7 @@ from graft.heads.registry import (
     list_heads,
     select_head,
 )
-from graft.heads.streaming import STREAMING_HEADS, fit_out_of_core
+from graft.heads.streaming import STREAMING_HEADS, refit_out_of_core
 
 if TYPE_CHECKING:
     from graft.heads.torch_heads import TorchMLPClassifier, TorchSoftmaxClassifier
@@ -38,11 +38,11 @@ __all__ = [
     "describe_head",
     "final_estimator",
     "fit_head",
-    "fit_out_of_core",
     "fitting_threads",
     "head_to_onnx",
     "list_heads",
     "module_to_onnx",
     "onnx_probabilities",
+    "refit_out_of_core",
     "select_head",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from graft.errors import ConfigError
 from graft.inference.threads import available_cpus
 
 __all__ = ["fit_head", "fitting_threads"]
@@ -124,8 +125,9 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
              max_search_rows: int | None = MAX_SEARCH_ROWS) -> tuple[BaseEstimator, float]:
     """Fit ``estimator`` under :func:`fitting_threads`; return it and the seconds it took.
 
-    ``X`` left in the cache (a :class:`graft.features.CachedFeatures`) is fitted out of core, a
-    chunk at a time (:func:`graft.heads.streaming.fit_out_of_core`; the ``sgd`` head).
+    ``X`` left in the cache (a :class:`graft.features.CachedFeatures`) is fitted out of core: the
+    search on a sample read into memory, the final fit over every row a chunk at a time
+    (:func:`graft.heads.streaming.refit_out_of_core`).
 
     A grid search shows a progress bar (one step per cross-validation fit) when ``progress``,
     and runs its fits in processes when they are many and large (see the module's notes). Over
@@ -135,14 +137,15 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
     from tqdm.auto import tqdm
 
     cpus = cpus or available_cpus()
-    if not isinstance(X, np.ndarray):  # features left in the cache: out of core, in chunks
-        from graft.heads.streaming import fit_out_of_core
-
-        start = time.perf_counter()
-        with fitting_threads(cpus, backend="threading"):
-            fit_out_of_core(estimator, X, y, progress=progress)
-        return estimator, time.perf_counter() - start
     search = hasattr(estimator, "param_grid") and hasattr(estimator, "cv")
+    if not isinstance(X, np.ndarray):  # features left in the cache: out of core, in chunks
+        if not search:
+            from graft.heads.streaming import STREAMING_HEADS
+
+            raise ConfigError(f"Out of core, the head must be one of "
+                              f"{', '.join(STREAMING_HEADS)}; got {type(estimator).__name__}.")
+        return _fit_search_on_sample(estimator, X, y, name=name, progress=progress, cpus=cpus,
+                                     rows=min(max_search_rows or MAX_SEARCH_ROWS, len(y)))
     if search and max_search_rows and len(y) > max_search_rows:
         return _fit_search_on_sample(estimator, X, y, name=name, progress=progress, cpus=cpus,
                                      rows=max_search_rows)
@@ -176,19 +179,27 @@ def _fit_search_on_sample(estimator: Any, X: np.ndarray, y: np.ndarray, *, name:
 
     start = time.perf_counter()
     sample = search_sample(y, rows)
-    X_sample, y_sample = X[sample], y[sample]
+    in_memory = isinstance(X, np.ndarray)
+    X_sample = X[sample] if in_memory else X[sample].rows()  # out of core: read the sample
+    y_sample = y[sample]
     estimator.set_params(refit=False)
     fit_head(estimator, X_sample, y_sample, name=f"{name} (search on {len(sample):,} rows)",
              progress=progress, cpus=cpus, max_search_rows=None)
     final = clone(estimator.estimator).set_params(**estimator.best_params_)
     with fitting_threads(cpus):
         warm = "warm_start" in final.get_params()
-        if warm:  # start the fit on every row from the sample's solution: far fewer iterations
+        if warm or not in_memory:  # start from the sample's solution: far fewer iterations
             final.fit(X_sample, y_sample)
-            final.set_params(warm_start=True)
-        final.fit(X, y)
-        if warm:
-            final.set_params(warm_start=False)
+        if not in_memory:
+            from graft.heads.streaming import refit_out_of_core
+
+            refit_out_of_core(final, X, y, progress=progress)
+        else:
+            if warm:
+                final.set_params(warm_start=True)
+            final.fit(X, y)
+            if warm:
+                final.set_params(warm_start=False)
     estimator.best_estimator_ = final  # what the search's predict and predict_proba use
     estimator.set_params(refit=True)
     estimator.search_rows_ = len(sample)

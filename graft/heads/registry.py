@@ -21,7 +21,6 @@ from sklearn.svm import SVC, LinearSVC
 
 from graft.catalog import DEFAULT_HEAD, HEAD_DESCRIPTIONS
 from graft.errors import ConfigError
-from graft.heads.streaming import sgd_head
 
 __all__ = [
     "DEFAULT_HEAD",
@@ -90,7 +89,6 @@ _FACTORIES: dict[str, Callable[..., BaseEstimator]] = {
                                               KNeighborsClassifier(n_neighbors=5)),
     "softmax": lambda seed, y=None: _torch_head("TorchSoftmaxClassifier", seed),
     "mlp": lambda seed, y=None: _torch_head("TorchMLPClassifier", seed),
-    "sgd": sgd_head,
 }
 HEADS: dict[str, tuple[str, Callable[..., BaseEstimator]]] = {
     name: (HEAD_DESCRIPTIONS[name], factory) for name, factory in _FACTORIES.items()
@@ -112,8 +110,8 @@ def check_head_scales(name: str, n_rows: int) -> None:
     if name in QUADRATIC_HEADS and n_rows > QUADRATIC_LIMIT:
         raise ConfigError(
             f"The {name!r} head grows with the square of the training images: {n_rows:,} is over "
-            f"its limit of {QUADRATIC_LIMIT:,}. Use 'logreg' (the default), 'softmax', 'mlp' "
-            f"or 'sgd', which grow linearly ('sgd' also trains out of core: --out-of-core).")
+            f"its limit of {QUADRATIC_LIMIT:,}. Use 'logreg' (the default, which also trains out "
+            f"of core: --out-of-core), 'softmax' or 'mlp', which grow linearly.")
 
 
 def list_heads() -> dict[str, str]:

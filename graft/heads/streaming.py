@@ -1,12 +1,12 @@
-"""Training a head out of core: the features are read from the cache a chunk at a time, and the
-whole matrix never exists in memory.
+"""Training the default head out of core: the features stay in the cache and are read a chunk at
+a time, so the whole matrix never exists in memory.
 
-The ``sgd`` head is scikit-learn's ``StandardScaler`` + ``SGDClassifier(loss="log_loss")``
-(logistic regression by stochastic gradient descent). In memory it fits like any estimator; out
-of core :func:`fit_out_of_core` makes one pass for the scaler's mean and variance
-(``partial_fit``), then ``epochs`` passes of ``SGDClassifier.partial_fit`` over the chunks in a
-fresh random order each time, the rows of each chunk shuffled. The result is the same fitted
-pipeline, so it is saved, exported to ONNX and scored like every other head.
+``logreg`` out of core is the same model as in memory, fitted the way large training sets are
+fitted anyway (:func:`graft.heads.fitting.fit_head`): C is grid-searched on a stratified sample of
+at most ``MAX_SEARCH_ROWS`` rows (read into memory), then the chosen C is fitted on every row by
+L-BFGS, warm-started from the sample's solution, with scikit-learn's objective (mean
+cross-entropy plus ``||W||^2 / (2 C n)``) and its gradient summed over chunks of
+:data:`~graft.features.store.CHUNK_ROWS` rows: one pass over the cache per evaluation.
 """
 
 from __future__ import annotations
@@ -14,70 +14,86 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.linear_model import SGDClassifier
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from tqdm.auto import tqdm
 
 from graft.errors import ConfigError
 from graft.features.store import CHUNK_ROWS, chunk_bounds, read_rows
 
-__all__ = ["CHUNK_ROWS", "EPOCHS", "STREAMING_HEADS", "fit_out_of_core", "sgd_head"]
+__all__ = ["STREAMING_HEADS", "refit_out_of_core"]
 
-STREAMING_HEADS = ("sgd",)  # the heads that train out of core
-EPOCHS = 5  # passes over the training rows out of core
-
-
-def sgd_head(seed: int, y: np.ndarray | None = None) -> Pipeline:
-    """The ``sgd`` head: standardized features, logistic loss, SGD with an averaged solution."""
-    return make_pipeline(StandardScaler(),
-                         SGDClassifier(loss="log_loss", alpha=1e-4, average=True,
-                                       random_state=seed))
+STREAMING_HEADS = ("logreg",)  # the heads that train out of core
 
 
-def fit_out_of_core(estimator: BaseEstimator, X: Any, y: np.ndarray, *, epochs: int = EPOCHS,
-                    chunk_rows: int = CHUNK_ROWS, seed: int | None = None,
-                    progress: bool = True) -> BaseEstimator:
-    """Fit a streaming head (``sgd``) on ``X`` read ``chunk_rows`` at a time.
+def _objective(X: Any, y: np.ndarray, binary: bool, n_features: int, C: float,
+               chunk_rows: int):
+    """Loss and gradient of L2-regularized logistic regression over X read in chunks."""
+    n = len(y)
+    outputs = 1 if binary else int(y.max()) + 1
+    bounds = chunk_bounds(n, chunk_rows)
 
-    Args:
-        estimator: An unfitted ``sgd`` head (:func:`sgd_head`).
-        X: A :class:`graft.features.CachedFeatures` (or any array; then it is read in chunks too).
-        y: Class indices, one per row of ``X`` (in memory: 8 bytes a row).
-        seed: Of the chunk and row order (default: the classifier's ``random_state``).
+    def function(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        W = theta[: outputs * n_features].reshape(outputs, n_features)
+        b = theta[outputs * n_features:]
+        loss, grad_W, grad_b = 0.0, np.zeros_like(W), np.zeros_like(b)
+        for start, stop in bounds:
+            rows = read_rows(X, start, stop).astype(np.float64)
+            z = rows @ W.T + b
+            labels = y[start:stop]
+            if binary:
+                z = z[:, 0]
+                sign = np.where(labels == 1, 1.0, -1.0)
+                loss += float(np.logaddexp(0.0, -sign * z).sum())
+                g = (1.0 / (1.0 + np.exp(-z)) - (labels == 1))[:, None]
+            else:
+                top = z.max(axis=1, keepdims=True)
+                log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+                loss += float((log_norm - z[np.arange(len(labels)), labels]).sum())
+                g = np.exp(z - log_norm[:, None])
+                g[np.arange(len(labels)), labels] -= 1.0
+            grad_W += g.T @ rows
+            grad_b += g.sum(axis=0)
+        loss = loss / n + float((W * W).sum()) / (2.0 * C * n)
+        grad_W = grad_W / n + W / (C * n)
+        return loss, np.concatenate([grad_W.ravel(), grad_b / n])
+
+    return function
+
+
+def refit_out_of_core(model: Any, X: Any, y: np.ndarray, *, chunk_rows: int = CHUNK_ROWS,
+                      progress: bool = False) -> Any:
+    """Fit a ``LogisticRegression`` (already fitted on a sample: its solution is the start) on
+    every row of ``X`` (a :class:`graft.features.CachedFeatures`, or any array) by L-BFGS with
+    the loss and gradient summed over chunks. Sets ``coef_``, ``intercept_`` and ``n_iter_``.
 
     Raises:
-        ConfigError: For a head that cannot train in chunks.
+        ConfigError: For a model that is not a fitted L2 logistic regression.
     """
-    steps = getattr(estimator, "steps", None)
-    if not (isinstance(estimator, Pipeline) and len(steps) == 2
-            and isinstance(steps[0][1], StandardScaler)
-            and hasattr(steps[1][1], "partial_fit")):
-        raise ConfigError(f"Out of core, a head must train in chunks: use one of "
-                          f"{', '.join(STREAMING_HEADS)}. Got {type(estimator).__name__}.")
-    if epochs < 1 or chunk_rows < 1:
-        raise ConfigError(f"epochs and chunk_rows must be >= 1. Got {epochs!r}, {chunk_rows!r}.")
-    y = np.asarray(y)
-    if len(y) != len(X):
-        raise ConfigError(f"X has {len(X)} rows but y has {len(y)} labels.")
-    scaler, classifier = steps[0][1], steps[1][1]
-    classes = np.unique(y)
-    chunks = chunk_bounds(len(X), chunk_rows)
-    rng = np.random.default_rng(classifier.random_state if seed is None else seed)
-    bar = tqdm(total=len(chunks) * (epochs + 1), unit="chunk", desc="Fitting sgd out of core",
-               disable=not progress, dynamic_ncols=True, leave=False)
+    from scipy.optimize import minimize
+    from sklearn.linear_model import LogisticRegression
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, LogisticRegression) or not hasattr(model, "coef_"):
+        raise ConfigError(f"Out of core, the head must be one of {', '.join(STREAMING_HEADS)}; "
+                          f"got {type(model).__name__}.")
+    classes = np.asarray(model.classes_)
+    y_index = np.searchsorted(classes, np.asarray(y))
+    if len(y_index) != len(X) or not np.array_equal(classes[y_index], np.asarray(y)):
+        raise ConfigError("Out of core, every class must be in the sample the head started on, "
+                          "and y must have one label per row.")
+    binary = len(classes) == 2
+    theta = np.concatenate([np.asarray(model.coef_, np.float64).ravel(),
+                            np.asarray(model.intercept_, np.float64)])
+    function = _objective(X, y_index, binary, X.shape[1], float(model.C), chunk_rows)
+    bar = tqdm(total=model.max_iter, unit="it", desc="Fitting on every row, out of core",
+               disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        for start, stop in chunks:  # pass 1: the scaler's mean and variance
-            scaler.partial_fit(read_rows(X, start, stop))
-            bar.update()
-        for _ in range(epochs):
-            for index in rng.permutation(len(chunks)):
-                start, stop = chunks[index]
-                order = rng.permutation(stop - start)
-                rows = scaler.transform(read_rows(X, start, stop))[order]
-                classifier.partial_fit(rows, y[start:stop][order], classes=classes)
-                bar.update()
+        result = minimize(function, theta, jac=True, method="L-BFGS-B",
+                          callback=lambda _: bar.update(),
+                          options={"maxiter": model.max_iter, "gtol": model.tol,
+                                   "maxls": 50})
     finally:
         bar.close()
-    return estimator
+    outputs = 1 if binary else len(classes)
+    model.coef_ = result.x[: outputs * X.shape[1]].reshape(outputs, X.shape[1])
+    model.intercept_ = result.x[outputs * X.shape[1]:]
+    model.n_iter_ = np.array([result.nit], dtype=np.int32)
+    return model

@@ -72,8 +72,8 @@ class TrainConfig:
             cluster (``address``: ``auto``, ``host:port``...; default ``$RAY_ADDRESS``, else a
             local cluster).
         out_of_core: Train from the feature cache a chunk at a time, never holding the whole
-            feature matrix (the ``sgd`` head; ``logreg`` is switched to it). Default (None): only
-            when the matrix would take more than half of the memory available.
+            feature matrix (the ``logreg`` head). Default (None): only when the matrix would take
+            more than half of the memory available.
     """
 
     backbone: str | Sequence[str] | None = DEFAULT_BACKBONE
@@ -385,7 +385,7 @@ def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
     cfg = run.config
     head_name, tried = cfg.head, {}
     if run.out_of_core:
-        head_name = _streaming_head(run, head_name)
+        head_name = _streaming_head(head_name)
     check_head_scales(head_name, len(y))
     if head_name == "auto":
         run.log("Comparing heads by 3-fold cross-validation on the training split...")
@@ -403,18 +403,14 @@ def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
     return estimator, head_name, tried
 
 
-def _streaming_head(run: _Run, name: str) -> str:
-    """The head out of core: ``sgd``; the default ``logreg`` is switched to it, and said so."""
+def _streaming_head(name: str) -> str:
+    """Out of core only the heads that can train a chunk at a time will do."""
     from graft.heads import STREAMING_HEADS
 
-    if name in STREAMING_HEADS:
-        return name
-    if name == DEFAULT_HEAD:
-        run.log(f"Out of core the head is 'sgd' (logistic regression by SGD, trained a chunk at "
-                f"a time) instead of '{name}'.")
-        return "sgd"
-    raise ConfigError(f"The {name!r} head needs every feature in memory; out of core, use "
-                      f"--head {' or '.join(STREAMING_HEADS)} (or leave --head out).")
+    if name not in STREAMING_HEADS:
+        raise ConfigError(f"The {name!r} head needs every feature in memory; out of core, use "
+                          f"--head {' or '.join(STREAMING_HEADS)} (or leave --head out).")
+    return name
 
 
 def _check_leaks(run: _Run) -> None:
@@ -457,9 +453,9 @@ def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
     head_info = {"name": head_name, **describe_head(estimator),
                  "fit_seconds": round(run.head_seconds, 3)}
     if run.out_of_core:
-        from graft.heads.streaming import CHUNK_ROWS, EPOCHS
+        from graft.features.store import CHUNK_ROWS
 
-        head_info["out_of_core"] = {"epochs": EPOCHS, "chunk_rows": CHUNK_ROWS}
+        head_info["out_of_core"] = {"chunk_rows": CHUNK_ROWS}
     if head_scores:
         head_info["auto"] = head_scores
     exported = []  # each backbone's ONNX graph: the cached export, or one made now (torch engine)
