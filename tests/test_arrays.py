@@ -47,12 +47,24 @@ def test_npz_inputs_are_checked(tmp_path, capsys):
     np.savez(tmp_path / "objects.npz", x=x, y=np.array(list(y), dtype=object))
     np.savez(tmp_path / "floats.npz", x=x.astype(np.float32), y=y)
     np.savez(tmp_path / "nolabels.npz", x=x)
+    (tmp_path / "notzip.npz").write_bytes(b"\x93NUMPY not an archive")
+    good = (tmp_path / "objects.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(good[: len(good) // 2])
     for name, message in (("objects", "never unpickles"), ("floats", "must be uint8"),
-                          ("nolabels", "has no ['y']")):
+                          ("nolabels", "has no ['y'] (it has"), ("notzip", "not a .npz file"),
+                          ("truncated", "not a .npz file")):
         assert main(["train", str(tmp_path / f"{name}.npz"), "--out", str(tmp_path / "m"),
                      "-q"]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, name
+
+
+def test_byte_string_labels_are_text(tmp_path):
+    from graft.data.arrays import ArrayData
+
+    x, y = colour_images(2)
+    data = ArrayData(x, y.astype("S"), class_names=[b"blue", b"green", b"red"])
+    assert data.class_names == ["blue", "green", "red"] and data.y.tolist() == [2, 2, 1, 1, 0, 0]
 
 
 def cifar_folder(root, n_per_batch=30):

@@ -297,6 +297,9 @@ def test_train_out_of_core_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["train", str(data), "--out", str(tmp_path / "m2"), *args]) == 0
     assert "training out of core" in capsys.readouterr().err
     assert "out_of_core" in json.loads((tmp_path / "m2" / "graft.json").read_text())["head"]
+    assert main(["train", str(data), "--out", str(tmp_path / "m5"), "--augment-views", "1",
+                 *args]) == 0  # views need memory: kept there, and said so
+    assert "trains in memory only" in capsys.readouterr().err
     assert main(["train", str(data), "--out", str(tmp_path / "m3"), "--in-memory", *args]) == 0
     assert "out_of_core" not in json.loads((tmp_path / "m3" / "graft.json").read_text())["head"]
     assert main(["train", str(data), "--out", str(tmp_path / "m4"), "--out-of-core",

@@ -179,7 +179,7 @@ def test_offline_says_where_to_download_and_how_to_use_the_file(tmp_path, capsys
 def test_from_a_file_downloaded_by_hand(tmp_path):
     archive = tmp_path / "hymenoptera_data.zip"
     archive.write_bytes(hymenoptera_zip())
-    with pytest.raises(ChecksumError, match="not the published file"):  # the pinned checksum
+    with pytest.raises(ChecksumError, match="left as it is"):  # the pinned checksum applies
         fetch_dataset("hymenoptera", tmp_path / "out", from_files=[archive], progress=False)
     assert archive.exists()  # the user's file is never deleted
     root = fetch_dataset("hymenoptera", tmp_path / "out", from_files=[archive],

@@ -277,3 +277,19 @@ def test_decoding_and_the_network_take_turns(tiny_backbone, tmp_path):
     for a, b in decoding:
         for c, d in forwarding:
             assert b <= c or d <= a, "an image was decoded while the network ran"
+
+
+def test_resize_and_crop_fits_every_size_without_a_crop_margin():
+    """crop_pct=1: the crop box is the whole resized side, which float rounding could push an ulp
+    past the image (PIL then refuses the box); every size from 200 to 300 px must work."""
+    from PIL import Image
+
+    from graft.data.preprocess import PreprocessConfig, resize_and_crop
+
+    configs = (PreprocessConfig(crop_pct=1.0),
+               PreprocessConfig(input_size=(3, 227, 227), crop_mode="squash", crop_pct=1.0))
+    for config in configs:
+        for width in range(200, 301):
+            for height in (width, 230, 333):
+                array = resize_and_crop(Image.new("RGB", (width, height), "gray"), config)
+                assert array.shape == (*config.size, 3) and int(array.mean()) == 128

@@ -5,7 +5,8 @@ absolute path, a link pointing outside), or expand far beyond its size (a zip bo
 is checked before anything is written: regular files and folders only (no links, devices or
 FIFOs), every path inside the destination, and the member count and total size (as extracted,
 counted while writing, not trusted from the headers) under limits. The archive is unpacked into
-a fresh temporary folder beside the destination, so a refused or failed archive leaves nothing.
+a fresh temporary folder (beside the destination when the caller says where), so a refused or
+failed archive leaves nothing.
 """
 
 from __future__ import annotations
@@ -117,9 +118,10 @@ def _unpack_zip(archive: Path, into: Path, budget: _Budget) -> None:
 
 
 def unpack(archive: str | os.PathLike, *, max_bytes: int | None = None,
-           max_members: int = MAX_MEMBERS) -> Path:
-    """Unpack a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` into a new temporary folder beside it
-    and return that folder (the caller moves what it needs and deletes the rest).
+           max_members: int = MAX_MEMBERS, into: str | os.PathLike | None = None) -> Path:
+    """Unpack a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` into a new temporary folder (inside
+    ``into``, default beside the archive) and return that folder (the caller moves what it needs
+    and deletes the rest).
 
     Args:
         max_bytes: The most bytes it may expand to (default: :data:`MAX_RATIO` times its size,
@@ -128,24 +130,33 @@ def unpack(archive: str | os.PathLike, *, max_bytes: int | None = None,
     Raises:
         UnsafeArchiveError: For a member outside the folder, a link or special file, or an
             archive over ``max_members`` members or ``max_bytes`` extracted (nothing is left).
-        DataError: For a file that is not a readable tar or zip archive.
+        DataError: For a file that is not a readable tar or zip archive, or a folder that cannot
+            be written.
     """
+    import lzma
+    import zlib
+
     archive = Path(archive)
     if max_bytes is None:
         max_bytes = max(MIN_BYTES, MAX_RATIO * archive.stat().st_size)
-    into = Path(tempfile.mkdtemp(prefix=".graft-unpack-", dir=archive.parent))
     budget = _Budget(archive, max_bytes, max_members)
+    folder: Path | None = None
     try:
+        folder = Path(tempfile.mkdtemp(prefix=".graft-unpack-",
+                                       dir=into if into is not None else archive.parent))
         if zipfile.is_zipfile(archive):
-            _unpack_zip(archive, into, budget)
+            _unpack_zip(archive, folder, budget)
         elif tarfile.is_tarfile(archive):
-            _unpack_tar(archive, into, budget)
+            _unpack_tar(archive, folder, budget)
         else:
             raise DataError(f"{archive} is not a tar or zip archive.")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        shutil.rmtree(into, ignore_errors=True)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error,
+            lzma.LZMAError, NotImplementedError, RuntimeError) as error:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         raise DataError(f"Cannot unpack {archive.name}: {error}.") from None
     except BaseException:
-        shutil.rmtree(into, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
-    return into
+    return folder

@@ -40,10 +40,15 @@ class ArrayData:
                  split: np.ndarray | None = None, source: str = "arrays") -> None:
         self.x, self.source = _check_images(x, source), source
         y = np.asarray(y)
+        if y.dtype.kind == "S":  # byte strings (np.savez of bytes labels): names are text
+            y = np.char.decode(y, "utf-8")
+        if class_names is not None:
+            class_names = [n.decode("utf-8") if isinstance(n, bytes) else str(n)
+                           for n in class_names]
         if y.ndim != 1 or len(y) != len(self.x):
             raise DataError(f"{source}: y must hold one label per image ({len(self.x)}); got "
                             f"shape {y.shape}.")
-        if y.dtype.kind in "US":
+        if y.dtype.kind == "U":
             names = sorted({str(v) for v in y})
             self.class_names = list(class_names) if class_names is not None else names
             index = {name: i for i, name in enumerate(self.class_names)}
@@ -103,7 +108,12 @@ def load_npz(path: str | os.PathLike) -> ArrayData:
     Raises:
         DataError: For a missing key, an object (pickled) array, or bad shapes.
     """
+    import zipfile
+    import zlib
+
     path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a .npz file (np.savez writes a zip archive of arrays).")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in ("x", "y") if k not in data.files]
@@ -113,6 +123,8 @@ def load_npz(path: str | os.PathLike) -> ArrayData:
             x, y = data["x"], data["y"]
             names = data["class_names"].tolist() if "class_names" in data.files else None
             split = data["split"] if "split" in data.files else None
+    except DataError:
+        raise
     except ValueError as error:
         if "pickle" in str(error).lower():
             raise DataError(
@@ -121,7 +133,7 @@ def load_npz(path: str | os.PathLike) -> ArrayData:
                 f"and split as int or str arrays (np.savez(..., y=np.array(labels, dtype=str)))."
             ) from None
         raise DataError(f"{path} is not a readable .npz file: {error}.") from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path} is not a readable .npz file: {error}.") from None
     return ArrayData(x, y, names, split, source=str(path))
 
@@ -178,6 +190,7 @@ def _materialize(target: Path, jobs: list[tuple[Path, np.ndarray]], progress: bo
                      disable=not progress, dynamic_ncols=True, leave=False) as bar:
             for _ in pool.map(lambda job: _write_png(staging / job[0], job[1]), jobs):
                 bar.update()
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the cache's folders are not
         try:
             os.replace(staging, target)
         except OSError:  # written meanwhile by another process: theirs is the same
@@ -217,8 +230,9 @@ def array_images(x: np.ndarray, *, cache_dir: str | os.PathLike | None = None,
         path = store / digest[:2] / f"{digest[:40]}.png"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            _write_png(partial, pixels)
+            handle, partial = tempfile.mkstemp(suffix=".tmp", prefix=".", dir=path.parent)
+            os.close(handle)
+            _write_png(Path(partial), pixels)
             os.replace(partial, path)
         paths.append(path)
     return paths

@@ -14,7 +14,6 @@ the content fingerprints training computes anyway) that ``graft train`` runs and
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from graft.data.dataset import ImageDataset, Sample
+from graft.data.download import sha256_of
 from graft.errors import ImageError
 from graft.inference.images import decode_image
 
@@ -58,20 +58,18 @@ class _Seen:
 
 
 def _look(path: Path) -> _Seen:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+        seen = _Seen(sha256_of(path))
     except OSError as error:
         return _Seen("", error=f"cannot read ({error.strerror or error})")
-    seen = _Seen(digest.hexdigest())
     try:
         with Image.open(path) as opened:
             seen.mode, seen.size = opened.mode, opened.size
         seen.dhash = difference_hash(decode_image(path, min_size=(64, 64)))
     except ImageError as error:
         seen.error = error.reason
+    except Image.DecompressionBombError as error:
+        seen.error = f"refused as a decompression bomb ({error})"
     except (OSError, SyntaxError, ValueError) as error:
         seen.error = f"cannot decode ({type(error).__name__}: {error})"
     return seen
@@ -92,10 +90,17 @@ class CheckReport:
     near_duplicates: list[dict[str, Any]] = field(default_factory=list)
     label_conflicts: list[dict[str, Any]] = field(default_factory=list)
 
+    def _distinct(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``groups`` less the exact groups that a near group already holds (counted once)."""
+        near = [{m["path"] for m in g["images"]} for g in self.near_duplicates]
+        return [g for g in groups if g["kind"] == "near" or not any(
+            {m["path"] for m in g["images"]} <= members for members in near)]
+
     @property
     def leaks(self) -> list[dict[str, Any]]:
         """Duplicate groups (exact or near) whose images sit in more than one split."""
-        return [g for g in self.exact_duplicates + self.near_duplicates if g["across_splits"]]
+        return self._distinct([g for g in self.exact_duplicates + self.near_duplicates
+                               if g["across_splits"]])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -135,7 +140,7 @@ def _near_pairs(hashes: list[int]) -> list[tuple[int, int]]:
             buckets[band, (value >> (band * width)) & ((1 << width) - 1)].append(index)
     pairs = set()
     for members in buckets.values():
-        if len(members) < 2 or len(members) > 5000:  # a flat colour: every blank image alike
+        if len(members) < 2:
             continue
         for i, a in enumerate(members):
             for b in members[i + 1:]:
@@ -187,7 +192,9 @@ def check_dataset(dataset: ImageDataset, *, near: bool = True, workers: int | No
         side = max(info.size)
         bucket = next((b for b in _SIZE_BUCKETS if side <= b), None)
         sizes[f"<= {bucket} px" if bucket else f"> {_SIZE_BUCKETS[-1]} px"] += 1
-    report.counts = {split: dict(sorted(c.items())) for split, c in sorted(counts.items())}
+    order = {"train": 0, "val": 1, "test": 2}
+    report.counts = {split: dict(sorted(c.items()))
+                     for split, c in sorted(counts.items(), key=lambda kv: order.get(kv[0], 3))}
     report.imbalance = {split: round(max(c.values()) / max(1, min(c.values())), 2)
                         for split, c in report.counts.items()}
     report.sizes = {f"<= {b} px": sizes[f"<= {b} px"] for b in _SIZE_BUCKETS
@@ -201,7 +208,7 @@ def check_dataset(dataset: ImageDataset, *, near: bool = True, workers: int | No
             by_content[info.sha256].append(index)
     exact = [sorted(g) for g in by_content.values() if len(g) > 1]
     report.exact_duplicates = [_group([_member(samples[i]) for i in g], "exact") for g in exact]
-    report.label_conflicts = [g for g in report.exact_duplicates if len(g["classes"]) > 1]
+    conflicts = [g for g in report.exact_duplicates if len(g["classes"]) > 1]
     if near:
         readable = [i for i, info in enumerate(seen) if info.dhash is not None]
         pairs = _near_pairs([seen[i].dhash for i in readable])
@@ -212,7 +219,8 @@ def check_dataset(dataset: ImageDataset, *, near: bool = True, workers: int | No
                 continue  # only exact copies: already listed
             members = [_member(samples[readable[i]]) for i in group]
             report.near_duplicates.append(_group(members, "near"))
-        report.label_conflicts += [g for g in report.near_duplicates if len(g["classes"]) > 1]
+        conflicts += [g for g in report.near_duplicates if len(g["classes"]) > 1]
+    report.label_conflicts = report._distinct(conflicts)
     return report
 
 
@@ -307,5 +315,6 @@ def write_check_page(report: CheckReport, path: str | os.PathLike) -> Path:
             f"{html.escape(root.name)} - graft</title><style>{CSS}</style></head><body><main>"
             f"{''.join(sections)}</main></body></html>\n")
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path

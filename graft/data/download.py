@@ -130,6 +130,8 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None, size: int
             except urllib.error.HTTPError as http_error:
                 raise DownloadError(f"Cannot download {url}: HTTP {http_error.code} "
                                     f"{http_error.reason}.{hint}") from None
+            except ValueError as bad:  # a malformed URL (http.client.InvalidURL and kin)
+                raise DownloadError(f"Cannot download {url}: {bad}.") from None
             except (OSError, http.client.HTTPException) as dropped:  # URLError is an OSError
                 error = dropped
             if (part.stat().st_size if part.exists() else 0) <= before:
@@ -148,15 +150,18 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None, size: int
     return dest
 
 
-def verify(path: Path, sha256: str | None, *, url: str = "") -> None:
-    """Check ``path`` against ``sha256``; on a mismatch delete it and raise :class:`ChecksumError`."""
+def verify(path: Path, sha256: str | None, *, url: str = "", delete: bool = True) -> None:
+    """Check ``path`` against ``sha256``; on a mismatch raise :class:`ChecksumError`, deleting
+    the file when it is a download (``delete``; never a file the user gave)."""
     if sha256 is None:
         return
     actual = sha256_of(path)
     if actual != sha256.lower():
-        path.unlink(missing_ok=True)
+        if delete:
+            path.unlink(missing_ok=True)
         source = f" from {url}" if url else ""
+        fate = "and was deleted" if delete else "and was left as it is"
         raise ChecksumError(
-            f"{path.name}{source} has SHA-256 {actual}, not the pinned {sha256.lower()}: it is not "
-            f"the expected file (changed upstream, a broken mirror, or tampered with), and was "
-            f"deleted. If you trust this file, pass --sha256 {actual}.")
+            f"{path if not delete else path.name}{source} has SHA-256 {actual}, not the pinned "
+            f"{sha256.lower()}: it is not the published file (changed upstream, a broken mirror, "
+            f"or tampered with), {fate}. If you trust this file, pass --sha256 {actual}.")

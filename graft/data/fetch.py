@@ -28,7 +28,7 @@ import numpy as np
 
 from graft.config import resolve_cache_dir
 from graft.data.archives import unpack
-from graft.data.download import ChecksumError, download, sha256_of
+from graft.data.download import download, sha256_of, verify
 from graft.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "MIRROR_ENV", "DatasetInfo", "RemoteFile", "fetch_dataset",
@@ -73,6 +73,7 @@ class DatasetInfo:
 class FetchOptions:
     split: str | None = None
     seed: int = 0
+    work: Path | None = None  # where archives are unpacked (the staging folder beside DIR)
 
 
 # -- arranging unpacked archives ---------------------------------------------------------------
@@ -90,7 +91,7 @@ def _move_folder(top: str) -> Callable[[dict[str, Path], Path, FetchOptions], No
 
     def arrange(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
         (archive,) = files.values()
-        unpacked = unpack(archive)
+        unpacked = unpack(archive, into=options.work)
         try:
             shutil.move(str(_top_folder(unpacked, top)), out)
         finally:
@@ -106,7 +107,7 @@ FLOWERS17_CLASSES = ("daffodil", "snowdrop", "lily_valley", "bluebell", "crocus"
 
 
 def _flowers17(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
-    unpacked = unpack(files["17flowers.tgz"])
+    unpacked = unpack(files["17flowers.tgz"], into=options.work)
     try:
         images = sorted(_top_folder(unpacked, "jpg").glob("image_*.jpg"))
         if len(images) != 80 * len(FLOWERS17_CLASSES):
@@ -137,13 +138,16 @@ def _load_mat(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
 def _flowers102(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
     labels = _load_mat(files["imagelabels.mat"], ["labels"])["labels"]
     split_ids = _load_mat(files["setid.mat"], ["trnid", "valid", "tstid"])
-    unpacked = unpack(files["102flowers.tgz"])
+    unpacked = unpack(files["102flowers.tgz"], into=options.work)
     try:
         jpg = _top_folder(unpacked, "jpg")
         for split, key in (("train", "trnid"), ("val", "valid"), ("test", "tstid")):
             for image_id in split_ids[key]:
                 label = int(labels[image_id - 1])  # 1-based, as in the .mat files
                 source = jpg / f"image_{image_id:05d}.jpg"
+                if not source.is_file():
+                    raise DataError(f"102flowers.tgz has no {source.name}, which setid.mat "
+                                    f"lists: the files do not belong together.")
                 folder = out / split / f"{label:03d}"
                 folder.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(source), folder / source.name)
@@ -153,7 +157,7 @@ def _flowers102(files: dict[str, Path], out: Path, options: FetchOptions) -> Non
 
 def _caltech101(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
     (archive,) = files.values()
-    unpacked = unpack(archive)
+    unpacked = unpack(archive, into=options.work)
     try:
         top = unpacked / "101_ObjectCategories"
         if not top.is_dir():  # data.caltech.edu's zip wraps 101_ObjectCategories.tar.gz
@@ -321,7 +325,12 @@ def fetch_dataset(name: str, to: str | os.PathLike, *,
                           + (f" (caltech101 takes {', '.join(CALTECH_SPLITS)})."
                              if name == "caltech101" else "."))
     overrides = _checksum_overrides(info, sha256)
+    if mirror is not None or os.environ.get(MIRROR_ENV):
+        _check_mirror(mirror or os.environ[MIRROR_ENV])
     target = Path(to).expanduser() / info.name
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{target} is a file; graft data fetch makes a folder there. Move it, or "
+                        f"choose another --to.")
     if target.exists() and any(target.iterdir()):
         log(f"{target} is there already: nothing to fetch (delete it to fetch again).")
         return target
@@ -336,7 +345,7 @@ def fetch_dataset(name: str, to: str | os.PathLike, *,
             if pinned is None:
                 _unpinned(files[remote.name], log)
             else:
-                _check_local(local[remote.name], pinned)
+                verify(local[remote.name], pinned, delete=False)
             continue
         url = f"{mirror.rstrip('/')}/{remote.name}" if mirror else remote.url
         log(f"Downloading {url}" + (f" ({remote.size / 1e6:,.1f} MB)" if remote.size else ""))
@@ -350,7 +359,8 @@ def fetch_dataset(name: str, to: str | os.PathLike, *,
     staging = Path(tempfile.mkdtemp(prefix=f".graft-fetch-{info.name}-", dir=target.parent))
     try:
         log(f"Unpacking into {target}")
-        info.arrange(files, staging / info.name, FetchOptions(split=split, seed=seed))
+        info.arrange(files, staging / info.name, FetchOptions(split=split, seed=seed,
+                                                              work=staging))
         if target.exists():
             target.rmdir()  # empty (checked above)
         os.replace(staging / info.name, target)
@@ -380,16 +390,15 @@ def _checksum_overrides(info: DatasetInfo, given: str | Sequence[str] | None) ->
     return overrides
 
 
+def _check_mirror(mirror: str) -> None:
+    parts = urlsplit(mirror)
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and
+                                                         not parts.netloc):
+        raise ConfigError(f"--mirror (or ${MIRROR_ENV}) must be a base URL such as "
+                          f"https://mirror.example.com/datasets. Got {mirror!r}.")
+
+
 def _unpinned(path: Path, log: Callable[[str], None]) -> None:
     digest = sha256_of(path)
     log(f"Warning: no published SHA-256 of {path.name} is known, so it was not verified. Its "
         f"SHA-256 is {digest}: pass --sha256 {digest} to require the same file next time.")
-
-
-def _check_local(path: Path, sha256: str) -> None:
-    """A ``--from`` file must hash like the published one; it is never deleted (the user's)."""
-    actual = sha256_of(path)
-    if actual != sha256:
-        raise ChecksumError(
-            f"{path} has SHA-256 {actual}, not the pinned {sha256}: it is not the published "
-            f"file. If you trust it, pass --sha256 {actual}.")

@@ -157,6 +157,7 @@ def resize_and_crop(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
         # The crop, in the resized image's pixels, mapped back to the source's. It always lies
         # inside the resized image: crop_pct <= 1, so the scale size is at least the input size.
         sx, sy = src_w / new_w, src_h / new_h
-        box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+        box = (left * sx, top * sy, min(src_w, (left + width) * sx),  # rounding may overshoot
+               min(src_h, (top + height) * sy))                        # by an ulp: PIL refuses
         image = image.resize((width, height), resample, box=box)
     return np.asarray(image, dtype=np.uint8)

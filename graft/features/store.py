@@ -295,7 +295,10 @@ class CachedFeatures:
     def __getitem__(self, rows: slice | np.ndarray) -> CachedFeatures:
         if isinstance(rows, slice):
             return CachedFeatures(self.caches, self.keys[rows])
-        return CachedFeatures(self.caches, [self.keys[int(i)] for i in np.asarray(rows)])
+        rows = np.asarray(rows)
+        if rows.dtype == bool:  # a mask, as numpy takes it
+            rows = np.flatnonzero(rows)
+        return CachedFeatures(self.caches, [self.keys[int(i)] for i in rows])
 
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` read from the cache, the backbones' features side by side."""

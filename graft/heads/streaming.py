@@ -5,7 +5,8 @@ a time, so the whole matrix never exists in memory.
 fitted anyway (:func:`graft.heads.fitting.fit_head`): C is grid-searched on a stratified sample of
 at most ``MAX_SEARCH_ROWS`` rows (read into memory), then the chosen C is fitted on every row by
 L-BFGS, warm-started from the sample's solution, with scikit-learn's objective (mean
-cross-entropy plus ``||W||^2 / (2 C n)``) and its gradient summed over chunks of
+cross-entropy plus ``||W||^2 / (2 C n)``) and stopping rule (its ``gtol`` and ``ftol``), the loss
+and gradient summed over chunks of
 :data:`~graft.features.store.CHUNK_ROWS` rows: one pass over the cache per evaluation.
 """
 
@@ -75,10 +76,11 @@ def refit_out_of_core(model: Any, X: Any, y: np.ndarray, *, chunk_rows: int = CH
         raise ConfigError(f"Out of core, the head must be one of {', '.join(STREAMING_HEADS)}; "
                           f"got {type(model).__name__}.")
     classes = np.asarray(model.classes_)
-    y_index = np.searchsorted(classes, np.asarray(y))
-    if len(y_index) != len(X) or not np.array_equal(classes[y_index], np.asarray(y)):
+    y = np.asarray(y)
+    if len(y) != len(X) or not np.isin(y, classes).all():
         raise ConfigError("Out of core, every class must be in the sample the head started on, "
                           "and y must have one label per row.")
+    y_index = np.searchsorted(classes, y)
     binary = len(classes) == 2
     theta = np.concatenate([np.asarray(model.coef_, np.float64).ravel(),
                             np.asarray(model.intercept_, np.float64)])
@@ -89,9 +91,16 @@ def refit_out_of_core(model: Any, X: Any, y: np.ndarray, *, chunk_rows: int = CH
         result = minimize(function, theta, jac=True, method="L-BFGS-B",
                           callback=lambda _: bar.update(),
                           options={"maxiter": model.max_iter, "gtol": model.tol,
-                                   "maxls": 50})
+                                   "ftol": 64 * np.finfo(float).eps, "maxls": 50})
     finally:
         bar.close()
+    if not result.success:  # as scikit-learn says for its own L-BFGS fits
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.warn(f"Out-of-core L-BFGS did not converge in {result.nit} iterations "
+                      f"({result.message}).", ConvergenceWarning, stacklevel=2)
     outputs = 1 if binary else len(classes)
     model.coef_ = result.x[: outputs * X.shape[1]].reshape(outputs, X.shape[1])
     model.intercept_ = result.x[outputs * X.shape[1]:]

@@ -119,7 +119,7 @@ class OnnxEngine(FeatureEngine):
                     import onnxruntime as ort
 
                     gpu = "CUDAExecutionProvider" in ort.get_available_providers()
-                    callers = 1 if gpu else self.threads
+                    callers = 1 if gpu or self.micro_batch is None else self.threads
                     session = create_session(self.path, threads=self.threads // callers,
                                              pinned_batch=None if gpu else self.micro_batch)
                     fixed = session.get_inputs()[0].shape[0]

@@ -51,9 +51,32 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def _cgroup_room() -> int | None:
+    """Bytes left under the cgroup's memory limit, not counting reclaimable file cache (as the
+    kubelet's working set): v2 ``memory.max`` - (``memory.current`` - ``inactive_file``), else
+    v1 ``limit_in_bytes`` - (``usage_in_bytes`` - ``total_inactive_file``); None if no limit."""
+    for folder, limit_name, usage_name, inactive_key in (
+            ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+             "total_inactive_file")):
+        try:
+            limit_text = Path(folder, limit_name).read_text().strip()
+            if limit_text == "max" or int(limit_text) >= 2**60:  # v1 writes a huge number
+                return None
+            used = int(Path(folder, usage_name).read_text())
+            for line in Path(folder, "memory.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == inactive_key:
+                    used -= int(value)
+            return max(0, int(limit_text) - max(0, used))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def available_memory() -> int | None:
     """Bytes of memory this process could still take: the kernel's ``MemAvailable``, capped by
-    the cgroup's memory limit (v2 ``memory.max`` less ``memory.current``); None if unknown."""
+    the room under the cgroup's memory limit (v1 or v2); None if unknown."""
     available = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -61,14 +84,9 @@ def available_memory() -> int | None:
                 available = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            room = max(0, int(limit) - used)
-            available = room if available is None else min(available, room)
-    except (OSError, ValueError):
-        pass
+    room = _cgroup_room()
+    if room is not None:
+        available = room if available is None else min(available, room)
     return available
 
 

@@ -127,17 +127,18 @@ class _Embed:
 
 def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: int = 32,
                  address: str | None = None, work_dir: str | os.PathLike | None = None,
-                 ordered: bool = False) -> Iterator[RayBatch]:
+                 ordered: bool = False, resumable: bool = True) -> Iterator[RayBatch]:
     """Features of ``paths`` for each engine (an ONNX graph on disk), computed on Ray.
 
-    Batches arrive as they are done, or in the order of ``paths`` with ``ordered``.
+    Batches arrive as they are done, or (Ray Data's ``preserve_order``) in the order of
+    ``paths`` with ``ordered``. ``resumable``: the caller keeps what arrived (the cache), which
+    the error on a failed job then says.
     """
     if not paths:
         return
     ray = connect(address)
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from ray.data import ActorPoolStrategy
 
     for engine in engines:
         if not hasattr(engine, "path"):
@@ -149,28 +150,17 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     graphs = [ray.put(Path(e.path).read_bytes()) for e in engines]  # once, not per task
     context = ray.data.DataContext.get_current()
     preserved = context.execution_options.preserve_order
-    context.execution_options.preserve_order = ordered  # read when the dataset is built
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="graft-ray-run-") as run:
         manifest = Path(run) / "manifest.parquet"
         pq.write_table(pa.table({"path": [str(p) for p in paths],
                                  "position": np.arange(len(paths), dtype=np.int64)}), manifest)
         # blocks of a few batches: results (and cache shards) arrive while the run goes on
         blocks = max(1, min(-(-len(paths) // batch_size), 4096))
-        dataset = ray.data.read_parquet(str(manifest)).repartition(blocks)
-        dataset = dataset.map_batches(_decode, fn_kwargs={"configs": [s["preprocess"]
-                                                                      for s in specs]},
-                                      batch_size=batch_size, batch_format="numpy",
-                                      num_cpus=0.5)
-        with warnings.catch_warnings():
-            # Ray 2.5x-2.63 warn that extra remote args will go in 2.64 (the ray extra pins
-            # below it); no named parameter sets the restarts yet.
-            warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
-            dataset = dataset.map_batches(_Embed, fn_constructor_kwargs={
-                "graphs": graphs, "engines": specs, "threads": 1},
-                compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
-                batch_size=batch_size, batch_format="numpy", max_restarts=ACTOR_RESTARTS,
-                max_task_retries=ACTOR_RESTARTS)
-        context.execution_options.preserve_order = preserved
+        context.execution_options.preserve_order = ordered  # read when the dataset is built
+        try:
+            dataset = _pipeline(ray, manifest, blocks, specs, graphs, batch_size, actors)
+        finally:
+            context.execution_options.preserve_order = preserved
         _quiet()  # Ray Data configures its loggers when first used: quiet them again
         columns = ["position", "reason", *(f"features_{j}" for j in range(len(engines)))]
         batches = iter(dataset.select_columns(columns).iter_batches(batch_size=None,
@@ -179,9 +169,9 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
             try:
                 batch = next(batches, None)
             except ray.exceptions.RayError as error:
-                raise ClusterError(
-                    f"The Ray job failed: {_first_line(error)}. Everything finished before "
-                    f"it is kept: run the command again to go on from there.") from None
+                kept = (" Everything finished before it is kept: run the command again to go on "
+                        "from there." if resumable else "")
+                raise ClusterError(f"The Ray job failed: {_first_line(error)}.{kept}") from None
             if batch is None:
                 return
             reasons = batch["reason"]
@@ -194,6 +184,27 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
                                                            reasons[~ok])])
 
 
+def _pipeline(ray: Any, manifest: Path, blocks: int, specs: list[dict], graphs: list[Any],
+              batch_size: int, actors: int) -> Any:
+    """The Ray Data pipeline: manifest -> blocks -> decoding tasks -> the actor pool."""
+    from ray.data import ActorPoolStrategy
+
+    dataset = ray.data.read_parquet(str(manifest)).repartition(blocks)
+    dataset = dataset.map_batches(_decode, fn_kwargs={"configs": [s["preprocess"]
+                                                                  for s in specs]},
+                                  batch_size=batch_size, batch_format="numpy", num_cpus=0.5)
+    with warnings.catch_warnings():
+        # Ray 2.5x-2.63 warn that extra remote args will go in 2.64 (the ray extra pins
+        # below it); no named parameter sets the restarts yet.
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+        dataset = dataset.map_batches(_Embed, fn_constructor_kwargs={
+            "graphs": graphs, "engines": specs, "threads": 1},
+            compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
+            batch_size=batch_size, batch_format="numpy", max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_RESTARTS)
+    return dataset
+
+
 def _first_line(error: BaseException) -> str:
     """The gist of a Ray exception (its text runs to a remote traceback)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -203,22 +214,32 @@ def _first_line(error: BaseException) -> str:
 def ray_predictions(predictor: Any, paths: Iterable[str | os.PathLike], *, top_k: int = 5,
                     address: str | None = None, on_result: Any = None) -> Iterator[Any]:
     """:meth:`graft.inference.Predictor.predict_paths` with the backbones run on Ray: the same
-    :class:`~graft.inference.Prediction` per path, in the order given."""
+    :class:`~graft.inference.Prediction` per path, in the order given (Ray Data keeps the order;
+    a result that still arrives early waits for the ones before it)."""
     from graft.inference.fusion import fuse_features
     from graft.inference.predictor import Prediction
 
     if int(top_k) < 1:
         raise ConfigError(f"--top-k must be >= 1. Got {top_k!r} instead.")
     names = [os.fspath(p) for p in paths]
+    waiting: dict[int, Any] = {}  # results that arrived before an earlier one
+    following = 0  # the position to yield next
     for batch in ray_features(names, predictor.engines, batch_size=predictor.batch_size,
-                              address=address, ordered=True):
-        results = [(int(p), Prediction(names[p], error=reason)) for p, reason in batch.failures]
+                              address=address, ordered=True, resumable=False):
+        for position, reason in batch.failures:
+            waiting[int(position)] = Prediction(names[position], error=reason)
         if len(batch.positions):
             probabilities = predictor.probabilities_from_features(fuse_features(batch.features))
             ranked = predictor.postprocess(probabilities, top_k)
-            results += [(int(p), Prediction(names[p], predictions=r))
-                        for p, r in zip(batch.positions, ranked)]
-        for _, prediction in sorted(results, key=lambda pair: pair[0]):
-            yield prediction
-        if on_result is not None:
-            on_result(len(results))
+            for position, top in zip(batch.positions, ranked):
+                waiting[int(position)] = Prediction(names[position], predictions=top)
+        done = 0
+        while following in waiting:
+            yield waiting.pop(following)
+            following += 1
+            done += 1
+        if on_result is not None and done:
+            on_result(done)
+    if following != len(names):
+        raise ClusterError(f"The Ray job returned {following:,} of {len(names):,} results in "
+                           f"order (missing: {names[following]}); nothing after it was written.")

@@ -41,7 +41,10 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise ServeError(400, f"Bad Content-Length header {declared!r}.") from None
         if length > limit:
-            await _drain(request.stream())
+            # A client that sent "Expect: 100-continue" waits for a go-ahead before the body:
+            # answer at once. Others are sending it: read it away first (see DRAIN_BYTES).
+            if request.headers.get("expect", "").strip().lower() != "100-continue":
+                await _drain(request.stream())
             raise _too_large(limit, f"Content-Length {length:,}")
     chunks, size = [], 0
     stream = request.stream()

@@ -284,16 +284,23 @@ def _load_features(run: _Run) -> None:
 def _out_of_core(run: _Run) -> bool:
     """Whether the head trains from the cache in chunks: asked for, or the feature matrix would
     take more than half of the memory available (then said so)."""
+    from graft.heads import STREAMING_HEADS
+
     cfg = run.config
-    if cfg.out_of_core is False:
-        return False
+    if cfg.out_of_core is not None:
+        return cfg.out_of_core
     needed = len(run.dataset.samples) * sum(e.num_features for e in run.engines) * 4
     available = available_memory()
-    if cfg.out_of_core is None:
-        if available is None or needed <= available / 2:
-            return False
-        run.log(f"The feature matrix ({needed / 2**30:.1f} GiB) would take more than half of "
-                f"the memory available ({available / 2**30:.1f} GiB): training out of core.")
+    if available is None or needed <= available / 2:
+        return False
+    size = (f"The feature matrix ({needed / 2**30:.1f} GiB) would take more than half of the "
+            f"memory available ({available / 2**30:.1f} GiB)")
+    if cfg.head not in STREAMING_HEADS or cfg.augment_views:
+        run.log(f"Warning: {size}, but the {cfg.head!r} head"
+                f"{' with --augment-views' if cfg.augment_views else ''} trains in memory only: "
+                f"training in memory (--head logreg without --augment-views trains out of core).")
+        return False
+    run.log(f"{size}: training out of core (--in-memory to keep it in memory).")
     return True
 
 
