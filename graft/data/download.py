@@ -162,6 +162,7 @@ def verify(path: Path, sha256: str | None, *, url: str = "", delete: bool = True
         source = f" from {url}" if url else ""
         fate = "and was deleted" if delete else "and was left as it is"
         raise ChecksumError(
-            f"{path if not delete else path.name}{source} has SHA-256 {actual}, not the pinned "
+            f"{path if not delete else path.name.removesuffix('.part')}{source} has SHA-256 "
+            f"{actual}, not the pinned "
             f"{sha256.lower()}: it is not the published file (changed upstream, a broken mirror, "
             f"or tampered with), {fate}. If you trust this file, pass --sha256 {actual}.")

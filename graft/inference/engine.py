@@ -76,8 +76,8 @@ class OnnxEngine(FeatureEngine):
     ``threads`` callers (the calling thread and ``threads - 1`` workers), each calling the one
     session (``InferenceSession.run`` is thread-safe): a convolution split over threads waits at
     every layer for the slowest, whole images do not. Measured for EfficientNet-Lite0 on 2
-    cores, one image per slice: 175 img/s two slices at a time, one thread each, against 156 img/s
-    one slice at a time over two intra-op threads. One image alone then runs on one thread
+    cores, one image per slice (``benchmarks/onnx_threads.py``): 169.5 img/s two slices at a
+    time, one thread each, against 149.2 img/s one slice at a time over two intra-op threads. One image alone then runs on one thread
     (11 ms instead of 6.4 ms). On CUDA the batch stays dynamic and runs as one call.
     """
 
