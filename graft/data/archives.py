@@ -17,7 +17,9 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from graft.errors import DataError
 
@@ -73,6 +75,21 @@ def _copy(source, target: Path, budget: _Budget) -> None:
             out.write(block)
 
 
+def _write(archive: Path, into: Path, budget: _Budget,
+           members: list[tuple[str, bool, Callable[[], IO[bytes] | None]]]) -> None:
+    """Write checked members (name, is a folder, opener), counting the bytes as they come."""
+    budget.bytes = 0  # the declared sizes were counted; now the real ones
+    for name, is_dir, open_member in members:
+        target = into.joinpath(*_safe_name(name, archive).parts)
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        source = open_member()
+        if source is not None:
+            with source:
+                _copy(source, target, budget)
+
+
 def _unpack_tar(archive: Path, into: Path, budget: _Budget) -> None:
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
@@ -84,16 +101,8 @@ def _unpack_tar(archive: Path, into: Path, budget: _Budget) -> None:
                                          f"refused (nothing was extracted).")
             budget.member()
             budget.add(0 if member.isdir() else member.size)  # declared sizes, first
-        budget.bytes = 0
-        for member in members:
-            target = into.joinpath(*_safe_name(member.name, archive).parts)
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            source = tar.extractfile(member)
-            if source is not None:
-                with source:
-                    _copy(source, target, budget)
+        _write(archive, into, budget, [(m.name, m.isdir(), lambda m=m: tar.extractfile(m))
+                                       for m in members])
 
 
 def _unpack_zip(archive: Path, into: Path, budget: _Budget) -> None:
@@ -107,14 +116,8 @@ def _unpack_zip(archive: Path, into: Path, budget: _Budget) -> None:
                                          f"special file: refused (nothing was extracted).")
             budget.member()
             budget.add(info.file_size)  # declared sizes first; then counted as written
-        budget.bytes = 0
-        for info in infos:
-            target = into.joinpath(*_safe_name(info.filename, archive).parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            with bundle.open(info) as source:
-                _copy(source, target, budget)
+        _write(archive, into, budget, [(i.filename, i.is_dir(), lambda i=i: bundle.open(i))
+                                       for i in infos])
 
 
 def unpack(archive: str | os.PathLike, *, max_bytes: int | None = None,
