@@ -6,10 +6,11 @@ scikit-learn just to print ``--help``.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_BACKBONE", "DEFAULT_HEAD", "HEAD_DESCRIPTIONS", "POOLS"]
+__all__ = ["DEFAULT_BACKBONE", "DEFAULT_HEAD", "HEAD_DESCRIPTIONS", "POOLS", "STREAMING_HEADS"]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # ImageNet weights ship with pip: works offline
 DEFAULT_HEAD = "logreg"
+STREAMING_HEADS = ("logreg",)  # the heads that train out of core (graft.heads.streaming)
 POOLS = ("avg", "max", "avgmax", "flatten")
 
 HEAD_DESCRIPTIONS = {

@@ -140,7 +140,7 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
     search = hasattr(estimator, "param_grid") and hasattr(estimator, "cv")
     if not isinstance(X, np.ndarray):  # features left in the cache: out of core, in chunks
         if not search:
-            from graft.heads.streaming import STREAMING_HEADS
+            from graft.catalog import STREAMING_HEADS
 
             raise ConfigError(f"Out of core, the head must be one of "
                               f"{', '.join(STREAMING_HEADS)}; got {type(estimator).__name__}.")

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from graft.catalog import STREAMING_HEADS
 from graft.errors import ConfigError
 from graft.features.store import CHUNK_ROWS, chunk_bounds, read_rows
 
 __all__ = ["STREAMING_HEADS", "refit_out_of_core"]
 
-STREAMING_HEADS = ("logreg",)  # the heads that train out of core
 
 
 def _objective(X: Any, y: np.ndarray, binary: bool, n_features: int, C: float,

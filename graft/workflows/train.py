@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from graft.bundle.model import check_replaceable, staged_model_dir, write_metrics
-from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD
+from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD, STREAMING_HEADS
 from graft.data import assign_splits, check_output_dir, compute_splits, scan_dataset
 from graft.data.augment import parse_augment
 from graft.data.fingerprint import content_fingerprints
@@ -116,6 +116,10 @@ class TrainConfig:
         if self.out_of_core and self.augment_views:
             raise ConfigError("--augment-views and --out-of-core do not go together: the views "
                               "would multiply the rows that do not fit. Leave one out.")
+        if self.out_of_core and self.head not in STREAMING_HEADS:
+            raise ConfigError(f"The {self.head!r} head needs every feature in memory; out of "
+                              f"core, use --head {' or '.join(STREAMING_HEADS)} (or leave --head "
+                              f"out).")
         return augment
 
     @property
@@ -284,8 +288,6 @@ def _load_features(run: _Run) -> None:
 def _out_of_core(run: _Run) -> bool:
     """Whether the head trains from the cache in chunks: asked for, or the feature matrix would
     take more than half of the memory available (then said so)."""
-    from graft.heads import STREAMING_HEADS
-
     cfg = run.config
     if cfg.out_of_core is not None:
         return cfg.out_of_core
@@ -391,8 +393,6 @@ def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
 
     cfg = run.config
     head_name, tried = cfg.head, {}
-    if run.out_of_core:
-        head_name = _streaming_head(head_name)
     check_head_scales(head_name, len(y))
     if head_name == "auto":
         run.log("Comparing heads by 3-fold cross-validation on the training split...")
@@ -408,16 +408,6 @@ def _fit_head(run: _Run, X: np.ndarray, y: np.ndarray):
     run.log(f"  fitted in {seconds:.1f}s")
     run.head_seconds = seconds
     return estimator, head_name, tried
-
-
-def _streaming_head(name: str) -> str:
-    """Out of core only the heads that can train a chunk at a time will do."""
-    from graft.heads import STREAMING_HEADS
-
-    if name not in STREAMING_HEADS:
-        raise ConfigError(f"The {name!r} head needs every feature in memory; out of core, use "
-                          f"--head {' or '.join(STREAMING_HEADS)} (or leave --head out).")
-    return name
 
 
 def _check_leaks(run: _Run) -> None:
