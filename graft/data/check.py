@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from graft.data.dataset import ImageDataset, Sample
 from graft.data.download import sha256_of
@@ -63,11 +63,13 @@ def _look(path: Path) -> _Seen:
     except OSError as error:
         return _Seen("", error=f"cannot read ({error.strerror or error})")
     try:
-        with Image.open(path) as opened:
+        with Image.open(path) as opened:  # one open: size and mode, then the decode
             seen.mode, seen.size = opened.mode, opened.size
-        seen.dhash = difference_hash(decode_image(path, min_size=(64, 64)))
+            seen.dhash = difference_hash(decode_image(opened, min_size=(64, 64)))
     except ImageError as error:
         seen.error = error.reason
+    except UnidentifiedImageError:
+        seen.error = "not an image PIL can identify"  # as decode_image says it
     except Image.DecompressionBombError as error:
         seen.error = f"refused as a decompression bomb ({error})"
     except (OSError, SyntaxError, ValueError) as error:

@@ -15,11 +15,12 @@ renamed into place at the end, so an interrupted or failed fetch leaves no half-
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -86,16 +87,28 @@ def _top_folder(unpacked: Path, name: str) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def _unpacked(archive: Path, options: FetchOptions) -> Iterator[Path]:
+    """The archive unpacked into the staging folder; what is left of it goes afterwards."""
+    folder = unpack(archive, into=options.work)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _move_into(source: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), folder / source.name)
+
+
 def _move_folder(top: str) -> Callable[[dict[str, Path], Path, FetchOptions], None]:
     """The archive's ``top/`` folder is the dataset, as is."""
 
     def arrange(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
         (archive,) = files.values()
-        unpacked = unpack(archive, into=options.work)
-        try:
+        with _unpacked(archive, options) as unpacked:
             shutil.move(str(_top_folder(unpacked, top)), out)
-        finally:
-            shutil.rmtree(unpacked, ignore_errors=True)
 
     return arrange
 
@@ -107,18 +120,13 @@ FLOWERS17_CLASSES = ("daffodil", "snowdrop", "lily_valley", "bluebell", "crocus"
 
 
 def _flowers17(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
-    unpacked = unpack(files["17flowers.tgz"], into=options.work)
-    try:
+    with _unpacked(files["17flowers.tgz"], options) as unpacked:
         images = sorted(_top_folder(unpacked, "jpg").glob("image_*.jpg"))
         if len(images) != 80 * len(FLOWERS17_CLASSES):
             raise DataError(f"17flowers.tgz holds {len(images)} images, not 1,360.")
         for image in images:
             number = int(image.stem.split("_")[1])
-            folder = out / FLOWERS17_CLASSES[(number - 1) // 80]
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(image), folder / image.name)
-    finally:
-        shutil.rmtree(unpacked, ignore_errors=True)
+            _move_into(image, out / FLOWERS17_CLASSES[(number - 1) // 80])
 
 
 def _load_mat(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -138,8 +146,7 @@ def _load_mat(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
 def _flowers102(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
     labels = _load_mat(files["imagelabels.mat"], ["labels"])["labels"]
     split_ids = _load_mat(files["setid.mat"], ["trnid", "valid", "tstid"])
-    unpacked = unpack(files["102flowers.tgz"], into=options.work)
-    try:
+    with _unpacked(files["102flowers.tgz"], options) as unpacked:
         jpg = _top_folder(unpacked, "jpg")
         for split, key in (("train", "trnid"), ("val", "valid"), ("test", "tstid")):
             for image_id in split_ids[key]:
@@ -148,17 +155,12 @@ def _flowers102(files: dict[str, Path], out: Path, options: FetchOptions) -> Non
                 if not source.is_file():
                     raise DataError(f"102flowers.tgz has no {source.name}, which setid.mat "
                                     f"lists: the files do not belong together.")
-                folder = out / split / f"{label:03d}"
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(source), folder / source.name)
-    finally:
-        shutil.rmtree(unpacked, ignore_errors=True)
+                _move_into(source, out / split / f"{label:03d}")
 
 
 def _caltech101(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
     (archive,) = files.values()
-    unpacked = unpack(archive, into=options.work)
-    try:
+    with _unpacked(archive, options) as unpacked:
         top = unpacked / "101_ObjectCategories"
         if not top.is_dir():  # data.caltech.edu's zip wraps 101_ObjectCategories.tar.gz
             inner = next(unpacked.rglob("101_ObjectCategories.tar.gz"), None)
@@ -174,14 +176,9 @@ def _caltech101(files: dict[str, Path], out: Path, options: FetchOptions) -> Non
             if options.split == "30-per-class":
                 chosen = set(rng.permutation(len(images))[:30].tolist())
                 for index, image in enumerate(images):
-                    split = "train" if index in chosen else "test"
-                    (out / split / folder.name).mkdir(parents=True, exist_ok=True)
-                    shutil.move(str(image), out / split / folder.name / image.name)
+                    _move_into(image, out / ("train" if index in chosen else "test") / folder.name)
             else:
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(folder), out / folder.name)
-    finally:
-        shutil.rmtree(unpacked, ignore_errors=True)
+                _move_into(folder, out)
 
 
 def _cifar10(files: dict[str, Path], out: Path, options: FetchOptions) -> None:
