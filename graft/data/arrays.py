@@ -23,6 +23,7 @@ import numpy as np
 
 from graft.config import resolve_cache_dir
 from graft.errors import DataError
+from graft.inference.threads import available_cpus
 
 __all__ = ["ArrayData", "array_folder", "array_images", "is_cifar10_binary", "load_npz",
            "read_cifar10_binary"]
@@ -185,7 +186,7 @@ def _materialize(target: Path, jobs: list[tuple[Path, np.ndarray]], progress: bo
     try:
         for folder in {staging / relative.parent for relative, _ in jobs}:
             folder.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool, \
+        with ThreadPoolExecutor(min(8, available_cpus())) as pool, \
                 tqdm(total=len(jobs), unit="img", desc=f"Writing {what} as PNG files",
                      disable=not progress, dynamic_ncols=True, leave=False) as bar:
             for _ in pool.map(lambda job: _write_png(staging / job[0], job[1]), jobs):

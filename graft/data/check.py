@@ -29,6 +29,7 @@ from graft.data.dataset import ImageDataset, Sample
 from graft.data.download import sha256_of
 from graft.errors import ImageError
 from graft.inference.images import decode_image
+from graft.inference.threads import available_cpus
 
 __all__ = ["NEAR_BITS", "CheckReport", "check_dataset", "difference_hash", "split_leaks",
            "write_check_page"]
@@ -175,7 +176,7 @@ def check_dataset(dataset: ImageDataset, *, near: bool = True, workers: int | No
     from tqdm.auto import tqdm
 
     samples = dataset.samples
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, available_cpus())
     with ThreadPoolExecutor(workers) as pool:
         seen = list(tqdm(pool.map(_look, [s.path for s in samples]), total=len(samples),
                          unit="img", desc="Checking images", disable=not progress, leave=False,
