@@ -8,6 +8,9 @@ peak RSS. The default backbone (EfficientNet-Lite0) and head (logreg) throughout
 the cache a chunk at a time); the feature cache starts empty for each size.
 
 Usage: python benchmarks/scale_memory.py [--sizes 10000,100000] [--keep DIR] [--out-of-core]
+       [--steps extract,train,predict]
+With --keep, a folder kept from an earlier run (the same images: generation is deterministic) and
+its cache are reused, so ``--keep DIR --steps train`` times training alone.
 A million images: python benchmarks/scale_memory.py --sizes 1000000 (about 3 hours of
 extraction and as much of prediction on 2 CPU cores, and about 15 GB of disk for the JPEGs).
 """
@@ -72,6 +75,8 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="generate into (and keep) this folder")
     parser.add_argument("--out-of-core", action="store_true",
                         help="also time 'graft train --out-of-core' (the train-ooc row)")
+    parser.add_argument("--steps", default="extract,train,predict",
+                        help="the steps to time (train-ooc comes with --out-of-core)")
     args = parser.parse_args()
     graft = [sys.executable, "-m", "graft"]
     print(f"{'images':>8} {'step':<9}{'seconds':>9}{'img/s':>9}{'peak RSS MB':>13}")
@@ -79,13 +84,16 @@ def main() -> None:
         work = Path(args.keep or tempfile.mkdtemp(prefix="graft-scale-")) / f"n{size}"
         try:
             data = work / "data"
-            made = generate(data, size)
+            kept = args.keep and data.is_dir() and sum(1 for _ in data.rglob("*.jpg")) == size
+            made = 0.0 if kept else generate(data, size)
             env = {**os.environ, "GRAFT_CACHE_DIR": str(work / "cache")}
             # the exported graph is copied in: timing the network, not the one-time export
             onnx = Path(os.environ.get("GRAFT_CACHE_DIR", Path.home() / ".cache" / "graft"))
             if (onnx / "onnx").is_dir():
                 shutil.copytree(onnx / "onnx", work / "cache" / "onnx", dirs_exist_ok=True)
-            print(f"{size:>8} {'generate':<9}{made:>9.1f}{size / made:>9.1f}{'':>13}", flush=True)
+            if not kept:
+                print(f"{size:>8} {'generate':<9}{made:>9.1f}{size / made:>9.1f}{'':>13}",
+                      flush=True)
             rows = [
                 ("extract", [*graft, "extract", str(data), "--out", str(work / "f.h5"), "-q"]),
                 ("train", [*graft, "train", str(data), "--out", str(work / "model"), "-q"]),
@@ -95,7 +103,8 @@ def main() -> None:
             if args.out_of_core:
                 rows.insert(2, ("train-ooc", [*graft, "train", str(data), "--out",
                                               str(work / "model-ooc"), "--out-of-core", "-q"]))
-            for step, command in rows:
+            steps = set(args.steps.split(",")) | ({"train-ooc"} if args.out_of_core else set())
+            for step, command in (row for row in rows if row[0] in steps):
                 seconds, peak, _ = timed(command, env)
                 rate = f"{size / seconds:9.1f}" if not step.startswith("train") else f"{'':>9}"
                 note = ""

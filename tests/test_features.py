@@ -242,7 +242,7 @@ def test_out_of_core_training_reads_the_cache_a_chunk_at_a_time(tiny_backbone, t
     from sklearn.linear_model import LogisticRegression
 
     from graft.features import CachedFeatures
-    from graft.heads import create_head, fit_head, refit_out_of_core
+    from graft.heads import create_head, fit_head, refit_in_chunks
 
     root = make_dataset(tmp_path / "data", n_per_class=12)
     dataset = assign_splits(scan_dataset(root), test_size=0.25)
@@ -270,7 +270,7 @@ def test_out_of_core_training_reads_the_cache_a_chunk_at_a_time(tiny_backbone, t
         start = LogisticRegression(C=0.5, tol=1e-9, max_iter=5000).fit(X_memory[rows][::3],
                                                                      y[rows][::3])
         reads.clear()
-        model = refit_out_of_core(start, Counted(X.caches, keys), y[rows], chunk_rows=5)
+        model = refit_in_chunks(start, Counted(X.caches, keys), y[rows], chunk_rows=5)
         assert max(reads) == 5 and len(reads) > 2  # never more than a chunk at once
         np.testing.assert_allclose(model.predict_proba(X_memory[rows]),
                                    expected.predict_proba(X_memory[rows]), atol=1e-4)

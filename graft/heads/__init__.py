@@ -15,7 +15,7 @@ from graft.heads.registry import (
     list_heads,
     select_head,
 )
-from graft.heads.streaming import STREAMING_HEADS, refit_out_of_core
+from graft.heads.streaming import STREAMING_HEADS, refit_in_chunks
 
 if TYPE_CHECKING:
     from graft.heads.torch_heads import TorchMLPClassifier, TorchSoftmaxClassifier
@@ -43,6 +43,6 @@ __all__ = [
     "list_heads",
     "module_to_onnx",
     "onnx_probabilities",
-    "refit_out_of_core",
+    "refit_in_chunks",
     "select_head",
 ]

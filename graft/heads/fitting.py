@@ -127,7 +127,7 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
 
     ``X`` left in the cache (a :class:`graft.features.CachedFeatures`) is fitted out of core: the
     search on a sample read into memory, the final fit over every row a chunk at a time
-    (:func:`graft.heads.streaming.refit_out_of_core`).
+    (:func:`graft.heads.streaming.refit_in_chunks`).
 
     A grid search shows a progress bar (one step per cross-validation fit) when ``progress``,
     and runs its fits in processes when they are many and large (see the module's notes). Over
@@ -176,6 +176,7 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
 def _fit_search_on_sample(estimator: Any, X: np.ndarray, y: np.ndarray, *, name: str,
                           progress: bool, cpus: int, rows: int) -> tuple[BaseEstimator, float]:
     from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
 
     start = time.perf_counter()
     sample = search_sample(y, rows)
@@ -187,19 +188,13 @@ def _fit_search_on_sample(estimator: Any, X: np.ndarray, y: np.ndarray, *, name:
              progress=progress, cpus=cpus, max_search_rows=None)
     final = clone(estimator.estimator).set_params(**estimator.best_params_)
     with fitting_threads(cpus):
-        warm = "warm_start" in final.get_params()
-        if warm or not in_memory:  # start from the sample's solution: far fewer iterations
-            final.fit(X_sample, y_sample)
-        if not in_memory:
-            from graft.heads.streaming import refit_out_of_core
-
-            refit_out_of_core(final, X, y, progress=progress)
-        else:
-            if warm:
-                final.set_params(warm_start=True)
+        if in_memory and not isinstance(final, LogisticRegression):
             final.fit(X, y)
-            if warm:
-                final.set_params(warm_start=False)
+        else:  # from the sample's solution, over every row a chunk at a time (in memory or not)
+            from graft.heads.streaming import refit_in_chunks
+
+            final.fit(X_sample, y_sample)
+            refit_in_chunks(final, X, y, progress=progress)
     estimator.best_estimator_ = final  # what the search's predict and predict_proba use
     estimator.set_params(refit=True)
     estimator.search_rows_ = len(sample)

@@ -53,6 +53,9 @@ def _sklearn_to_onnx(estimator: BaseEstimator, n_features: int) -> onnx.ModelPro
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
+    from graft.heads.logistic import register_onnx_converter
+
+    register_onnx_converter()
     try:
         with warnings.catch_warnings():
             # skl2onnx's SVC converter reads SVC.probA_/probB_, deprecated since scikit-learn 1.9

@@ -11,7 +11,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsClassifier
@@ -21,6 +20,7 @@ from sklearn.svm import SVC, LinearSVC
 
 from graft.catalog import DEFAULT_HEAD, HEAD_DESCRIPTIONS
 from graft.errors import ConfigError
+from graft.heads.logistic import WhitenedLogisticRegression
 
 __all__ = [
     "DEFAULT_HEAD",
@@ -46,8 +46,10 @@ def _logreg(seed: int, y: np.ndarray | None = None) -> BaseEstimator:
     # CNN features first scored 3 points lower on flowers17 and the same on hymenoptera.)
     # scikit-learn's default tolerance stays: fits at tol 1e-3 took half the time but picked
     # another C on flowers17 and hymenoptera (held-out 0.978 and 0.941 instead of 0.970 and 0.948).
+    # scikit-learn's model, fitted in whitened coordinates where that pays (graft.heads.logistic):
+    # the same optimum in 7-13 times fewer iterations on 6,700 rows of CNN features.
     return GridSearchCV(
-        LogisticRegression(max_iter=3000),
+        WhitenedLogisticRegression(max_iter=3000),
         {"C": [0.01, 0.1, 1.0, 10.0, 100.0]},
         cv=_cv(3, y, seed),
         n_jobs=None,
