@@ -8,16 +8,17 @@ intercept unpenalized), so the same optimum, the same ``coef_`` and ``intercept_
 
 On CNN features scikit-learn's L-BFGS is slow to get there: the features are non-negative
 (post-ReLU averages) and strongly correlated, so the Hessian ``X^T D X / n`` is badly conditioned.
-On 6,700 EfficientNet-Lite0 feature rows of 10 hard-to-separate classes it took 1,400 iterations
-at ``C=1``, 1,770 at ``C=10`` and did not converge in 3,000 at ``C=100`` (60-130 s per fit); the
-grid search at 100,000 images took most of the 674 s the head needed. Here the weights are
-written ``W = V P`` and ``b = c - W mu``, with ``mu`` the features' mean and
+On 6,668 EfficientNet-Lite0 feature rows of 10 hard-to-separate classes it took 1,472 iterations
+at ``C=1``, 1,701 at ``C=10`` and did not converge in 3,000 at ``C=100`` (25-47 s per fit on one
+thread); the grid search at 100,000 images took most of the 674 s the head needed. Here the
+weights are written ``W = V P`` and ``b = c - W mu``, with ``mu`` the features' mean and
 ``P = (Sigma + lambda I)^(-1/2)`` from their covariance ``Sigma``: in ``(V, c)`` the data term's
 Hessian is close to the identity (``lambda = 4 / (C n)`` matches the penalty's curvature to the
-softmax's at most 1/4). The same fits take 115, 246 and 427 iterations (4-13 s). They stop by
-scikit-learn's rule, and there ended 9-30 times closer to the optimum (in loss) than its own fits.
-``mu`` and ``Sigma`` are estimated from at most :data:`PRECONDITION_ROWS` evenly spaced rows: any
-``P`` gives the same optimum, a rough one just more iterations.
+softmax's at most 1/4). The same fits take 115, 246 and 427 iterations (4-12 s), stop by
+scikit-learn's rule, and end 9-30 times closer to the optimum (in loss) than scikit-learn's
+(``benchmarks/logreg_solver.py``). ``mu`` and ``Sigma`` are estimated from at most
+:data:`PRECONDITION_ROWS` evenly spaced rows: any ``P`` gives the same optimum, a rough one just
+more iterations.
 
 Where whitening would not pay (fewer than :data:`MIN_ROWS_PER_FEATURE` rows per feature: small
 datasets, where scikit-learn needs few iterations) scikit-learn's own L-BFGS fits, and the
@@ -54,14 +55,14 @@ __all__ = [
 ]
 
 # Rows the preconditioner's mean and covariance are estimated from, at most. More rows, fewer
-# iterations: a fit on 6,700 x 1,280 features took 486 iterations with the covariance of 2,048 rows,
+# iterations: a fit on 6,668 x 1,280 features took 486 iterations with the covariance of 2,048 rows,
 # 359 with 4,096 and 241 with all; on 80,000 rows, 282 with 10,000 and 148 with all.
 PRECONDITION_ROWS = 100_000
 
 # Whitening pays where the rows far outnumber the features: each evaluation's cost grows by about
 # features / rows, and the covariance and its eigendecomposition cost a few evaluations more.
 # Below this many rows per feature scikit-learn's own L-BFGS fits (few iterations there: 29-105
-# on flowers17-sized and Flowers-102-sized problems, where whitening took 2-4x longer).
+# on flowers17-, Flowers-102- and synth-5-sized problems, where whitening took 2-6x longer).
 MIN_ROWS_PER_FEATURE = 4
 # Above this many features the d x d covariance is too large to decompose (VGG-16's pool5 has
 # 25,088): the features are only centred.
