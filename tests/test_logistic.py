@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from graft.errors import ConfigError
 from graft.heads import head_to_onnx, logistic, onnx_probabilities
 from graft.heads.logistic import WhitenedLogisticRegression, fit_logistic
 
@@ -86,9 +85,36 @@ def test_over_the_feature_limit_the_features_are_only_centred(monkeypatch):
     assert_near_optimum(model, X, y)
 
 
-def test_what_it_does_not_fit_is_refused():
+def test_settings_it_does_not_solve_are_scikit_learns():
     X, y = cnn_like(400, 20, 2)
-    with pytest.raises(ConfigError, match="L2 penalty with an intercept"):
-        WhitenedLogisticRegression(class_weight="balanced").fit(X, y)
+    for settings in ({"class_weight": "balanced"}, {"C": np.inf}, {"l1_ratio": 1.0,
+                                                                    "solver": "saga"}):
+        ours = WhitenedLogisticRegression(max_iter=3000, random_state=0, **settings).fit(X, y)
+        theirs = LogisticRegression(max_iter=3000, random_state=0, **settings).fit(X, y)
+        np.testing.assert_array_equal(ours.coef_, theirs.coef_)
     with pytest.raises(ValueError, match="at least 2 classes"):
         WhitenedLogisticRegression().fit(X, np.full(len(y), "ant"))
+    with pytest.raises(ValueError, match="'C' parameter"):
+        WhitenedLogisticRegression(C=-1.0).fit(X, y)
+
+
+def test_a_tight_tolerance_is_met():
+    X, y = cnn_like(600, 40, 4)
+    index = np.searchsorted(np.unique(y), y)
+    fit = fit_logistic(X, index, 4, 10.0, tol=1e-7)  # below float32's reach: float64 products
+    gradient = logistic._loss_and_gradient(X, index, 4, 10.0, 1 << 20, np.float64)(fit.W, fit.b)
+    assert fit.converged and max(np.abs(gradient[1]).max(), np.abs(gradient[2]).max()) <= 1e-7
+
+
+def test_the_final_fit_over_many_rows_keeps_class_weights():
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from graft.heads import fit_head
+
+    X, y = cnn_like(900, 20, 2)
+    y = np.where(np.arange(len(y)) % 10 == 0, "ant", "bee")  # a rare class
+    search = GridSearchCV(LogisticRegression(class_weight="balanced", max_iter=3000),
+                          {"C": [1.0]}, cv=StratifiedKFold(3))
+    fitted, _ = fit_head(search, X, y, max_search_rows=300)  # final fit on all 900 rows
+    expected = LogisticRegression(class_weight="balanced", max_iter=3000).fit(X, y)
+    np.testing.assert_allclose(fitted.predict_proba(X), expected.predict_proba(X), atol=1e-6)

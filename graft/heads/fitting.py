@@ -176,7 +176,8 @@ def fit_head(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, *,
 def _fit_search_on_sample(estimator: Any, X: np.ndarray, y: np.ndarray, *, name: str,
                           progress: bool, cpus: int, rows: int) -> tuple[BaseEstimator, float]:
     from sklearn.base import clone
-    from sklearn.linear_model import LogisticRegression
+
+    from graft.heads.logistic import solves
 
     start = time.perf_counter()
     sample = search_sample(y, rows)
@@ -188,7 +189,7 @@ def _fit_search_on_sample(estimator: Any, X: np.ndarray, y: np.ndarray, *, name:
              progress=progress, cpus=cpus, max_search_rows=None)
     final = clone(estimator.estimator).set_params(**estimator.best_params_)
     with fitting_threads(cpus):
-        if in_memory and not isinstance(final, LogisticRegression):
+        if in_memory and not solves(final):  # e.g. class weights: scikit-learn's own fit
             final.fit(X, y)
         else:  # from the sample's solution, over every row a chunk at a time (in memory or not)
             from graft.heads.streaming import refit_in_chunks

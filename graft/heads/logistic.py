@@ -3,8 +3,8 @@ whitened coordinates.
 
 The ``logreg`` head is scikit-learn's L2-regularized multinomial logistic regression, and stays
 exactly that: the same loss (mean cross-entropy), the same penalty (``||W||^2 / (2 C n)``, the
-intercept unpenalized), so the same optimum, the same ``coef_`` and ``intercept_``, the same
-``predict_proba`` and the same ONNX graph. Only the way to the optimum changes.
+intercept unpenalized), so the same optimum (``coef_``, ``intercept_`` and ``predict_proba`` equal
+to the solvers' tolerance), and the same ONNX graph. Only the way to the optimum changes.
 
 On CNN features scikit-learn's L-BFGS is slow to get there: the features are non-negative
 (post-ReLU averages) and strongly correlated, so the Hessian ``X^T D X / n`` is badly conditioned.
@@ -14,16 +14,19 @@ thread); the grid search at 100,000 images took most of the 674 s the head neede
 weights are written ``W = V P`` and ``b = c - W mu``, with ``mu`` the features' mean and
 ``P = (Sigma + lambda I)^(-1/2)`` from their covariance ``Sigma``: in ``(V, c)`` the data term's
 Hessian is close to the identity (``lambda = 4 / (C n)`` matches the penalty's curvature to the
-softmax's at most 1/4). The same fits take 115, 246 and 427 iterations (4-12 s), stop by
-scikit-learn's rule, and end 9-30 times closer to the optimum (in loss) than scikit-learn's
+softmax's at most 1/4). The same fits take 115, 246 and 427 iterations (4-13 s), stop by
+scikit-learn's rule, and end 8-31 times closer to the optimum (in loss) than scikit-learn's
 (``benchmarks/logreg_solver.py``). ``mu`` and ``Sigma`` are estimated from at most
 :data:`PRECONDITION_ROWS` evenly spaced rows: any ``P`` gives the same optimum, a rough one just
 more iterations.
 
-Where whitening would not pay (fewer than :data:`MIN_ROWS_PER_FEATURE` rows per feature: small
-datasets, where scikit-learn needs few iterations) scikit-learn's own L-BFGS fits, and the
-results are exactly scikit-learn's; over :data:`MAX_WHITENED_FEATURES` features the features are
-only centred.
+:class:`WhitenedLogisticRegression` leaves the fit to scikit-learn (exactly its results) where
+whitening would not pay, with fewer than :data:`MIN_ROWS_PER_FEATURE` rows per feature (small
+datasets, where scikit-learn needs few iterations) or over :data:`MAX_WHITENED_FEATURES`
+features, and for settings this solver does not fit (:func:`solves`: class weights, other
+penalties, ``C=inf``). The final fit over every row of a large training set
+(:func:`graft.heads.streaming.refit_in_chunks`) always uses this solver; over
+:data:`MAX_WHITENED_FEATURES` features it only centres them.
 
 The loss and gradient are summed over chunks of rows (float32 products, float64 sums), so the same
 solver fits an in-memory matrix and, out of core, features read from the cache a chunk at a time
@@ -40,10 +43,10 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from graft.errors import ConfigError
 from graft.features.store import CHUNK_ROWS, chunk_bounds, read_rows
 
 __all__ = [
+    "FLOAT32_TOL",
     "MAX_WHITENED_FEATURES",
     "MIN_ROWS_PER_FEATURE",
     "PRECONDITION_ROWS",
@@ -51,6 +54,7 @@ __all__ = [
     "WhitenedLogisticRegression",
     "fit_logistic",
     "register_onnx_converter",
+    "solves",
     "warn_unconverged",
 ]
 
@@ -58,6 +62,10 @@ __all__ = [
 # iterations: a fit on 6,668 x 1,280 features took 486 iterations with the covariance of 2,048 rows,
 # 359 with 4,096 and 241 with all; on 80,000 rows, 282 with 10,000 and 148 with all.
 PRECONDITION_ROWS = 100_000
+
+# The smallest tol float32 products reach (the loss's rounding stops L-BFGS first below it:
+# at tol 1e-6 a fit stopped with a gradient of 3e-5); tighter ones compute in float64.
+FLOAT32_TOL = 1e-5
 
 # Whitening pays where the rows far outnumber the features: each evaluation's cost grows by about
 # features / rows, and the covariance and its eigendecomposition cost a few evaluations more.
@@ -118,18 +126,19 @@ class _Whitening:
         return (projected / self.scale) @ self.basis.T + (M - projected @ self.basis.T) / self.rest
 
 
-def _loss_and_gradient(X: Any, y: np.ndarray, outputs: int, C: float, chunk_rows: int
+def _loss_and_gradient(X: Any, y: np.ndarray, outputs: int, C: float, chunk_rows: int,
+                       dtype: type = np.float32
                        ) -> Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray, np.ndarray]]:
     """scikit-learn's objective (mean cross-entropy + ``||W||^2 / (2 C n)``) and its gradient in
-    ``(W, b)``, over X read a chunk at a time."""
+    ``(W, b)``, over X read a chunk at a time, the products in ``dtype``."""
     n = len(y)
     bounds = chunk_bounds(n, chunk_rows)
 
     def function(W: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        weights = np.ascontiguousarray(W.T, dtype=np.float32)
+        weights = np.ascontiguousarray(W.T, dtype=dtype)
         loss, grad_W, grad_b = 0.0, np.zeros_like(W), np.zeros_like(b)
         for start, stop in bounds:
-            rows = read_rows(X, start, stop)
+            rows = read_rows(X, start, stop).astype(dtype, copy=False)
             z = (rows @ weights).astype(np.float64) + b
             labels = y[start:stop]
             if outputs == 1:  # binary: one row of weights, the sigmoid
@@ -143,7 +152,7 @@ def _loss_and_gradient(X: Any, y: np.ndarray, outputs: int, C: float, chunk_rows
                 loss += float((log_norm - z[np.arange(len(labels)), labels]).sum())
                 g = np.exp(z - log_norm[:, None])
                 g[np.arange(len(labels)), labels] -= 1.0
-            grad_W += g.T.astype(np.float32) @ rows
+            grad_W += g.T.astype(dtype) @ rows
             grad_b += g.sum(axis=0)
         loss = loss / n + float((W * W).sum()) / (2.0 * C * n)
         return loss, grad_W / n + W / (C * n), grad_b / n
@@ -210,7 +219,9 @@ def fit_logistic(X: Any, y: np.ndarray, outputs: int, C: float, *,
     from scipy.optimize import minimize
 
     n, d = X.shape
-    objective = _loss_and_gradient(X, y, outputs, C, chunk_rows)
+    # float32 products (half the time) reach the default tol; tighter ones need float64
+    precision = np.float32 if tol >= FLOAT32_TOL else np.float64
+    objective = _loss_and_gradient(X, y, outputs, C, chunk_rows, precision)
     whitening = _whitening(X, 4.0 / (C * n), chunk_rows)
     last: dict[str, Any] = {}
 
@@ -255,6 +266,15 @@ def warn_unconverged(fit: LogisticFit) -> None:
                       ConvergenceWarning, stacklevel=3)
 
 
+def solves(model: Any) -> bool:
+    """Whether :func:`fit_logistic` fits ``model``'s settings: L2 penalty with a finite C, an
+    intercept, no class weights, the lbfgs solver (scikit-learn's defaults)."""
+    return (isinstance(model, LogisticRegression) and model.class_weight is None
+            and model.fit_intercept and model.penalty in ("l2", "deprecated")
+            and model.l1_ratio in (0, 0.0, None) and model.solver == "lbfgs"
+            and np.isfinite(model.C) and model.C > 0)
+
+
 class WhitenedLogisticRegression(LogisticRegression):
     """scikit-learn's ``LogisticRegression`` (L2 penalty, intercept, multinomial), fitted by
     :func:`fit_logistic` where the rows far outnumber the features: the same parameters, the same
@@ -262,21 +282,19 @@ class WhitenedLogisticRegression(LogisticRegression):
     scikit-learn's (skl2onnx converts it as the ``LogisticRegression`` it is)."""
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> WhitenedLogisticRegression:
-        """Fit by :func:`fit_logistic`; by scikit-learn's own L-BFGS when there are fewer than
-        :data:`MIN_ROWS_PER_FEATURE` rows per feature or more than :data:`MAX_WHITENED_FEATURES`
-        features."""
+        """Fit by :func:`fit_logistic`; by scikit-learn's own ``fit`` when there are fewer than
+        :data:`MIN_ROWS_PER_FEATURE` rows per feature, more than :data:`MAX_WHITENED_FEATURES`
+        features, or settings it does not solve (see :func:`solves`)."""
         from sklearn.utils.multiclass import check_classification_targets
         from sklearn.utils.validation import validate_data
 
-        X, y = validate_data(self, X, y, dtype=(np.float32, np.float64), order="C")
+        self._validate_params()  # scikit-learn's checks of C, tol, max_iter, ...
+        X, y = validate_data(self, X, y, dtype=(np.float32, np.float64), order="C",
+                             accept_sparse="csr")
         n, d = X.shape
-        if n < MIN_ROWS_PER_FEATURE * d or d > MAX_WHITENED_FEATURES:
+        if n < MIN_ROWS_PER_FEATURE * d or d > MAX_WHITENED_FEATURES or sample_weight is not None \
+                or not solves(self) or not isinstance(X, np.ndarray):
             return super().fit(X, y, sample_weight=sample_weight)
-        if sample_weight is not None or self.class_weight is not None or not self.fit_intercept \
-                or self.penalty not in ("l2", "deprecated") or self.l1_ratio not in (0, 0.0, None):
-            raise ConfigError("WhitenedLogisticRegression fits the L2 penalty with an intercept "
-                              "and no sample or class weights only; use scikit-learn's "
-                              "LogisticRegression for the others.")
         check_classification_targets(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:

@@ -47,7 +47,7 @@ def _logreg(seed: int, y: np.ndarray | None = None) -> BaseEstimator:
     # scikit-learn's default tolerance stays: fits at tol 1e-3 took half the time but picked
     # another C on flowers17 and hymenoptera (held-out 0.978 and 0.941 instead of 0.970 and 0.948).
     # scikit-learn's model, fitted in whitened coordinates where that pays (graft.heads.logistic):
-    # the same optimum in 7-13 times fewer iterations on 6,700 rows of CNN features.
+    # the same optimum in 7-13 times fewer iterations on 6,668 rows of CNN features.
     return GridSearchCV(
         WhitenedLogisticRegression(max_iter=3000),
         {"C": [0.01, 0.1, 1.0, 10.0, 100.0]},

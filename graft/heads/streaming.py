@@ -35,11 +35,14 @@ def refit_in_chunks(model: Any, X: Any, y: np.ndarray, *, chunk_rows: int = CHUN
     from sklearn.linear_model import LogisticRegression
     from tqdm.auto import tqdm
 
-    from graft.heads.logistic import fit_logistic, warn_unconverged
+    from graft.heads.logistic import fit_logistic, solves, warn_unconverged
 
     if not isinstance(model, LogisticRegression) or not hasattr(model, "coef_"):
         raise ConfigError(f"Out of core, the head must be one of {', '.join(STREAMING_HEADS)}; "
                           f"got {type(model).__name__}.")
+    if not solves(model):
+        raise ConfigError("Out of core, the logistic regression must have the L2 penalty, an "
+                          "intercept and no class weights (graft's logreg head).")
     classes = np.asarray(model.classes_)
     y = np.asarray(y)
     if len(y) != len(X) or not np.isin(y, classes).all():
