@@ -117,13 +117,16 @@ class _Whitening:
 
     def apply(self, M: np.ndarray) -> np.ndarray:
         """``M P`` for a matrix of row vectors (``P`` is symmetric)."""
-        projected = M @ self.basis
-        return (projected * self.scale) @ self.basis.T + (M - projected @ self.basis.T) * self.rest
+        return self._scaled(M, self.scale, self.rest)
 
     def unapply(self, M: np.ndarray) -> np.ndarray:
         """``M P^-1``."""
+        return self._scaled(M, 1.0 / self.scale, 1.0 / self.rest)
+
+    def _scaled(self, M: np.ndarray, scale: np.ndarray, rest: float) -> np.ndarray:
+        """``M (U diag(scale) U^T + (I - U U^T) rest)``."""
         projected = M @ self.basis
-        return (projected / self.scale) @ self.basis.T + (M - projected @ self.basis.T) / self.rest
+        return (projected * scale) @ self.basis.T + (M - projected @ self.basis.T) * rest
 
 
 def _loss_and_gradient(X: Any, y: np.ndarray, outputs: int, C: float, chunk_rows: int,
