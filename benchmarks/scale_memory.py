@@ -1,14 +1,16 @@
-"""Peak memory and throughput of extract, train and predict as the number of images grows.
+"""Peak memory and throughput of listing, extract, train and predict as the images grow.
 
 Synthetic JPEGs of varied sizes (48-480 px a side, 10 classes of noisy colour fields close
 enough that the head has work to do) are generated on the fly into a temporary folder (nothing is
 committed); each command then runs as its own process under /usr/bin/time, which reports its
 peak RSS. The default backbone (EfficientNet-Lite0) and head (logreg) throughout, and with
 ``--out-of-core`` also ``graft train --out-of-core`` (the ``train-ooc`` row: the head fitted from
-the cache a chunk at a time); the feature cache starts empty for each size.
+the cache a chunk at a time); the feature cache starts empty for each size. The ``list`` row is
+graft's listing and split of the folder alone, with the bytes its list of images keeps per image
+(tracemalloc).
 
 Usage: python benchmarks/scale_memory.py [--sizes 10000,100000] [--keep DIR] [--out-of-core]
-       [--steps extract,train,predict]
+       [--steps list,extract,train,predict]
 With --keep, a folder kept from an earlier run (the same images: generation is deterministic) and
 its cache are reused, so ``--keep DIR --steps train`` times training alone.
 A million images: python benchmarks/scale_memory.py --sizes 1000000 (about 3 hours of
@@ -29,6 +31,15 @@ from multiprocessing import Pool
 from pathlib import Path
 
 CLASSES = 10
+# The `list` step: graft's listing and split of the folder, and the bytes it keeps per image.
+LIST = """
+import sys, tracemalloc
+from graft.data import assign_splits, scan_dataset
+tracemalloc.start()
+dataset = assign_splits(scan_dataset(sys.argv[1]))
+held, _ = tracemalloc.get_traced_memory()
+print(f"HELD {held / len(dataset):.0f}", file=sys.stderr)
+"""
 
 
 def _make(args: tuple[Path, int]) -> None:
@@ -75,7 +86,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="generate into (and keep) this folder")
     parser.add_argument("--out-of-core", action="store_true",
                         help="also time 'graft train --out-of-core' (the train-ooc row)")
-    parser.add_argument("--steps", default="extract,train,predict",
+    parser.add_argument("--steps", default="list,extract,train,predict",
                         help="the steps to time (train-ooc comes with --out-of-core)")
     args = parser.parse_args()
     graft = [sys.executable, "-m", "graft"]
@@ -95,6 +106,7 @@ def main() -> None:
                 print(f"{size:>8} {'generate':<9}{made:>9.1f}{size / made:>9.1f}{'':>13}",
                       flush=True)
             rows = [
+                ("list", [sys.executable, "-c", LIST, str(data)]),
                 ("extract", [*graft, "extract", str(data), "--out", str(work / "f.h5"), "-q"]),
                 ("train", [*graft, "train", str(data), "--out", str(work / "model"), "-q"]),
                 ("predict", [*graft, "predict", str(work / "model"), str(data), "--csv",
@@ -105,9 +117,12 @@ def main() -> None:
                                               str(work / "model-ooc"), "--out-of-core", "-q"]))
             steps = set(args.steps.split(",")) | ({"train-ooc"} if args.out_of_core else set())
             for step, command in (row for row in rows if row[0] in steps):
-                seconds, peak, _ = timed(command, env)
+                seconds, peak, output = timed(command, env)
                 rate = f"{size / seconds:9.1f}" if not step.startswith("train") else f"{'':>9}"
                 note = ""
+                if step == "list":
+                    held = re.search(r"HELD (\d+)", output).group(1)
+                    note = f"   (the list of images holds {held} B per image)"
                 if step.startswith("train"):
                     import json
 

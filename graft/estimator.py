@@ -40,9 +40,10 @@ def _extractor(backbone: Any, layer: Any, weights: Any, pool: str, image_size: i
                            image_size=image_size, device=device, cache_dir=cache_dir)
 
 
-def _as_paths(X: Any, cache_dir: Any = None) -> list[Path]:
-    """Image paths, or a ``uint8`` image array (N, H, W[, 3]) written as PNG files in the cache
-    (by content: :func:`graft.data.arrays.array_images`)."""
+def _as_paths(X: Any, cache_dir: Any = None) -> list[Path | str]:
+    """Image paths (URIs such as ``s3://...`` stay strings), or a ``uint8`` image array
+    (N, H, W[, 3]) written as PNG files in the cache (by content:
+    :func:`graft.data.arrays.array_images`)."""
     if isinstance(X, (str, os.PathLike)):
         raise DataError(
             "ImageClassifier takes a list of image paths, not one path. Wrap it: [path]."
@@ -58,7 +59,9 @@ def _as_paths(X: Any, cache_dir: Any = None) -> list[Path]:
             "(N, H, W, 3) or (N, H, W). For PIL images, save them first or stack them into an "
             "array (np.stack([np.asarray(image) for image in images]))."
         )
-    return [Path(item) for item in items]
+    from graft.data.storage import is_uri
+
+    return [item if is_uri(item) else Path(item) for item in items]
 
 
 class ImageClassifier(ClassifierMixin, BaseEstimator):
@@ -129,7 +132,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         _, engines, _ = self._engines()
         caches = [open_cache(engine, self.cache_dir) for engine in engines]
         dataset = ImageDataset(root=Path("."), classes=[], layout="paths", samples=[
-            Sample(path=p, relpath=os.fspath(p), label="") for p in paths])
+            Sample(path=os.fspath(p), relpath=os.fspath(p), label="") for p in paths])
         keys, report = extract_dataset(dataset, engines, caches, batch_size=self.batch_size,
                                        progress=self.progress)
         if report.failures:

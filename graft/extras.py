@@ -3,7 +3,8 @@
 The base install (``pip install graft``) predicts and evaluates: numpy, Pillow, onnxruntime and
 h5py. Training needs ``graft[train]`` (torch, timm, scikit-learn, ONNX export, plots); the HTML
 report of ``graft evaluate --report`` needs ``graft[report]``; ``graft serve`` needs
-``graft[serve]``; ``graft[all]`` is everything.
+``graft[serve]``; images on ``s3://`` and other remote filesystems need ``graft[remote]``;
+``graft[all]`` is everything.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ EXTRAS = {
     "report": ("matplotlib",),
     "serve": ("fastapi", "uvicorn", "prometheus_client", "multipart"),
     "ray": ("ray", "pyarrow"),
+    "remote": ("pyarrow",),
 }
 
 

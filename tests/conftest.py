@@ -59,3 +59,64 @@ def tiny_backbone():
     from graft.backbones import create_backbone
 
     return create_backbone(TINY, weights="random")
+
+
+# Dummy credentials for the local S3 server (moto accepts any); the endpoint is a loopback port.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "graft-test", "AWS_SECRET_ACCESS_KEY": "graft-test",
+                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+class LocalS3:
+    """A real S3 API (moto's server mode) on a loopback port, and a bucket to put data in."""
+
+    bucket = "graft-test"
+
+    def __init__(self, endpoint: str) -> None:
+        from pyarrow import fs as pafs
+
+        self.endpoint = endpoint
+        self.fs = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True,
+                                    access_key="graft-test", secret_key="graft-test",
+                                    region="us-east-1")
+        self.fs.create_dir(self.bucket)
+
+    def upload(self, folder: Path, prefix: str) -> str:
+        """Copy a local folder to s3://graft-test/<prefix>; its URI."""
+        from pyarrow import fs as pafs
+
+        pafs.copy_files(str(folder), f"{self.bucket}/{prefix}",
+                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        return f"s3://{self.bucket}/{prefix}"
+
+    def put(self, key: str, data: bytes, scratch: Path) -> str:
+        """One object (through a file: moto refuses pyarrow's multipart stream uploads)."""
+        file = scratch / Path(key).name
+        file.write_bytes(data)
+        from pyarrow import fs as pafs
+
+        pafs.copy_files(str(file), f"{self.bucket}/{key}",
+                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        return f"s3://{self.bucket}/{key}"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """``s3://graft-test`` on a local S3-compatible server; ``AWS_ENDPOINT_URL`` points at it (as a
+    user with MinIO would set it), with dummy credentials."""
+    pytest.importorskip("pyarrow")
+    server_mod = pytest.importorskip("moto.server")
+    from graft.data import storage
+
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
+                patch.setenv(name, value)
+            storage._FILESYSTEMS.clear()  # made afresh, from these settings
+            yield LocalS3(endpoint)
+    finally:
+        storage._FILESYSTEMS.clear()
+        server.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_dataset
+from conftest import S3_CREDENTIALS, make_dataset
 
 ray = pytest.importorskip("ray")
 
@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # each node has its own credentials (here dummy ones for the local S3 server), as on a real
+    # cluster; the endpoint comes with the driver's filesystem
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": S3_CREDENTIALS})
     yield
     ray.shutdown()
 
@@ -45,6 +48,22 @@ def test_ray_extraction_equals_local_and_is_cached(cluster, tiny_backbone, tmp_p
                                         cache_dir=tmp_path / "ray", progress=False, engine="ray")
     assert report.n_computed == 0 and report.n_cached == 42  # the failure is remembered too
     np.testing.assert_array_equal(again.features, remote.features)
+
+
+def test_ray_reads_images_from_s3(cluster, s3, tiny_backbone, tmp_path):
+    data = make_dataset(tmp_path / "data", n_per_class=6)
+    (data / "blue" / "broken.jpg").write_bytes(b"not an image")
+    uri = s3.upload(data, "ray")
+    engine = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path / "c1")
+    local, _ = extract_feature_set(assign_splits(scan_dataset(data)), engine,
+                                   [tiny_backbone.config()], cache_dir=tmp_path / "local",
+                                   progress=False)
+    remote, report = extract_feature_set(assign_splits(scan_dataset(uri)), engine,
+                                         [tiny_backbone.config()], cache_dir=tmp_path / "ray",
+                                         progress=False, engine="ray")
+    assert report.n_computed == 18 and [p for p, _ in report.failures] == ["blue/broken.jpg"]
+    assert remote.paths == local.paths
+    np.testing.assert_allclose(remote.features, local.features, atol=1e-5)
 
 
 KILLED = textwrap.dedent("""

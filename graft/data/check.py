@@ -14,6 +14,8 @@ the content fingerprints training computes anyway) that ``graft train`` runs and
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from graft.data.dataset import ImageDataset, Sample
 from graft.data.download import sha256_of
+from graft.data.storage import basename, is_uri, join, read_bytes
 from graft.errors import ImageError
 from graft.inference.images import decode_image
 from graft.inference.threads import available_cpus
@@ -58,13 +61,18 @@ class _Seen:
     error: str | None = None
 
 
-def _look(path: Path) -> _Seen:
+def _look(path: str) -> _Seen:
+    source: str | io.BytesIO = path
     try:
-        seen = _Seen(sha256_of(path))
+        if is_uri(path):  # a remote object: fetched once, hashed and decoded from memory
+            source = io.BytesIO(read_bytes(path))
+            seen = _Seen(hashlib.sha256(source.getvalue()).hexdigest())
+        else:
+            seen = _Seen(sha256_of(path))
     except OSError as error:
         return _Seen("", error=f"cannot read ({error.strerror or error})")
     try:
-        with Image.open(path) as opened:  # one open: size and mode, then the decode
+        with Image.open(source) as opened:  # one open: size and mode, then the decode
             seen.mode, seen.size = opened.mode, opened.size
             seen.dhash = difference_hash(decode_image(opened, min_size=(64, 64)))
     except ImageError as error:
@@ -250,7 +258,7 @@ def split_leaks(paths: Sequence[str], splits: Sequence[str], labels: Sequence[st
 _GROUPS_SHOWN = 50  # duplicate groups drawn with thumbnails on the page
 
 
-def _thumbnail(path: Path) -> str:
+def _thumbnail(path: str) -> str:
     import base64
     import io
 
@@ -270,7 +278,7 @@ def write_check_page(report: CheckReport, path: str | os.PathLike) -> Path:
 
     from graft.evaluation.page import CSS, table
 
-    root = Path(report.root)
+    root = report.root
     summary = report.summary_counts()
     cards = "".join(f'<div class="card"><div class="v">{v:,}</div><div class="k">'
                     f'{html.escape(k.replace("_", " "))}</div></div>' for k, v in summary.items())
@@ -279,8 +287,8 @@ def write_check_page(report: CheckReport, path: str | os.PathLike) -> Path:
     count_rows = [[c, *(report.counts[s].get(c, 0) for s in splits)] for c in classes]
     count_rows.append(["imbalance (largest / smallest)", *(report.imbalance[s] for s in splits)])
     sections = [
-        f"<h1>Data check: {html.escape(root.name)}</h1>",
-        (f'<p class="sub">{html.escape(str(root))} (splits: '
+        f"<h1>Data check: {html.escape(basename(root))}</h1>",
+        (f'<p class="sub">{html.escape(root)} (splits: '
          f"{html.escape(report.split_source)})</p>"),
         f'<div class="cards">{cards}</div>',
         "<h2>Images per class</h2>", table(["class", *splits], count_rows),
@@ -294,7 +302,7 @@ def write_check_page(report: CheckReport, path: str | os.PathLike) -> Path:
         sections.append(f'<p class="sub">{html.escape(note)}</p>')
         for group in items[:_GROUPS_SHOWN]:
             figures = "".join(
-                f'<figure><img src="{_thumbnail(root / m["path"])}" alt=""><figcaption>'
+                f'<figure><img src="{_thumbnail(join(root, m["path"]))}" alt=""><figcaption>'
                 f'{html.escape(m["split"])} / {html.escape(m["class"])}<br>'
                 f'{html.escape(m["path"])}</figcaption></figure>' for m in group["images"])
             sections.append(f'<div class="thumbs">{figures}</div>')
@@ -315,7 +323,7 @@ def write_check_page(report: CheckReport, path: str | os.PathLike) -> Path:
                      table(["file", "reason"], [[u["path"], u["reason"]]
                                                 for u in report.unreadable], left=2)]
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Data check: '
-            f"{html.escape(root.name)} - graft</title><style>{CSS}</style></head><body><main>"
+            f"{html.escape(basename(root))} - graft</title><style>{CSS}</style></head><body><main>"
             f"{''.join(sections)}</main></body></html>\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from graft.data import storage
 from graft.errors import ConfigError, DataError
 
 __all__ = [
@@ -37,19 +38,23 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _NOHASH = re.compile(r"_nohash_.*$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One labeled image. ``relpath`` is relative to the dataset root, with ``/`` separators.
 
-    ``view`` 0 is the image itself; ``view`` k > 0 is its k-th random augmented view
-    (``graft train --augment-views``), reproducible from the file and k.
+    ``path`` is a string (a local path, or a URI such as ``s3://bucket/cats/1.jpg``): a million
+    samples hold a million of them, and a string costs a third of a ``Path``. ``stamp`` is the
+    file's ``(size, mtime_ns)`` when the listing gave it (remote files: no request per image to
+    look it up again). ``view`` 0 is the image itself; ``view`` k > 0 is its k-th random augmented
+    view (``graft train --augment-views``), reproducible from the file and k.
     """
 
-    path: Path
+    path: str
     relpath: str
     label: str
     split: str = ""
     view: int = 0
+    stamp: tuple[int, int] | None = None
 
 
 @dataclass
@@ -57,7 +62,8 @@ class ImageDataset:
     """A list of labeled images and where they came from.
 
     Attributes:
-        root: The folder (or the CSV file's folder) that ``relpath`` is relative to.
+        root: The folder (or the CSV file's folder) that ``relpath`` is relative to: a ``Path``,
+            or a URI string for remote data (``s3://bucket/flowers``).
         samples: The images, in a deterministic order (sorted by relative path).
         classes: Label names, sorted; index ``i`` is class ``i`` everywhere in graft.
         layout: ``"folders"``, ``"presplit"`` or ``"csv"``.
@@ -65,7 +71,7 @@ class ImageDataset:
             assigned them (see :func:`assign_splits`), ``""`` when not assigned yet.
     """
 
-    root: Path
+    root: Path | str
     samples: list[Sample]
     classes: list[str]
     layout: str
@@ -96,12 +102,16 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def iter_image_files(path: str | os.PathLike) -> Iterator[Path]:
+def iter_image_files(path: str | os.PathLike) -> Iterator[Path | str]:
     """Yield image files under ``path`` (a file or a folder), streaming, in sorted order per folder.
 
     Hidden files and non-image files (``.txt``, ``.DS_Store``) are skipped quietly. Memory stays
-    flat: one folder listing at a time.
+    flat: one folder listing at a time. A URI (``s3://bucket/photos``) yields the URIs of the
+    images below it, from one listing (one file given by its URI is yielded as it is).
     """
+    if storage.is_uri(path):
+        yield from _iter_remote_images(str(path))
+        return
     path = Path(path)
     if path.is_file():
         yield path
@@ -118,6 +128,19 @@ def iter_image_files(path: str | os.PathLike) -> Iterator[Path]:
             yield Path(entry.path)
 
 
+def _iter_remote_images(uri: str) -> Iterator[str]:
+    if is_image_file(uri) and storage.is_file(uri):
+        yield uri
+        return
+    for file in storage.list_files(uri):
+        if _visible(file.relpath) and is_image_file(file.relpath):
+            yield storage.join(uri, file.relpath)
+
+
+def _visible(relpath: str) -> bool:
+    return not any(part.startswith(".") for part in relpath.split("/"))
+
+
 MODEL_MARKER = "graft.json"  # a folder holding it is a graft model directory, never a class
 
 
@@ -131,26 +154,57 @@ def _scan_class_folders(root: Path, base: Path, split: str) -> list[Sample]:
     for class_dir in _class_dirs(base):
         for file in iter_image_files(class_dir):
             rel = file.relative_to(root).as_posix()
-            samples.append(Sample(path=file, relpath=rel, label=class_dir.name, split=split))
+            samples.append(Sample(path=os.fspath(file), relpath=rel, label=class_dir.name,
+                                  split=split))
     return samples
 
 
-def _split_folders(root: Path) -> dict[str, Path] | None:
-    subdirs = _class_dirs(root)
-    if not subdirs:
+def _split_folders(root: str | Path, names: Iterable[str]) -> dict[str, str] | None:
+    """``{split: folder name}`` when the folders ``names`` under ``root`` are train/val/test
+    folders (pre-split data), else None."""
+    mapped = {name: _SPLIT_ALIASES.get(name.lower()) for name in sorted(names)}
+    if not mapped or any(v is None for v in mapped.values()) or "train" not in mapped.values():
         return None
-    mapped = {p: _SPLIT_ALIASES.get(p.name.lower()) for p in subdirs}
-    if any(v is None for v in mapped.values()) or "train" not in mapped.values():
-        return None
-    result: dict[str, Path] = {}
+    result: dict[str, str] = {}
     for folder, split in mapped.items():
         if split in result:
             raise DataError(
-                f"{root} has two folders for the '{split}' split ({result[split].name} and "
-                f"{folder.name}). Keep one, or merge them."
+                f"{root} has two folders for the '{split}' split ({result[split]} and "
+                f"{folder}). Keep one, or merge them."
             )
         result[split] = folder
     return result
+
+
+def _scan_remote(uri: str) -> ImageDataset:
+    """The class-folder layouts (plain or pre-split) below a URI, from one recursive listing."""
+    root = uri.rstrip("/")
+    if not root.split("://", 1)[1]:
+        raise DataError(f"{uri} names no bucket or folder. Give s3://BUCKET/FOLDER.")
+    if root.lower().endswith((".csv", ".npz")):
+        raise DataError(f"{uri}: CSV and .npz datasets are read from local disk only; on remote "
+                        f"storage give a folder of class folders (s3://BUCKET/DATA/<class>/...).")
+    files = [f for f in storage.list_files(root) if _visible(f.relpath)]
+    models = {f.relpath.rpartition("/")[0] for f in files
+              if f.relpath.rpartition("/")[2] == MODEL_MARKER}
+    top = {f.relpath.split("/", 1)[0] for f in files if f.relpath.count("/") >= 1} - models
+    splits = _split_folders(root, top)
+    depth = 2 if splits else 1  # the class folder's level: split/class/... or class/...
+    split_of = {folder: split for split, folder in (splits or {}).items()}
+    samples = []
+    for file in files:
+        parts = file.relpath.split("/")
+        if len(parts) <= depth or not is_image_file(parts[-1]):
+            continue
+        if "/".join(parts[:depth]) in models or (splits and parts[0] not in split_of):
+            continue
+        samples.append(Sample(path=storage.join(root, file.relpath), relpath=file.relpath,
+                              label=parts[depth - 1], split=split_of.get(parts[0], ""),
+                              stamp=(file.size, file.mtime_ns)))
+    return _finish_scan(root, samples, "presplit" if splits else "folders",
+                        "folders" if splits else "",
+                        loose=any(is_image_file(f.relpath) and "/" not in f.relpath
+                                  for f in files))
 
 
 def _read_csv(csv_path: Path) -> ImageDataset:
@@ -183,7 +237,8 @@ def _read_csv(csv_path: Path) -> ImageDataset:
                 )
         if not file.is_file():
             raise DataError(f"{csv_path}, line {line_no}: {file} does not exist.")
-        samples.append(Sample(path=file, relpath=rel.replace(os.sep, "/"), label=label, split=split))
+        samples.append(Sample(path=os.fspath(file), relpath=rel.replace(os.sep, "/"), label=label,
+                              split=split))
     if not samples:
         raise DataError(f"{csv_path} lists no images. Expected rows of 'path,label'.")
     given = {s.split for s in samples}
@@ -211,6 +266,8 @@ def scan_dataset(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None
     """
     from graft.data import arrays
 
+    if storage.is_uri(path):
+        return _scan_remote(str(path))
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist. Give a folder of class folders, or a CSV file.")
@@ -228,17 +285,22 @@ def scan_dataset(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None
             f"'DATA/train/<class>/...', a CSV of path,label, or a .npz of x and y arrays."
         )
     root = path.resolve()
-    splits = _split_folders(root)
+    splits = _split_folders(root, [p.name for p in _class_dirs(root)])
     if splits:
         samples = []
         for split, folder in splits.items():
-            samples.extend(_scan_class_folders(root, folder, split))
+            samples.extend(_scan_class_folders(root, root / folder, split))
         layout, split_source = "presplit", "folders"
     else:
         samples = _scan_class_folders(root, root, "")
         layout, split_source = "folders", ""
+    loose = not samples and any(is_image_file(p) for p in root.iterdir())
+    return _finish_scan(root, samples, layout, split_source, loose=loose)
+
+
+def _finish_scan(root: Path | str, samples: list[Sample], layout: str, split_source: str, *,
+                 loose: bool) -> ImageDataset:
     if not samples:
-        loose = any(is_image_file(p) for p in root.iterdir())
         hint = (
             " The images lie directly in it: put each class in its own sub-folder."
             if loose else ""
@@ -370,6 +432,8 @@ def assign_splits(
 
 def check_output_dir(out: str | os.PathLike, data: str | os.PathLike) -> None:
     """Refuse an output directory inside the dataset (it would become a class on the next run)."""
+    if storage.is_uri(data):
+        return  # remote data: a local output folder is never inside it
     out_path = Path(out).expanduser().resolve()
     data_path = Path(data).expanduser().resolve()
     root = data_path.parent if data_path.is_file() else data_path

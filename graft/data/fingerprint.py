@@ -14,15 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.data.storage import is_uri, read_bytes
+
 __all__ = ["content_fingerprint", "content_fingerprints", "read_fingerprints", "write_fingerprints"]
 
 _NONE = np.uint64(0)
 
 
 def content_fingerprint(path: str | os.PathLike) -> int:
-    """The first 8 bytes of the file's SHA-256 as an integer (0 for a file that cannot be read)."""
+    """The first 8 bytes of the file's SHA-256 as an integer (0 for a file that cannot be read);
+    ``path`` may be a URI (``s3://...``)."""
     digest = hashlib.sha256()
     try:
+        if is_uri(path):  # a remote object: read whole (images are small), hashed the same way
+            digest.update(read_bytes(path))
+            return int.from_bytes(digest.digest()[:8], "little") or 1
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)

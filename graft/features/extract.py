@@ -126,7 +126,8 @@ def extract_dataset(
         for index in range(first, min(first + _LOOKUP_BLOCK, len(dataset.samples))):
             sample = dataset.samples[index]
             try:
-                block.append((index, view_key(fingerprint(sample.path), sample.view, augment)))
+                block.append((index, view_key(fingerprint(sample.path, sample.stamp),
+                                              sample.view, augment)))
             except OSError as exc:
                 report.failures.append((sample.relpath, f"cannot stat ({exc.strerror or exc})"))
             keys.append(None)
@@ -201,7 +202,7 @@ def _extract_on_ray(dataset: ImageDataset, engines: Sequence[FeatureEngine],
 
     if any(dataset.samples[index].view for index, _, _ in todo):
         raise DataError("--augment-views runs locally: leave out --engine ray for it.")
-    paths = [str(dataset.samples[index].path) for index, _, _ in todo]
+    paths = [dataset.samples[index].path for index, _, _ in todo]
     for batch in ray_features(paths, engines, batch_size=batch_size, address=address):
         for position, reason in batch.failures:
             index, key, _ = todo[position]

@@ -47,11 +47,22 @@ FEATURE_FILE_FORMAT = "graft-features"
 _STR = h5py.string_dtype("utf-8")
 
 
-def fingerprint(path: str | os.PathLike) -> str:
-    """Identity of an image file's content for caching: resolved path, size and mtime."""
-    real = os.path.realpath(path)
-    stat = os.stat(real)
-    return hashlib.sha1(f"{real}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+def fingerprint(path: str | os.PathLike, stamp: tuple[int, int] | None = None) -> str:
+    """Identity of an image file's content for caching: resolved path (or URI), size and mtime.
+
+    ``stamp``: the ``(size, mtime_ns)`` a listing already gave (no second request for a remote
+    file); looked up when not given.
+    """
+    from graft.data import storage
+
+    if storage.is_uri(path):
+        name = os.fspath(path)
+        size, mtime_ns = stamp if stamp is not None else storage.stat(name)
+    else:
+        name = os.path.realpath(path)
+        status = os.stat(name)
+        size, mtime_ns = status.st_size, status.st_mtime_ns
+    return hashlib.sha1(f"{name}\0{size}\0{mtime_ns}".encode()).hexdigest()
 
 
 def _atomic_h5(path: Path):

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from graft.data.preprocess import PreprocessConfig, resize_and_crop
+from graft.data.storage import is_uri, read_bytes
 from graft.errors import ImageError
 
 __all__ = [
@@ -133,8 +134,9 @@ def decode_image(
     """Decode an image from any source into an RGB PIL image, oriented as EXIF says.
 
     Args:
-        source: A file path, the file's bytes, a binary file object, a PIL image (an unloaded one
-            from ``Image.open`` decodes exactly like its file) or a ``uint8`` array (RGB or RGBA).
+        source: A file path or URI (``s3://bucket/cat.jpg``), the file's bytes, a binary file
+            object, a PIL image (an unloaded one from ``Image.open`` decodes exactly like its file)
+            or a ``uint8`` array (RGB or RGBA).
         min_size: ``(width, height)`` the caller will resize to; large JPEGs are then decoded at a
             reduced DCT scale no smaller than this (``Image.draft``), several times faster.
         max_pixels: Refuse larger images (decompression bombs) before decoding them; default
@@ -154,7 +156,12 @@ def decode_image(
                 return _finish(source, min_size, max_pixels, name)  # not decoded yet
             _check_pixels(source.size, max_pixels, name)
             return to_rgb(ImageOps.exif_transpose(source))
-        if isinstance(source, (str, os.PathLike)):
+        if is_uri(source):  # s3://...: read the object, then decode its bytes like any others
+            source = read_bytes(source)
+            if len(source) == 0:
+                raise ImageError(name, "empty file (0 bytes)", kind="empty")
+            opened = Image.open(io.BytesIO(source), formats=formats)
+        elif isinstance(source, (str, os.PathLike)):
             if Path(source).stat().st_size == 0:
                 raise ImageError(name, "empty file (0 bytes)", kind="empty")
             opened = Image.open(source, formats=formats)

@@ -5,7 +5,8 @@ read by Ray Data; stateless tasks decode and preprocess (the same :func:`preproc
 runs, so the same bytes reach the network); an actor pool runs the exported ONNX graphs (sent
 once through the object store), the actors' ONNX Runtime threads together one per CPU. Results
 stream back to the driver, which alone writes the HDF5 cache (one writer), a shard at a time:
-a killed run keeps what was written, and the next run computes only the rest.
+a killed run keeps what was written, and the next run computes only the rest. Images may be on
+any filesystem pyarrow reaches (``s3://``...): the driver lists them, the tasks read them.
 
 Batch prediction (:func:`ray_predictions`) runs the same backbone graphs on the cluster, in the
 order given; the driver applies the model's head (a features x classes graph, microseconds per
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from graft.data.preprocess import PreprocessConfig
+from graft.data.storage import filesystems_for
 from graft.errors import ClusterError, ConfigError
 
 __all__ = ["ACTOR_RESTARTS", "RayBatch", "connect", "ray_features", "ray_predictions"]
@@ -75,11 +77,15 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _decode(batch: dict[str, np.ndarray], configs: list[dict]) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], configs: list[dict],
+            filesystems: dict[str, Any]) -> dict[str, np.ndarray]:
     """One Ray Data batch of paths -> prepared images (zeros and a reason where one failed),
-    through the same decoding loop as local extraction."""
+    through the same decoding loop as local extraction (remote paths read through the driver's
+    filesystems)."""
+    from graft.data.storage import adopt
     from graft.inference.batches import iter_decoded_batches
 
+    adopt(filesystems)
     prepared = [PreprocessConfig.from_dict(c) for c in configs]
     n = len(batch["path"])
     images = [np.zeros((n, c.input_size[1], c.input_size[2], 3), np.uint8) for c in prepared]
@@ -153,6 +159,9 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     specs = [{"key": e.key, "preprocess": e.preprocess.to_dict(), "num_features": e.num_features}
              for e in engines]
     graphs = [ray.put(Path(e.path).read_bytes()) for e in engines]  # once, not per task
+    # s3://... paths: the driver's filesystems (endpoint and options; credentials stay each
+    # node's own), as Ray Data passes its `filesystem` argument
+    filesystems = filesystems_for(paths)
     context = ray.data.DataContext.get_current()
     preserved = context.execution_options.preserve_order
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="graft-ray-run-") as run:
@@ -163,8 +172,8 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
         blocks = max(1, min(-(-len(paths) // batch_size), 4096))
         context.execution_options.preserve_order = ordered  # read when the dataset is built
         try:
-            dataset = _pipeline(ray, manifest, blocks, specs, graphs, batch_size, actors,
-                                threads)
+            dataset = _pipeline(ray, manifest, blocks, specs, graphs, filesystems, batch_size,
+                                actors, threads)
         finally:
             context.execution_options.preserve_order = preserved
         _quiet()  # Ray Data configures its loggers when first used: quiet them again
@@ -191,13 +200,14 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
 
 
 def _pipeline(ray: Any, manifest: Path, blocks: int, specs: list[dict], graphs: list[Any],
-              batch_size: int, actors: int, threads: int) -> Any:
+              filesystems: dict[str, Any], batch_size: int, actors: int, threads: int) -> Any:
     """The Ray Data pipeline: manifest -> blocks -> decoding tasks -> the actor pool."""
     from ray.data import ActorPoolStrategy
 
     dataset = ray.data.read_parquet(str(manifest)).repartition(blocks)
     dataset = dataset.map_batches(_decode, fn_kwargs={"configs": [s["preprocess"]
-                                                                  for s in specs]},
+                                                                  for s in specs],
+                                                      "filesystems": filesystems},
                                   batch_size=batch_size, batch_format="numpy", num_cpus=0.5)
     with warnings.catch_warnings():
         # Ray 2.5x-2.63 warn that extra remote args will go in 2.64 (the ray extra pins

@@ -17,6 +17,7 @@ import numpy as np
 
 from graft.data import ImageDataset, assign_splits, scan_dataset
 from graft.data.fingerprint import content_fingerprints, read_fingerprints
+from graft.data.storage import basename, is_uri, join
 from graft.errors import ConfigError, DataError
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, extract_feature_set
@@ -80,7 +81,8 @@ def evaluate(
         require("report", "matplotlib", "evaluate --report")  # before any work, not after
     predictor = load(model_dir, threads=threads, batch_size=batch_size)
     dataset = scan_dataset(data, cache_dir=cache_dir, progress=progress)
-    dataset, split, note = _choose_split(dataset, Path(data), predictor.config, split)
+    dataset, split, note = _choose_split(dataset, data if is_uri(data) else Path(data),
+                                         predictor.config, split)
     log(note)
     _check_classes(dataset, predictor, data)
     dataset.classes = list(predictor.labels)
@@ -113,16 +115,18 @@ def evaluate(
                           extraction=extraction, split=split, note=note)
 
 
-def _same_data(data: Path, training: dict[str, Any], dataset: ImageDataset) -> bool:
-    """Is ``data`` what the model was trained on (the same folder or CSV)?"""
+def _same_data(data: Path | str, training: dict[str, Any], dataset: ImageDataset) -> bool:
+    """Is ``data`` what the model was trained on (the same folder, CSV or URI)?"""
     source = training.get("source")
+    if is_uri(data) or is_uri(source):
+        return str(data).rstrip("/") == str(source or training.get("data") or "").rstrip("/")
     if source and Path(source).suffix.lower() not in (".h5", ".hdf5"):
         return data.expanduser().resolve() == Path(source)
     # Trained from a feature file (or an older model): its images' folder.
     return bool(training.get("data")) and Path(training["data"]) == dataset.root
 
 
-def _choose_split(dataset: ImageDataset, data: Path, config: dict[str, Any],
+def _choose_split(dataset: ImageDataset, data: Path | str, config: dict[str, Any],
                   split: str | None) -> tuple[ImageDataset, str, str]:
     training = config.get("training", {})
     same = _same_data(data, training, dataset)
@@ -169,13 +173,14 @@ def _check_classes(dataset: ImageDataset, predictor: Predictor, data: Any) -> No
         )
 
 
-def _overlap(predictor: Predictor, root: Path, relpaths: list[str], workers: int) -> int | None:
+def _overlap(predictor: Predictor, root: Path | str, relpaths: list[str],
+             workers: int) -> int | None:
     """How many scored images the model was trained on, by file content (None: not recorded)."""
     entry = predictor.config.get("files", {}).get("train_fingerprints")
     if entry is None:
         return None
     seen = read_fingerprints(predictor.model_dir / entry["path"])
-    scored = content_fingerprints([root / p for p in relpaths], workers=workers)
+    scored = content_fingerprints([join(root, p) for p in relpaths], workers=workers)
     return int(np.count_nonzero(np.isin(scored, seen)))
 
 
@@ -187,9 +192,9 @@ def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: I
 
     backbones = predictor.config["backbones"]
     write_report(
-        directory, title=f"{Path(model_dir).name} on {dataset.root.name}", metrics=metrics,
+        directory, title=f"{Path(model_dir).name} on {basename(dataset.root)}", metrics=metrics,
         labels=predictor.labels, y_true=features.labels, probabilities=probabilities,
-        test_paths=[str(dataset.root / p) for p in features.paths],
+        test_paths=[join(dataset.root, p) for p in features.paths],
         config={"model": str(model_dir), "data": str(dataset.root),
                 "split": metrics["split"],
                 "backbone": " + ".join(f"{b['name']} ({b['layer']})" for b in backbones),

@@ -24,6 +24,7 @@ from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD, STREAMING_HEADS
 from graft.data import assign_splits, check_output_dir, compute_splits, scan_dataset
 from graft.data.augment import parse_augment
 from graft.data.fingerprint import content_fingerprints
+from graft.data.storage import is_file, is_uri, join
 from graft.errors import ConfigError, DataError, ModelError
 from graft.evaluation.background import ReportWriter
 from graft.evaluation.metrics import compute_metrics, format_report
@@ -144,7 +145,7 @@ class _Run:
     """The state one training run builds up, step by step."""
 
     config: TrainConfig
-    data: Path
+    data: Path | str  # a local path, or a URI (s3://...)
     out: Path
     progress: bool
     log: Log
@@ -227,7 +228,7 @@ def _start(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         raise ConfigError(f"Unknown training option(s) {unknown}. Known: {sorted(known)}.")
     config = dataclasses.replace(config or TrainConfig(), **options)
     augment = config.validate()
-    data = Path(data).expanduser()
+    data = data if is_uri(data) else Path(data).expanduser()
     check_output_dir(out, data)
     check_replaceable(out)
     return _Run(config=config, data=data, out=Path(out), progress=progress, log=log,
@@ -239,7 +240,7 @@ def _load_features(run: _Run) -> None:
     from graft.features import extract_feature_set, load_feature_file
 
     cfg, plan = run.config, run.plan
-    if run.data.suffix.lower() in (".h5", ".hdf5"):
+    if not is_uri(run.data) and run.data.suffix.lower() in (".h5", ".hdf5"):
         if cfg.out_of_core:
             raise ConfigError(
                 "--out-of-core trains from the feature cache of an image folder: train on the "
@@ -257,8 +258,8 @@ def _load_features(run: _Run) -> None:
         run.nets, run.engines, run.backbones = _rebuild(run, features.backbones, plan.onnx)
         calibration_split = np.array(features.split, copy=True)  # the split extract used
         run.features = _resplit(features, cfg)
-        root = Path(features.root or ".")
-        _set_precision(run, [root / p for p, s in zip(features.paths, calibration_split)
+        root = features.root or "."
+        _set_precision(run, [join(root, p) for p, s in zip(features.paths, calibration_split)
                              if s == "train"])
         if fused_key([engine.key for engine in run.engines]) != features.key:
             raise ConfigError(
@@ -416,8 +417,8 @@ def _check_leaks(run: _Run) -> None:
     from graft.data.check import split_leaks
 
     features = run.features
-    root = Path(features.root or ".")
-    run.fingerprints = content_fingerprints([root / p for p in features.paths],
+    root = features.root or "."
+    run.fingerprints = content_fingerprints([join(root, p) for p in features.paths],
                                             workers=run.plan.cpus)
     found = split_leaks(features.paths, list(features.split),
                         [features.label_names[i] for i in features.labels], run.fingerprints)
@@ -472,7 +473,7 @@ def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
         head=head_info,
         metrics={},
         training={
-            "source": str(run.data.resolve()),
+            "source": str(run.data if is_uri(run.data) else run.data.resolve()),
             "data": str(features.root or run.data),
             "split_source": features.split_source,
             "split_params": run.config.split_params,
@@ -500,11 +501,11 @@ def _score_with_artifact(run: _Run, predictor: Predictor, estimator: Any) -> np.
     artifact = in_chunks(predictor.probabilities_from_features, X_test)
     memory = _align(estimator, in_chunks(estimator.predict_proba, X_test), run.n_classes)
     _check_parity("the saved head", artifact, memory, "the trained head")
-    root = Path(features.root or ".")
-    test_paths = [root / p for p, s in zip(features.paths, features.split) if s == "test"]
+    root = features.root or "."
+    test_paths = [join(root, p) for p, s in zip(features.paths, features.split) if s == "test"]
     sample = np.linspace(0, len(test_paths) - 1, min(END_TO_END_SAMPLE, len(test_paths)))
     sample = np.unique(sample.astype(int))
-    if all(test_paths[i].is_file() for i in sample):  # a feature file's images may be gone
+    if all(is_file(test_paths[i]) for i in sample):  # a feature file's images may be gone
         direct = predictor.predict_proba([test_paths[i] for i in sample])
         _check_parity("the saved model run on the image files", direct, artifact[sample],
                       "the cached features")
@@ -565,8 +566,8 @@ def _write_report(run: _Run, reports: ReportWriter, directory: Path, metrics: di
                   probabilities: np.ndarray, head_info: dict[str, Any]) -> None:
     """Step 9: report.html and its figures."""
     features, cfg = run.features, run.config
-    root = Path(features.root or ".")
-    paths = np.array([str(root / p) for p in features.paths], dtype=object)
+    root = features.root or "."
+    paths = np.array([join(root, p) for p in features.paths], dtype=object)
     config = {
         "data": str(features.root or run.data),
         "backbone": " + ".join(f"{c['name']} ({c['layer']}, {c['num_features']}-d)"
