@@ -6,7 +6,7 @@ committed); each command then runs as its own process under /usr/bin/time, which
 peak RSS. The default backbone (EfficientNet-Lite0) and head (logreg) throughout, and with
 ``--out-of-core`` also ``graft train --out-of-core`` (the ``train-ooc`` row: the head fitted from
 the cache a chunk at a time); the feature cache starts empty for each size. The ``list`` row is
-graft's listing and split of the folder alone, with the bytes its list of images keeps per image
+graft's listing and split of the folder alone, with the memory its list of images keeps
 (tracemalloc).
 
 Usage: python benchmarks/scale_memory.py [--sizes 10000,100000] [--keep DIR] [--out-of-core]
@@ -38,7 +38,7 @@ from graft.data import assign_splits, scan_dataset
 tracemalloc.start()
 dataset = assign_splits(scan_dataset(sys.argv[1]))
 held, _ = tracemalloc.get_traced_memory()
-print(f"HELD {held / len(dataset):.0f}", file=sys.stderr)
+print(f"HELD {held / 1e6:.1f}", file=sys.stderr)
 """
 
 
@@ -121,8 +121,8 @@ def main() -> None:
                 rate = f"{size / seconds:9.1f}" if not step.startswith("train") else f"{'':>9}"
                 note = ""
                 if step == "list":
-                    held = re.search(r"HELD (\d+)", output).group(1)
-                    note = f"   (the list of images holds {held} B per image)"
+                    held = re.search(r"HELD ([\d.]+)", output).group(1)
+                    note = f"   (the list of images holds {held} MB)"
                 if step.startswith("train"):
                     import json
 
