@@ -63,7 +63,7 @@ def _extract(files: list[Path], backbone: str, weights: str | None, cache: str,
     from graft.data import ImageDataset, Sample, assign_splits
     from graft.features import create_engine, extract_feature_set
 
-    samples = [Sample(path=f, relpath=f"{f.parent.name}/{f.name}", label=f.parent.name) for f in files]
+    samples = [Sample(path=str(f), relpath=f"{f.parent.name}/{f.name}", label=f.parent.name) for f in files]
     dataset = assign_splits(ImageDataset(root=files[0].parents[1], samples=samples,
                                          classes=sorted({s.label for s in samples}),
                                          layout="folders"))

@@ -68,7 +68,7 @@ def test_every_entry_point_gives_the_features_the_cache_stored(tiny_backbone, tm
     engine = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path / "cache")
     cache = open_cache(engine, tmp_path / "cache")
     dataset = ImageDataset(root=tmp_path / "odd", classes=["x"], layout="folders", samples=[
-        Sample(path=p, relpath=p.name, label="x") for p in files.values()])
+        Sample(path=str(p), relpath=p.name, label="x") for p in files.values()])
     keys, report = extract_dataset(dataset, [engine], [cache], batch_size=4, progress=False)
     assert report.failures == [] and report.n_computed == len(files)
     stored = cache.get(keys)

@@ -63,6 +63,26 @@ def test_missing_or_unusable_remote_data_is_a_clear_error(s3, tmp_path):
         scan_dataset("s3://graft-test/labels.csv")
 
 
+def test_any_key_is_read_and_what_graft_cannot_read_says_so(s3, tmp_path):
+    from graft.data import storage
+
+    photo = make_image(tmp_path / "photo.jpg", (200, 40, 40), seed=3).read_bytes()
+    uri = s3.put("odd/red/my photo #1?.jpg", photo, tmp_path)
+    s3.put("odd/blue/b.jpg", photo, tmp_path)
+    storage._FILESYSTEMS.clear()  # the odd key is the first this process sees of the bucket
+    assert list(iter_image_files(uri)) == [uri]
+    assert fingerprint(uri) == fingerprint(*[(s.path, s.stamp) for s in
+                                             scan_dataset("s3://graft-test/odd").samples
+                                             if s.label == "red"][0])
+    assert storage.read_bytes(uri) == photo
+    with pytest.raises(OSError, match="too large for an image file"):
+        storage.read_bytes(uri, limit=1000)
+    with pytest.raises(DataError, match="graft reads s3://, gs:// and hdfs://"):
+        scan_dataset("abfs://container@account.dfs.core.windows.net/data")
+    with pytest.raises(DataError, match="not in the URI"):
+        scan_dataset("s3://KEY:SECRET@graft-test/odd")
+
+
 def test_features_from_s3_equal_local_ones_and_are_cached(s3, tiny_backbone, tmp_path):
     data = make_dataset(tmp_path / "data", n_per_class=5)
     (data / "red" / "broken.jpg").write_bytes(b"not an image")
@@ -115,6 +135,14 @@ def test_train_predict_and_evaluate_read_s3(s3, tmp_path, capsys):
                  *options]) == 2
     error = capsys.readouterr().err.strip()
     assert "s3://graft-test/missing does not exist" in error and len(error.splitlines()) == 1
+    assert main(["train", uri, "--out", "s3://graft-test/model", *options]) == 2
+    assert "writes to local disk" in capsys.readouterr().err
+
+    # trained from a feature file extracted from the bucket: the bucket is still its data
+    assert main(["extract", uri, "--out", str(tmp_path / "f.h5"), *options]) == 0
+    assert main(["train", str(tmp_path / "f.h5"), "--out", str(tmp_path / "m3"), *options]) == 0
+    assert evaluate(tmp_path / "m3", uri, cache_dir=tmp_path / "cache",
+                    progress=False).split == "test"
 
 
 def test_data_check_reads_s3(s3, tmp_path):
@@ -134,3 +162,18 @@ def test_data_check_reads_s3(s3, tmp_path):
     page = write_check_page(check_dataset(assign_splits(scan_dataset(uri)), progress=False),
                             tmp_path / "check.html").read_text()
     assert "<h1>Data check: check</h1>" in page and "data:image/jpeg;base64," in page
+
+
+def test_finetune_reads_s3_in_its_loader_workers(s3, tmp_path):
+    pytest.importorskip("torch")
+    from graft.finetune import FinetuneConfig, finetune
+    from graft.workflows.evaluate import evaluate
+
+    uri = s3.upload(make_dataset(tmp_path / "data", n_per_class=8), "finetune")
+    config = FinetuneConfig(backbone="test_efficientnet", weights="random", epochs=1,
+                            fine_tune_epochs=0, batch_size=8, workers=2, augment="flip",
+                            val_size=0.25)
+    finetune(uri, out=tmp_path / "ft", config=config, progress=False)
+    training = json.loads((tmp_path / "ft" / "graft.json").read_text())["training"]
+    assert training["source"] == uri and training["data"] == uri
+    assert evaluate(tmp_path / "ft", uri, progress=False).split == "test"

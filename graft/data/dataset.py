@@ -129,7 +129,7 @@ def iter_image_files(path: str | os.PathLike) -> Iterator[Path | str]:
 
 
 def _iter_remote_images(uri: str) -> Iterator[str]:
-    if is_image_file(uri) and storage.is_file(uri):
+    if storage.is_file(uri):  # one object, named: yielded whatever its name, as a local file is
         yield uri
         return
     for file in storage.list_files(uri):
@@ -431,7 +431,11 @@ def assign_splits(
 
 
 def check_output_dir(out: str | os.PathLike, data: str | os.PathLike) -> None:
-    """Refuse an output directory inside the dataset (it would become a class on the next run)."""
+    """Refuse an output directory inside the dataset (it would become a class on the next run),
+    or on remote storage (graft writes models and feature files to local disk)."""
+    if storage.is_uri(out):
+        raise ConfigError(f"--out {out}: graft writes to local disk. Give a local path, and copy "
+                          f"the result to remote storage afterwards.")
     if storage.is_uri(data):
         return  # remote data: a local output folder is never inside it
     out_path = Path(out).expanduser().resolve()

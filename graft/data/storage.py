@@ -1,5 +1,5 @@
-"""Where images live: local paths, or URIs of any filesystem pyarrow reaches (``s3://``, ``gs://``,
-``hdfs://``, ...).
+"""Where images live: local paths, or URIs of the filesystems pyarrow reaches (``s3://``, ``gs://``,
+``hdfs://``).
 
 A dataset or an image may be given as ``s3://bucket/prefix``; graft lists it once (one recursive
 listing, with each object's size and modification time), names every image by its URI, and reads
@@ -26,6 +26,7 @@ from typing import Any
 from graft.errors import DataError
 
 __all__ = [
+    "MAX_OBJECT_BYTES",
     "RemoteFile",
     "adopt",
     "basename",
@@ -44,6 +45,9 @@ _URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+)://(?P<authority>[^/]*)"
 _FILESYSTEMS: dict[str, Any] = {}  # "s3://bucket" -> pyarrow filesystem, made once per process
 _LOCK = threading.Lock()
 _BUCKETS = ("s3", "gs", "gcs")  # the authority is a bucket, part of pyarrow's path
+_HOSTS = ("hdfs", "viewfs", "file")  # the authority is a host; the path starts at "/"
+# A remote object is read whole (one GET, no random access): anything bigger is not an image.
+MAX_OBJECT_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,20 @@ def is_uri(path: Any) -> bool:
 
 
 def _key(uri: str) -> str:
+    """``scheme://authority`` of a URI graft reads, or a DataError saying why not."""
     match = _URI.match(uri)
     if match is None:
         raise ValueError(f"{uri!r} is not a URI")
-    return f"{match['scheme'].lower()}://{match['authority']}"
+    scheme = match["scheme"].lower()
+    if scheme not in _BUCKETS + _HOSTS:
+        raise DataError(f"{uri}: graft reads s3://, gs:// and hdfs:// URIs (pyarrow's "
+                        f"filesystems), not {scheme}://. Copy the images to one of them, or to "
+                        f"a local folder.")
+    if "@" in match["authority"] or "?" in match["authority"]:
+        raise DataError(f"{uri}: give credentials and options in the environment (AWS_*, "
+                        f"AWS_ENDPOINT_URL), not in the URI: graft writes paths into models, "
+                        f"feature files and reports.")
+    return f"{scheme}://{match['authority']}"
 
 
 def filesystem(uri: str) -> tuple[Any, str]:
@@ -79,8 +93,8 @@ def filesystem(uri: str) -> tuple[Any, str]:
         require("remote", command=f"Reading {key}/...")
         from pyarrow import fs as pafs
 
-        try:
-            found, _ = pafs.FileSystem.from_uri(uri)
+        try:  # from the bucket alone: the rest of the path may hold anything (spaces, "?")
+            found, _ = pafs.FileSystem.from_uri(key + "/")
         except (ValueError, OSError) as error:  # an unknown scheme, an unreachable service
             raise DataError(f"Cannot open {uri}: {error}") from None
         with _LOCK:
@@ -108,13 +122,17 @@ def adopt(filesystems: dict[str, Any]) -> None:
         _FILESYSTEMS.update(filesystems)
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's content, local or remote (``OSError`` when it cannot be read)."""
+def read_bytes(path: str | os.PathLike, limit: int = MAX_OBJECT_BYTES) -> bytes:
+    """The file's content, local or remote (``OSError`` when it cannot be read, or when a remote
+    object is over ``limit`` bytes: it is read whole, so its size is checked as it arrives)."""
     if not is_uri(path):
         return Path(path).read_bytes()
     fs, inner = filesystem(path)
     with fs.open_input_stream(inner) as stream:
-        return stream.read()
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"over {limit >> 20} MiB, too large for an image file; not read")
+    return data
 
 
 def stat(path: str | os.PathLike) -> tuple[int, int]:
@@ -132,7 +150,9 @@ def stat(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def is_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` (local or remote) is a file that exists."""
+    """True when ``path`` (local or remote) is a file that exists (not a folder)."""
+    if not is_uri(path):
+        return os.path.isfile(path)
     try:
         stat(path)
     except OSError:

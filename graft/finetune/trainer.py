@@ -38,6 +38,7 @@ from graft.data import (
 from graft.data.augment import parse_augment
 from graft.data.fingerprint import content_fingerprints
 from graft.data.preprocess import PreprocessConfig
+from graft.data.storage import is_uri
 from graft.errors import ConfigError, DataError, ImageError, ModelError
 from graft.evaluation import compute_metrics, format_report, write_report
 from graft.features.engine import backbone_key, export_backbone_onnx
@@ -564,7 +565,7 @@ def _save(model: FinetuneModel, backbone, source: str, config: FinetuneConfig,
             head={"name": "finetune", "class": "Linear", "params": dataclasses.asdict(config)},
             metrics=info,
             training={
-                "source": str(Path(data).expanduser().resolve()),
+                "source": data if is_uri(data) else str(Path(data).expanduser().resolve()),
                 "data": str(dataset.root), "split_source": dataset.split_source,
                 "split_params": dataset.split_params, "counts": counts,
                 "n_skipped": len(info["skipped"]),

@@ -118,12 +118,17 @@ def evaluate(
 def _same_data(data: Path | str, training: dict[str, Any], dataset: ImageDataset) -> bool:
     """Is ``data`` what the model was trained on (the same folder, CSV or URI)?"""
     source = training.get("source")
-    if is_uri(data) or is_uri(source):
-        return str(data).rstrip("/") == str(source or training.get("data") or "").rstrip("/")
-    if source and Path(source).suffix.lower() not in (".h5", ".hdf5"):
+    if source and (is_uri(source) or Path(source).suffix.lower() not in (".h5", ".hdf5")):
+        if is_uri(data) or is_uri(source):
+            return str(data).rstrip("/") == str(source).rstrip("/")
         return data.expanduser().resolve() == Path(source)
-    # Trained from a feature file (or an older model): its images' folder.
-    return bool(training.get("data")) and Path(training["data"]) == dataset.root
+    # Trained from a feature file (or an older model): its images' folder or URI.
+    recorded = training.get("data")
+    if not recorded:
+        return False
+    if is_uri(recorded) or is_uri(dataset.root):
+        return str(recorded).rstrip("/") == str(dataset.root).rstrip("/")
+    return Path(recorded) == dataset.root
 
 
 def _choose_split(dataset: ImageDataset, data: Path | str, config: dict[str, Any],
