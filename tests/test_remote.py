@@ -71,9 +71,8 @@ def test_any_key_is_read_and_what_graft_cannot_read_says_so(s3, tmp_path):
     s3.put("odd/blue/b.jpg", photo, tmp_path)
     storage._FILESYSTEMS.clear()  # the odd key is the first this process sees of the bucket
     assert list(iter_image_files(uri)) == [uri]
-    assert fingerprint(uri) == fingerprint(*[(s.path, s.stamp) for s in
-                                             scan_dataset("s3://graft-test/odd").samples
-                                             if s.label == "red"][0])
+    listed = next(s for s in scan_dataset("s3://graft-test/odd").samples if s.label == "red")
+    assert listed.path == uri and fingerprint(uri) == fingerprint(listed.path, listed.stamp)
     assert storage.read_bytes(uri) == photo
     with pytest.raises(OSError, match="too large for an image file"):
         storage.read_bytes(uri, limit=1000)

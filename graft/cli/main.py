@@ -107,14 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("extract", parents=[common], help="extract features of an image folder into an HDF5 file")
-    p.add_argument("data", help="DATA/<class>/<image>, pre-split DATA/{train,val,test}/..., or CSV")
+    p.add_argument("data", help="DATA/<class>/<image>, pre-split DATA/{train,val,test}/..., CSV, "
+                                "or s3://BUCKET/DATA")
     p.add_argument("--out", required=True, help="the feature file to write (.h5)")
     _add_backbone_args(p)
     _add_split_args(p)
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("train", parents=[common], help="train and evaluate a classifier; write a model directory")
-    p.add_argument("data", help="image folder, CSV of path,label, or a .h5 from 'graft extract'")
+    p.add_argument("data", help="image folder (or s3://BUCKET/DATA), CSV of path,label, or a .h5 "
+                                "from 'graft extract'")
     p.add_argument("--out", default="graft-model", help="model directory (default: graft-model)")
     p.add_argument("--head", default=DEFAULT_HEAD, choices=list(HEAD_DESCRIPTIONS),
                    help=f"classifier on the features (default: {DEFAULT_HEAD})")
@@ -136,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", parents=[common],
                        help="fine-tune a pretrained network end to end; write a model directory")
-    p.add_argument("data", help="image folder or CSV (pre-split folders keep their splits)")
+    p.add_argument("data", help="image folder, s3://BUCKET/DATA or CSV (pre-split folders keep "
+                                "their splits)")
     p.add_argument("--out", default="graft-finetuned",
                    help="model directory (default: graft-finetuned)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
@@ -182,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(each is reported with its reason), 2 on an error (bad model, no images found, "
                "bad option), 130 when interrupted.")
     p.add_argument("model", help="model directory written by 'graft train'")
-    p.add_argument("paths", nargs="+", help="image files or folders (walked recursively)")
+    p.add_argument("paths", nargs="+", help="image files or folders, local or s3:// (walked recursively)")
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     _add_threads_arg(p)
@@ -194,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[common], help="score a saved model on a labeled image folder")
     p.add_argument("model", help="model directory written by 'graft train'")
-    p.add_argument("data", help="labeled image folder or CSV")
+    p.add_argument("data", help="labeled image folder, s3://BUCKET/DATA or CSV")
     p.add_argument("--split", default=None, choices=("all", "train", "val", "test"),
                    help="what to score (default: on the model's own training data, its "
                         "held-out test split, recomputed from graft.json; on other pre-split "
