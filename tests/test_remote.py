@@ -135,7 +135,7 @@ def test_train_predict_and_evaluate_read_s3(s3, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "s3://graft-test/missing does not exist" in error and len(error.splitlines()) == 1
     assert main(["train", uri, "--out", "s3://graft-test/model", *options]) == 2
-    assert "writes to local disk" in capsys.readouterr().err
+    assert "graft writes the model to local disk" in capsys.readouterr().err
 
     # trained from a feature file extracted from the bucket: the bucket is still its data
     assert main(["extract", uri, "--out", str(tmp_path / "f.h5"), *options]) == 0

@@ -433,9 +433,7 @@ def assign_splits(
 def check_output_dir(out: str | os.PathLike, data: str | os.PathLike) -> None:
     """Refuse an output directory inside the dataset (it would become a class on the next run),
     or on remote storage (graft writes models and feature files to local disk)."""
-    if storage.is_uri(out):
-        raise ConfigError(f"--out {out}: graft writes to local disk. Give a local path, and copy "
-                          f"the result to remote storage afterwards.")
+    storage.check_local(out, "the model")
     if storage.is_uri(data):
         return  # remote data: a local output folder is never inside it
     out_path = Path(out).expanduser().resolve()

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.errors import DataError
+from graft.errors import ConfigError, DataError
 
 __all__ = [
     "MAX_OBJECT_BYTES",
     "RemoteFile",
     "adopt",
     "basename",
+    "check_local",
     "filesystem",
     "filesystems_for",
     "is_file",
@@ -138,7 +139,7 @@ def read_bytes(path: str | os.PathLike, limit: int = MAX_OBJECT_BYTES) -> bytes:
 def stat(path: str | os.PathLike) -> tuple[int, int]:
     """``(size, mtime_ns)`` of a local or remote file (``FileNotFoundError`` when missing)."""
     if not is_uri(path):
-        result = os.stat(os.path.realpath(path))
+        result = os.stat(path)  # follows links: the target's size and time
         return int(result.st_size), int(result.st_mtime_ns)
     from pyarrow import fs as pafs
 
@@ -158,6 +159,13 @@ def is_file(path: str | os.PathLike) -> bool:
     except OSError:
         return False
     return True
+
+
+def check_local(out: str | os.PathLike, what: str = "the result") -> None:
+    """Refuse a remote ``--out``: graft writes models and feature files to local disk."""
+    if is_uri(out):
+        raise ConfigError(f"--out {out}: graft writes {what} to local disk. Give a local path, "
+                          f"and copy it to remote storage afterwards.")
 
 
 def join(root: str | os.PathLike, relpath: str) -> str:

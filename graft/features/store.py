@@ -55,13 +55,8 @@ def fingerprint(path: str | os.PathLike, stamp: tuple[int, int] | None = None) -
     """
     from graft.data import storage
 
-    if storage.is_uri(path):
-        name = os.fspath(path)
-        size, mtime_ns = stamp if stamp is not None else storage.stat(name)
-    else:
-        name = os.path.realpath(path)
-        status = os.stat(name)
-        size, mtime_ns = status.st_size, status.st_mtime_ns
+    name = os.fspath(path) if storage.is_uri(path) else os.path.realpath(path)
+    size, mtime_ns = stamp if stamp is not None else storage.stat(name)
     return hashlib.sha1(f"{name}\0{size}\0{mtime_ns}".encode()).hexdigest()
 
 

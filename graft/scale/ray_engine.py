@@ -6,7 +6,7 @@ runs, so the same bytes reach the network); an actor pool runs the exported ONNX
 once through the object store), the actors' ONNX Runtime threads together one per CPU. Results
 stream back to the driver, which alone writes the HDF5 cache (one writer), a shard at a time:
 a killed run keeps what was written, and the next run computes only the rest. Images may be on
-any filesystem pyarrow reaches (``s3://``...): the driver lists them, the tasks read them.
+``s3://`` (or ``gs://``, ``hdfs://``): the driver lists them, the tasks read them.
 
 Batch prediction (:func:`ray_predictions`) runs the same backbone graphs on the cluster, in the
 order given; the driver applies the model's head (a features x classes graph, microseconds per

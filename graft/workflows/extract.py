@@ -8,7 +8,7 @@ from pathlib import Path
 
 from graft.catalog import DEFAULT_BACKBONE
 from graft.data import assign_splits, scan_dataset
-from graft.data.storage import is_uri
+from graft.data.storage import check_local
 from graft.errors import ConfigError
 from graft.features import ExtractionReport, extract_to_file
 from graft.inference.threads import plan_threads
@@ -55,9 +55,7 @@ def extract(
     Returns:
         The file written, and what was extracted, read from the cache, or skipped.
     """
-    if is_uri(out):
-        raise ConfigError(f"--out {out}: graft writes the feature file to local disk. Give a "
-                          f"local path, and copy it to remote storage afterwards.")
+    check_local(out, "the feature file")
     dataset = assign_splits(scan_dataset(data, cache_dir=cache_dir, progress=progress),
                             test_size=test_size, val_size=val_size, seed=seed,
                             group_regex=group_regex)
