@@ -341,6 +341,12 @@ def test_batches_backpressure_timeouts_and_metrics(model):
                      "graft_inference_seconds_bucket", "graft_queue_depth",
                      'graft_requests_total{endpoint="/predict",method="POST",status="200"}'):
             assert name in metrics
+        for status in ("503", "413"):  # counted with the status the client got
+            assert f'graft_requests_total{{endpoint="/predict",method="POST",status="{status}"}}' \
+                in metrics
+        assert request(url + "/nowhere")[0] == 404
+        assert 'graft_requests_total{endpoint="unmatched",method="GET",status="404"}' in \
+            request(url + "/metrics")[2].decode()
     with running(str(model), "--timeout-s", "0.001") as (url, _):
         data, kind = multipart([(f"{i}.jpg", red) for i in range(16)])
         status, _, body = request(url + "/predict", data, {"Content-Type": kind})
