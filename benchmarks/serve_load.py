@@ -77,6 +77,7 @@ async def _load(url: str, images: list[bytes], concurrency: int, *, seconds: flo
     import aiohttp
 
     latencies: list[float] = []
+    refusals: list[float] = []  # how long a 503 took to come back
     statuses: dict[int, int] = {}
     errors = 0
     done = 0
@@ -104,6 +105,8 @@ async def _load(url: str, images: list[bytes], concurrency: int, *, seconds: flo
                     statuses[response.status] = statuses.get(response.status, 0) + 1
                     if response.status == 200:
                         latencies.append(time.perf_counter() - start)
+                    elif response.status == 503:
+                        refusals.append(time.perf_counter() - start)
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 errors += 1
             if on_count is not None:
@@ -114,14 +117,15 @@ async def _load(url: str, images: list[bytes], concurrency: int, *, seconds: flo
         await asyncio.gather(*(worker(i, session) for i in range(concurrency)))
     wall = time.perf_counter() - start
     latencies.sort()
+    refusals.sort()
 
-    def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 \
-            if latencies else float("nan")
+    def pct(q: float, values: list[float] = latencies) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000 \
+            if values else float("nan")
 
     return {"ok": len(latencies), "img_s": len(latencies) / wall, "p50": pct(0.5),
             "p90": pct(0.9), "p99": pct(0.99), "statuses": statuses, "errors": errors,
-            "wall": wall}
+            "wall": wall, "refused_p50": pct(0.5, refusals), "refused_p99": pct(0.99, refusals)}
 
 
 def _row(name: str, concurrency: int, r: dict) -> str:
@@ -204,7 +208,9 @@ def main() -> None:
             result = asyncio.run(_load(url + "/predict", images, 64, seconds=args.seconds))
             print(f"\noverload (--max-queue 16, 64 in flight): {result['img_s']:.1f} img/s "
                   f"answered, statuses {result['statuses']}, client errors/timeouts "
-                  f"{result['errors']}, p50 of answered {result['p50']:.1f} ms")
+                  f"{result['errors']}, p50 of answered {result['p50']:.1f} ms; the 503s came "
+                  f"back in {result['refused_p50']:.1f} ms (p50), {result['refused_p99']:.1f} ms "
+                  f"(p99)")
         finally:
             process.terminate()
             process.wait(30)

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -119,9 +120,12 @@ def test_native_api_predicts_like_graft_predict(model):
     predictor = graft.load(model)
     red, blue = photo(model, "red"), photo(model, "blue")
     expected = predictor.predict_proba([red, blue])
-    with running(str(model)) as (url, _):
+    # a long --max-delay-ms: a batch still starts at once when nothing else is on its way
+    with running(str(model), "--max-delay-ms", "5000") as (url, _):
+        start = time.monotonic()
         status, _, body = request(url + "/predict?top_k=3", red,
                                   {"Content-Type": "image/jpeg"})
+        assert time.monotonic() - start < 2.5
         answer = json.loads(body)
         assert status == 200 and answer["model"] == "colors-model"
         assert set(answer["timing_ms"]) == {"decode", "queue", "infer"}
@@ -166,7 +170,14 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_goes_on(model, tmp_path):
             error = json.loads(answer)["error"]
             assert status == expected and error, (name, status, error)
         status, _, answer = request(predict, red[: len(red) // 2])
-        assert "image" in json.loads(answer)["error"].lower()
+        assert "truncated" in json.loads(answer)["error"].lower()
+        # complete but corrupt: a PNG whose compressed pixel data is scrambled (every chunk
+        # and the end are there; a JPEG with scrambled data decodes to noise, no error)
+        png = encoded(Image.open(io.BytesIO(red)), "PNG")
+        start = png.index(b"IDAT") + 40
+        corrupt = png[:start] + bytes(b ^ 0x5A for b in png[start:start + 50]) + png[start + 50:]
+        status, _, answer = request(predict, corrupt)
+        assert status == 400 and "broken data stream" in json.loads(answer)["error"], answer
         # over the limit while streaming (chunked: no Content-Length to check first)
         status = _chunked_post(predict, [os.urandom(256 * 1024)] * 6)
         assert status == 413
@@ -221,6 +232,11 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_goes_on(model, tmp_path):
                                     {"Content-Encoding": "gzip"})
         assert status == 400 and "truncated" in json.loads(answer)["error"]
         assert request(predict, gzip.compress(red), {"Content-Encoding": "gzip"})[0] == 200
+        assert request(predict, zlib.compress(red), {"Content-Encoding": "deflate"})[0] == 200
+        for encoding, pack in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+            bomb = pack(bytes(5 * 1024 * 1024))  # 5 KB on the wire, 5 MB inflated
+            status, _, answer = request(predict, bomb, {"Content-Encoding": encoding})
+            assert status == 413 and "decompression" in json.loads(answer)["error"], encoding
         # The awkward-but-valid images are accepted, and the server still answers.
         rgb = Image.open(io.BytesIO(red)).convert("RGB")
         exif = Image.Exif()
@@ -251,9 +267,9 @@ def _chunked_post(url: str, chunks: list[bytes]) -> int:
     try:
         connection.request("POST", parts.path, body=iter(chunks),
                            headers={"Content-Type": "image/jpeg"}, encode_chunked=True)
-        return connection.getresponse().status
-    except (BrokenPipeError, ConnectionResetError):
-        return 413  # the server answered 413 and closed before the rest was sent
+        response = connection.getresponse()  # a reset connection fails the test
+        assert "--max-body-mb" in json.loads(response.read())["error"]
+        return response.status
     finally:
         connection.close()
 
@@ -299,6 +315,8 @@ def test_tritonclient_talks_to_it(model):
         with pytest.raises(InferenceServerException, match="Unknown model"):
             client.get_model_metadata("nope")
         assert not client.is_model_ready("nope")
+        with pytest.raises(InferenceServerException, match="Unknown model 'nope'"):
+            client.infer("nope", [item])
         client.close()
 
         # The raw binary shortcut: the body is one image; outputs come back binary.
@@ -337,8 +355,10 @@ def test_batches_backpressure_timeouts_and_metrics(model):
                                 metrics).group(1))
         assert total > count  # at least one batch held several images
         assert 'graft_images_rejected_total{reason="queue_full"}' in metrics
+        # nothing is in progress now: the gauge says 0
+        assert re.search(r'^graft_queue_depth\{model="colors-model"\} 0\.0$', metrics, re.MULTILINE)
         for name in ("graft_decode_seconds_bucket", "graft_queue_seconds_bucket",
-                     "graft_inference_seconds_bucket", "graft_queue_depth",
+                     "graft_inference_seconds_bucket",
                      'graft_requests_total{endpoint="/predict",method="POST",status="200"}'):
             assert name in metrics
         for status in ("503", "413"):  # counted with the status the client got
@@ -358,27 +378,80 @@ def test_batches_backpressure_timeouts_and_metrics(model):
 def test_several_models_side_by_side_and_a_graceful_stop(model):
     """SIGTERM: stop accepting, answer what is in flight, exit."""
     red = photo(model)
-    with running(f"first={model}", f"second={model}") as (url, process):
+    with running(f"first={model}", f"second={model}", "--max-batch-size", "1",
+                 "--max-queue", "1024") as (url, process):
         for name in ("first", "second"):
             status, _, body = request(f"{url}/v1/models/{name}/predict", red)
             assert status == 200 and json.loads(body)["model"] == name
         status, _, body = request(url + "/predict", red)
         assert status == 404 and "/v1/models/NAME/predict" in json.loads(body)["error"]
-        # SIGTERM while a request is in flight: it is answered, then the server exits 0.
-        data, kind = multipart([(f"{i}.jpg", red) for i in range(64)])
+        # SIGTERM while a request is in flight (1,000 images, one per batch: seconds of work)
+        data, kind = multipart([(f"{i}.jpg", red) for i in range(1000)])
         result: dict = {}
         worker = threading.Thread(target=lambda: result.update(answer=request(
             f"{url}/v1/models/first/predict", data, {"Content-Type": kind})))
         worker.start()
-        time.sleep(0.05)
+        depth = re.compile(r'^graft_queue_depth\{model="first"\} (\S+)$', re.MULTILINE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the server holds the request's images
+            if float(depth.search(request(url + "/metrics")[2].decode()).group(1)) > 0:
+                break
+            time.sleep(0.01)
         process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        # it no longer accepts connections, but the request in flight is still being answered
+        assert request(url + "/v2/health/ready")[0] == 0
+        assert worker.is_alive()
         worker.join(60)
         assert result["answer"][0] == 200
-        assert len(json.loads(result["answer"][2])["predictions"]) == 64
+        assert len(json.loads(result["answer"][2])["predictions"]) == 1000
         # uvicorn re-raises the signal once it has drained: the conventional exit status
         assert process.wait(30) in (0, -signal.SIGTERM)
         log = "".join(process.log)
-        assert "thread(s)" in log and "queue 256" in log and "Traceback" not in log
+        assert "thread(s)" in log and "queue 1024" in log and "Traceback" not in log
+
+
+def _readme_blocks(section: str) -> list[tuple[str, str]]:
+    """(language, code) of each fenced block in the README's ``section``."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", body, re.DOTALL)
+
+
+def test_the_readme_serving_examples_work_as_written(model, tmp_path):
+    """Every curl line and Python snippet of "Serve a model", run against a real server (only
+    the port differs: the test's server listens on a free one)."""
+    blocks = _readme_blocks("Serve a model")
+    curls = [line for language, code in blocks if language == "bash"
+             for line in code.splitlines() if line.startswith("curl ")]
+    snippets = [code for language, code in blocks if language == "python"]
+    assert len(curls) == 2 and len(snippets) == 2
+    for name, color in (("photo.jpg", "red"), ("a.jpg", "green"), ("b.jpg", "blue")):
+        (tmp_path / name).write_bytes(photo(model, color))
+    labels = graft.load(model).labels
+    with running(f"my-model={model}") as (url, _):
+        here = url.removeprefix("http://")
+        for line in curls:
+            result = subprocess.run(line.replace("127.0.0.1:8000", here), shell=True,
+                                    cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                    check=True)
+            answer = json.loads(result.stdout)
+            assert answer["model"] == "my-model" and set(answer["timing_ms"]) == {
+                "decode", "queue", "infer"}, line
+            sizes = [len(ranked) for ranked in answer["predictions"]]
+            assert sizes == ([3] if "top_k=3" in line else [3, 3]), line  # 3 classes
+        for code in snippets:
+            code = code.replace("127.0.0.1:8000", here)
+            result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=60, check=False)
+            assert result.returncode == 0, result.stderr
+            printed = result.stdout.strip()
+            if "tritonclient" in code:  # [[b'score:index:label' ...]], best first
+                entries = re.findall(r"b'([\d.]+):(\d+):(\w+)'", printed)
+                assert len(entries) == 3 and [labels[int(i)] for _, i, _ in entries] == \
+                    [label for _, _, label in entries], printed
+            else:
+                assert printed in labels, printed
 
 
 def test_bad_model_directory_is_a_clear_error(tmp_path):
@@ -397,7 +470,12 @@ def test_the_web_page_in_headless_chromium(model, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     image = shared_path("datasets", "hymenoptera", "val", "bees")
     image = min(image.glob("*.jpg"))
-    expected = graft.load(model)(image, top_k=1)[0]["label"]
+    cli = subprocess.run([sys.executable, "-m", "graft", "predict", str(model), str(image),
+                          "--json", "--top-k", "3"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120, check=True)
+    expected = json.loads(cli.stdout)["predictions"]
+    shot = Path(os.environ.get("GRAFT_SCREENSHOTS", tmp_path)) / "serve-page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
     with running(str(model)) as (url, _), playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                     args=["--no-sandbox", "--disable-gpu"])
@@ -409,13 +487,19 @@ def test_the_web_page_in_headless_chromium(model, tmp_path):
             assert "held-out accuracy" in page.text_content("#info")
             page.set_input_files("#file", str(image))
             page.wait_for_selector(".card[data-done='1']", timeout=30000)
-            shown = page.get_attribute(".card .top", "data-label")
-            assert len(page.query_selector_all(".card .row")) == 3  # top-5 of 3 classes
-            page.screenshot(path=str(tmp_path / "serve-page.png"), full_page=True)
+            shown = page.inner_text(".card .top")  # what a person reads on the page
+            rows = [(row.query_selector(".l").inner_text(), row.query_selector(".s").inner_text())
+                    for row in page.query_selector_all(".card .row")]
+            page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    assert shown == expected
-    assert (tmp_path / "serve-page.png").stat().st_size > 5000
+    # the page shows what `graft predict` prints: the label, then each class's bar and score
+    assert shown == expected[0]["label"]
+    assert [label for label, _ in rows] == [p["label"] for p in expected]  # top-5 of 3 classes
+    for (_, score), p in zip(rows, expected):  # shown to 0.1 %, from the server's own numbers
+        assert score.endswith("%") and abs(float(score[:-1]) - 100 * p["score"]) <= 0.051
+    with Image.open(shot) as screenshot:
+        assert screenshot.format == "PNG" and screenshot.width >= 600
 
 
 def test_v2_bytes_wire_format_round_trips():
@@ -434,6 +518,21 @@ def test_ready_only_after_load_and_warm_up_and_not_while_draining(model):
     app = create_app(ServeConfig(models={"m": model}))
     state = app.state.graft
 
+    async def status_of(path: str) -> int:  # one GET through the ASGI app itself
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                   "query_string": b"", "headers": [], "http_version": "1.1",
+                   "scheme": "http", "server": ("test", 80), "client": ("test", 1),
+                   "root_path": "", "app": app}, receive, send)
+        return sent[0]["status"]
+
     async def lifecycle():
         async with app.router.lifespan_context(app):
             assert not state.ready  # listening, the model still loading in the background
@@ -441,7 +540,11 @@ def test_ready_only_after_load_and_warm_up_and_not_while_draining(model):
                 await asyncio.sleep(0.01)
             warmups = state.metrics.batch_size.labels(model="m")._sum.get()
             assert warmups == 1  # ready only after one warm-up inference has run
+            assert await status_of("/v2/health/ready") == 200
+            assert await status_of("/v2/models/m/ready") == 200
             state.draining = True  # what SIGTERM sets before uvicorn drains
             assert not state.ready
+            assert await status_of("/v2/health/ready") == 503
+            assert await status_of("/v2/models/m/ready") == 503
 
     asyncio.run(lifecycle())

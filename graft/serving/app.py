@@ -249,9 +249,11 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
+    async def model_ready(name: str, version: str | None = None) -> Response:
         _v2_model(name, version)
-        return {"name": name, "ready": True}
+        if state.draining:  # in-flight requests are still answered; new ones should go elsewhere
+            return _error(503, f"Model {name!r} is not ready: the server is shutting down.")
+        return JSONResponse({"name": name, "ready": True})
 
     @app.get("/v2/models/{name}/config")
     @app.get("/v2/models/{name}/versions/{version}/config")
