@@ -153,6 +153,33 @@ def test_native_api_predicts_like_graft_predict(model):
         assert status == 200 and info["labels"] == predictor.labels and info["ready"]
         assert info["accuracy"] == json.loads((model / "metrics.json").read_text())["accuracy"]
 
+        # bodies over 1 MiB are parsed in the decoding pool, off the event loop: same answers
+        noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
+        big = encoded(Image.fromarray(noise), "PNG")
+        assert len(big) > 1.5 * 2**20
+        want = predictor.predict_proba([big, red])
+        text = [base64.b64encode(big).decode(), base64.encodebytes(red).decode()]  # wrapped too
+        data, kind = multipart([("big.png", big), ("red.jpg", red)])
+        import gzip
+
+        for body, headers in (
+            (json.dumps({"images": text}).encode(), {"Content-Type": "application/json"}),
+            (data, {"Content-Type": kind}),
+            (gzip.compress(json.dumps({"images": text}).encode(), 1),
+             {"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+        ):
+            status, _, answer = request(url + "/v1/models/colors-model/predict?top_k=3", body,
+                                        headers)
+            scores = [[p["score"] for p in sorted(r, key=lambda p: p["index"])]
+                      for r in json.loads(answer)["predictions"]]
+            assert status == 200
+            np.testing.assert_allclose(scores, want, atol=1e-6)
+        status, answer = post_json(url + "/v2/models/colors-model/infer", {"inputs": [{
+            "name": "image", "datatype": "BYTES", "shape": [2], "data": text}]})
+        assert status == 200
+        np.testing.assert_allclose(np.reshape(answer["outputs"][0]["data"], (2, 3)), want,
+                                   atol=1e-6)
+
 
 def test_bad_input_gets_a_clear_4xx_and_the_server_goes_on(model, tmp_path):
     red = photo(model)

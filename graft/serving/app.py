@@ -26,7 +26,7 @@ from graft.inference.threads import plan_threads
 from graft.serving import v2
 from graft.serving.config import ServeConfig
 from graft.serving.errors import ServeError
-from graft.serving.inputs import native_images, read_body
+from graft.serving.inputs import native_images, off_loop, read_body
 from graft.serving.metrics import ServerMetrics
 from graft.serving.models import ServedModel, Timing
 from graft.serving.page import PAGE
@@ -199,8 +199,8 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     async def _predict(name: str, request: Request, top_k: int) -> Response:
         model = state.model(name)
-        body = await read_body(request, config.max_body_bytes)
-        images = await native_images(request, body)
+        body = await read_body(request, config.max_body_bytes, state.decode_pool)
+        images = await native_images(request, body, state.decode_pool)
         probabilities, timing = await state.run(model, images)
         # the response as it is (plain floats and strings): FastAPI's validation and encoding
         # of a returned dict would cost every request
@@ -265,9 +265,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         model = _v2_model(name, version)
-        body = await read_body(request, config.max_body_bytes)
-        parsed = v2.parse_infer(body, request.headers.get(v2.HEADER_LENGTH),
-                                config.max_batch_size)
+        body = await read_body(request, config.max_body_bytes, state.decode_pool)
+        parsed = await off_loop(state.decode_pool, len(body), v2.parse_infer, body,
+                                request.headers.get(v2.HEADER_LENGTH), config.max_batch_size)
         probabilities, _ = await state.run(model, parsed.images)
         return v2.infer_response(name, parsed, probabilities, model.labels)
 

@@ -7,23 +7,41 @@ decide whether it is an image; file names and content types are not trusted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import zlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 
 from graft.serving.errors import ServeError
 
-__all__ = ["decode_base64", "load_json", "native_images", "read_body"]
+__all__ = ["decode_base64", "load_json", "native_images", "off_loop", "read_body"]
+
+T = TypeVar("T")
 
 MAX_IMAGES = 1024  # per request; the queue limit applies as well
 # A refused body is still read (and dropped) up to this many bytes before the 413 goes out:
 # closing a connection with unread data resets it, and most clients then lose the answer.
 DRAIN_BYTES = 64 * 1024 * 1024
+# Bodies larger than this are parsed (JSON and base64, v2 requests, inflated) in the decoding
+# pool, not on the event loop: parsing 20 MB of JSON base64 held the loop, and every other
+# request, for 130-180 ms; in the pool the loop waited 28-43 ms (benchmarks/serve_parse.py: the
+# parsers hold the GIL while in C, so the loop still waits for the longest single step,
+# json.loads; base64 is decoded in chunks for that reason).
+OFF_LOOP_BYTES = 1024 * 1024
+_BASE64_CHUNK = 1024 * 1024  # characters (a multiple of 4) decoded per call
+
+
+async def off_loop(pool: Executor | None, size: int, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``: in ``pool`` when it parses more than :data:`OFF_LOOP_BYTES`."""
+    if pool is None or size <= OFF_LOOP_BYTES:
+        return function(*args)
+    return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
 
 def _too_large(limit: int, size: str) -> ServeError:
@@ -31,9 +49,10 @@ def _too_large(limit: int, size: str) -> ServeError:
                            f"--max-body-mb).", "body_too_large")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, pool: Executor | None = None) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes: from ``Content-Length`` before
-    reading, and while streaming (chunked bodies), and again after decompression."""
+    reading, and while streaming (chunked bodies), and again after decompression (in ``pool``
+    for a large body)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -61,7 +80,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("gzip", "deflate"):
-        body = _decompress(body, encoding, limit)
+        body = await off_loop(pool, len(body), _decompress, body, encoding, limit)
     elif encoding not in ("identity", ""):
         raise ServeError(415, f"Unsupported Content-Encoding {encoding!r}: use gzip, deflate or "
                               f"none.", "bad_request")
@@ -102,11 +121,25 @@ def decode_base64(text: Any, where: str) -> bytes:
                          "bad_base64")
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
-    text = "".join(text.split())
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        try:
+            return _b64decode(text)
+        except (binascii.Error, ValueError):  # wrapped lines (MIME base64), or not base64
+            return _b64decode("".join(text.split()))
     except (binascii.Error, ValueError) as error:
         raise ServeError(400, f"{where} is not valid base64 ({error}).", "bad_base64") from None
+
+
+def _b64decode(text: str) -> bytes:
+    """Strict base64 of ``text`` (padding optional), a chunk at a time: each call holds the GIL
+    for a few milliseconds, not the whole body's worth."""
+    text += "=" * (-len(text) % 4)
+    if len(text) <= _BASE64_CHUNK:
+        return base64.b64decode(text, validate=True)
+    if text.find("=", 0, len(text) - 2) != -1:  # a chunk would not see it is misplaced
+        raise binascii.Error("padding before the end of the data")
+    return b"".join(base64.b64decode(text[i:i + _BASE64_CHUNK], validate=True)
+                    for i in range(0, len(text), _BASE64_CHUNK))
 
 
 def _check_count(count: int) -> None:
@@ -119,13 +152,15 @@ def _check_count(count: int) -> None:
                          "too_many_images")
 
 
-async def native_images(request: Request, body: bytes) -> list[bytes]:
-    """The encoded images of a native predict request, in order."""
+async def native_images(request: Request, body: bytes, pool: Executor | None = None
+                        ) -> list[bytes]:
+    """The encoded images of a native predict request, in order (a large body parsed in
+    ``pool``, off the event loop)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":
+    if kind == "multipart/form-data":  # stays on the loop: 15 MB held it 6-7 ms at most
         images = await _multipart(request, body)
     elif kind == "application/json" or kind.endswith("+json"):
-        images = _json_images(body)
+        images = await off_loop(pool, len(body), _json_images, body)
     else:
         images = [body] if body else []
     _check_count(len(images))
