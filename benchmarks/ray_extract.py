@@ -8,7 +8,12 @@ twice, so that the fixed cost (starting Ray, its workers and actors) and the rat
 images beyond it can be told apart: rate = (images - small) / (time - time for small), with the
 better of the two times at each size.
 
-Usage: python benchmarks/ray_extract.py [--images 2000] [--small 400]   (needs graft[ray])
+With --address, the Ray runs join a cluster started beforehand (`ray start --head --num-cpus 2`
+on this machine, then --address auto), as on a real cluster, where Ray is already running: the
+fixed cost then leaves out starting Ray itself.
+
+Usage: python benchmarks/ray_extract.py [--images 2000] [--small 400] [--address auto]
+       (needs graft[ray])
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--small", type=int, default=400)
+    parser.add_argument("--address", default=None,
+                        help="join this running Ray cluster instead of starting one per run")
     args = parser.parse_args()
+    joined = ["--address", args.address] if args.address else []
     with tempfile.TemporaryDirectory(prefix="graft-ray-bench-") as tmp:
         data = Path(tmp) / "data"
         generate(data, args.images)
@@ -39,8 +47,8 @@ def main() -> None:
         for path in sorted(data.rglob("*.jpg"))[: args.small]:
             (small / path.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, small / path.parent.name / path.name)
-        home = Path(os.environ.get("GRAFT_CACHE_DIR", Path.home() / ".cache" / "graft"))
-        print(f"{args.images} images, {os.cpu_count()} CPUs, EfficientNet-Lite0")
+        print(f"{args.images} images, {os.cpu_count()} CPUs, EfficientNet-Lite0"
+              + (f", Ray runs joining the cluster at {args.address}" if args.address else ""))
         best: dict[tuple[str, int], float] = {}
         for engine, folder, count in [(e, f, c) for _ in range(2) for e in ("local", "ray")
                                       for f, c in ((data, args.images), (small, args.small))]:
@@ -51,7 +59,8 @@ def main() -> None:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "graft", "extract", str(folder), "--out",
                             str(Path(tmp) / "f.h5"), "--engine", engine, "--cache-dir",
-                            str(cache), "-q"], check=True, capture_output=True)
+                            str(cache), "-q", *(joined if engine == "ray" else [])],
+                           check=True, capture_output=True)
             seconds = time.perf_counter() - start
             best[engine, count] = min(seconds, best.get((engine, count), float("inf")))
             print(f"  {engine:<6} {count:>6} images {seconds:7.1f} s  {count / seconds:7.1f} img/s "

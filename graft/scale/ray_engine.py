@@ -177,9 +177,10 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
         finally:
             context.execution_options.preserve_order = preserved
         _quiet()  # Ray Data configures its loggers when first used: quiet them again
-        columns = ["position", "reason", *(f"features_{j}" for j in range(len(engines)))]
-        batches = iter(dataset.select_columns(columns).iter_batches(batch_size=None,
-                                                                    batch_format="numpy"))
+        # the actors' batches as they come: no further operator (a select_columns step ran as
+        # tasks of 1 CPU each, which waited until decoding was over for a free CPU, so nothing
+        # reached this process before the end and every decoded image sat in the object store)
+        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
         while True:
             try:
                 batch = next(batches, None)

@@ -38,8 +38,10 @@ class ServerMetrics:
         self.queue_depth = Gauge("graft_queue_depth", "Images admitted and not yet answered",
                                  ["model"], registry=r)
         self.images = Counter("graft_images", "Images predicted", ["model"], registry=r)
-        self.rejected = Counter("graft_images_rejected", "Images or requests refused, by reason",
-                                ["reason"], registry=r)
+        self.rejected = Counter("graft_images_rejected",
+                                "Refused, by reason: each image for queue_full and timeout; one "
+                                "per request for a request refused whole (a bad body, a bad "
+                                "image, too many images)", ["reason"], registry=r)
 
     def observe(self, model: str, timing: Timing, images: int) -> None:
         self.decode.labels(model=model).observe(timing.decode)
