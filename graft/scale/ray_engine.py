@@ -178,8 +178,8 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
             context.execution_options.preserve_order = preserved
         _quiet()  # Ray Data configures its loggers when first used: quiet them again
         # the actors' batches as they come: no further operator (a select_columns step ran as
-        # tasks of 1 CPU each, which waited until decoding was over for a free CPU, so nothing
-        # reached this process before the end and every decoded image sat in the object store)
+        # tasks of 1 CPU each, which found no free CPU until decoding was over, so nothing
+        # reached this process, or the cache, before then)
         batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
         while True:
             try:
