@@ -1,8 +1,9 @@
 """``--engine ray``: decode and run the backbone graphs on a Ray cluster, with Ray Data.
 
-The driver lists the images and drops those already cached; a Parquet manifest of the rest is
-read by Ray Data; stateless tasks decode and preprocess (the same :func:`preprocess` as local
-runs, so the same bytes reach the network); an actor pool runs the exported ONNX graphs (sent
+The driver lists the images and drops those already cached; a manifest of the rest (Arrow
+blocks of paths, put in the object store by the driver) is read by Ray Data; stateless tasks
+decode and preprocess (the same :func:`preprocess` as local runs, so the same bytes reach the
+network); an actor pool runs the exported ONNX graphs (sent
 once through the object store), the actors' ONNX Runtime threads together one per CPU. Results
 stream back to the driver, which alone writes the HDF5 cache (one writer), a shard at a time:
 a killed run keeps what was written, and the next run computes only the rest. Images may be on
@@ -133,8 +134,8 @@ class _Embed:
 
 
 def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: int = 32,
-                 address: str | None = None, work_dir: str | os.PathLike | None = None,
-                 ordered: bool = False, resumable: bool = True) -> Iterator[RayBatch]:
+                 address: str | None = None, ordered: bool = False,
+                 resumable: bool = True) -> Iterator[RayBatch]:
     """Features of ``paths`` for each engine (an ONNX graph on disk), computed on Ray.
 
     Batches arrive as they are done, or (Ray Data's ``preserve_order``) in the order of
@@ -145,7 +146,6 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
         return
     ray = connect(address)
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     for engine in engines:
         if not hasattr(engine, "path"):
@@ -164,48 +164,51 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     filesystems = filesystems_for(paths)
     context = ray.data.DataContext.get_current()
     preserved = context.execution_options.preserve_order
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="graft-ray-run-") as run:
-        manifest = Path(run) / "manifest.parquet"
-        pq.write_table(pa.table({"path": [str(p) for p in paths],
-                                 "position": np.arange(len(paths), dtype=np.int64)}), manifest)
-        # blocks of a few batches: results (and cache shards) arrive while the run goes on
-        blocks = max(1, min(-(-len(paths) // batch_size), 4096))
-        context.execution_options.preserve_order = ordered  # read when the dataset is built
+    # The manifest (path, position) as Arrow blocks of a few batches each, put in the object
+    # store by this process: results (and cache shards) arrive while the run goes on, and every
+    # node can read it. (A Parquet file in this process's temporary folder is not there on the
+    # other nodes; Ray deprecates `local://`; and reading it back, then repartitioning it into
+    # blocks, cost 3-5 s more before the first result: benchmarks/ray_extract.py.)
+    manifest = pa.table({"path": [str(p) for p in paths],
+                         "position": np.arange(len(paths), dtype=np.int64)})
+    rows = -(-len(paths) // max(1, min(-(-len(paths) // batch_size), 4096)))
+    blocks = [manifest.slice(start, rows) for start in range(0, len(paths), rows)]
+    context.execution_options.preserve_order = ordered  # read when the dataset is built
+    try:
+        dataset = _pipeline(ray, blocks, specs, graphs, filesystems, batch_size, actors,
+                            threads)
+    finally:
+        context.execution_options.preserve_order = preserved
+    _quiet()  # Ray Data configures its loggers when first used: quiet them again
+    # the actors' batches as they come: no further operator (a select_columns step ran as
+    # tasks of 1 CPU each, which found no free CPU until decoding was over, so nothing
+    # reached this process, or the cache, before then)
+    batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    while True:
         try:
-            dataset = _pipeline(ray, manifest, blocks, specs, graphs, filesystems, batch_size,
-                                actors, threads)
-        finally:
-            context.execution_options.preserve_order = preserved
-        _quiet()  # Ray Data configures its loggers when first used: quiet them again
-        # the actors' batches as they come: no further operator (a select_columns step ran as
-        # tasks of 1 CPU each, which found no free CPU until decoding was over, so nothing
-        # reached this process, or the cache, before then)
-        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
-        while True:
-            try:
-                batch = next(batches, None)
-            except ray.exceptions.RayError as error:
-                kept = (" Everything finished before it is kept: run the command again to go on "
-                        "from there." if resumable else "")
-                raise ClusterError(f"The Ray job failed: {_first_line(error)}.{kept}") from None
-            if batch is None:
-                return
-            reasons = batch["reason"]
-            ok = np.array([not r for r in reasons], dtype=bool)
-            yield RayBatch(
-                positions=batch["position"][ok],
-                features=[np.asarray(batch[f"features_{j}"], np.float32)[ok]
-                          for j in range(len(engines))],
-                failures=[(int(p), str(r)) for p, r in zip(batch["position"][~ok],
-                                                           reasons[~ok])])
+            batch = next(batches, None)
+        except ray.exceptions.RayError as error:
+            kept = (" Everything finished before it is kept: run the command again to go on "
+                    "from there." if resumable else "")
+            raise ClusterError(f"The Ray job failed: {_first_line(error)}.{kept}") from None
+        if batch is None:
+            return
+        reasons = batch["reason"]
+        ok = np.array([not r for r in reasons], dtype=bool)
+        yield RayBatch(
+            positions=batch["position"][ok],
+            features=[np.asarray(batch[f"features_{j}"], np.float32)[ok]
+                      for j in range(len(engines))],
+            failures=[(int(p), str(r)) for p, r in zip(batch["position"][~ok],
+                                                       reasons[~ok])])
 
 
-def _pipeline(ray: Any, manifest: Path, blocks: int, specs: list[dict], graphs: list[Any],
+def _pipeline(ray: Any, blocks: list[Any], specs: list[dict], graphs: list[Any],
               filesystems: dict[str, Any], batch_size: int, actors: int, threads: int) -> Any:
-    """The Ray Data pipeline: manifest -> blocks -> decoding tasks -> the actor pool."""
+    """The Ray Data pipeline: the manifest's blocks -> decoding tasks -> the actor pool."""
     from ray.data import ActorPoolStrategy
 
-    dataset = ray.data.read_parquet(str(manifest)).repartition(blocks)
+    dataset = ray.data.from_arrow(blocks)
     dataset = dataset.map_batches(_decode, fn_kwargs={"configs": [s["preprocess"]
                                                                   for s in specs],
                                                       "filesystems": filesystems},
