@@ -168,7 +168,7 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     # store by this process: results (and cache shards) arrive while the run goes on, and every
     # node can read it. (A Parquet file in this process's temporary folder is not there on the
     # other nodes; Ray deprecates `local://`; and reading it back, then repartitioning it into
-    # blocks, cost 3-5 s more before the first result: benchmarks/ray_extract.py.)
+    # blocks, added tasks and an all-to-all step before the first image was decoded.)
     manifest = pa.table({"path": [str(p) for p in paths],
                          "position": np.arange(len(paths), dtype=np.int64)})
     rows = -(-len(paths) // max(1, min(-(-len(paths) // batch_size), 4096)))
