@@ -3,11 +3,11 @@
 The driver lists the images and drops those already cached; a manifest of the rest (Arrow
 blocks of paths, put in the object store by the driver) is read by Ray Data; stateless tasks
 decode and preprocess (the same :func:`preprocess` as local runs, so the same bytes reach the
-network); an actor pool runs the exported ONNX graphs (sent
-once through the object store), the actors' ONNX Runtime threads together one per CPU. Results
-stream back to the driver, which alone writes the HDF5 cache (one writer), a shard at a time:
-a killed run keeps what was written, and the next run computes only the rest. Images may be on
-``s3://`` (or ``gs://``, ``hdfs://``): the driver lists them, the tasks read them.
+network); an actor pool runs the exported ONNX graphs (sent once through the object store), the
+actors' ONNX Runtime threads together one per CPU. Results stream back to the driver, which
+alone writes the HDF5 cache (one writer), a shard at a time: a killed run keeps what was
+written, and the next run computes only the rest. Images may be on ``s3://`` (or ``gs://``,
+``hdfs://``): the driver lists them, the tasks read them.
 
 Batch prediction (:func:`ray_predictions`) runs the same backbone graphs on the cluster, in the
 order given; the driver applies the model's head (a features x classes graph, microseconds per
