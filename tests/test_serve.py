@@ -241,6 +241,12 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_goes_on(model, tmp_path):
         header_only = encoded(Image.new("RGB", (600, 600)), "PNG")[:64]
         status, _, answer = request(predict, header_only)
         assert status == 413 and "pixels" in json.loads(answer)["error"]
+        # a path is never read: sent as the body, or as base64 text, it is just bytes
+        secret = str(model / "graft.json")
+        assert request(predict, secret.encode())[0] == 415
+        status, answer = post_json(predict, {"images": [
+            base64.b64encode(secret.encode()).decode()]})
+        assert status == 415 and "graft.json" not in answer["error"]
         # formats Pillow knows but the server does not take (EPS would run Ghostscript)
         eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
         assert request(predict, eps)[0] == 415
@@ -275,6 +281,9 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_goes_on(model, tmp_path):
                 np.asarray(rgb.convert("L"), np.uint16) * 257), "PNG"),
             "rgba": encoded(rgb.convert("RGBA"), "PNG"),
             "palette": encoded(rgb.convert("P"), "GIF"),
+            "bmp": encoded(rgb, "BMP"),
+            "tiff": encoded(rgb, "TIFF"),
+            "webp": encoded(rgb, "WEBP"),
         }
         for name, body in awkward.items():
             status, _, answer = request(predict, body, {"Content-Type": "image/png"})
@@ -386,6 +395,7 @@ def test_batches_backpressure_timeouts_and_metrics(model):
         assert re.search(r'^graft_queue_depth\{model="colors-model"\} 0\.0$', metrics, re.MULTILINE)
         for name in ("graft_decode_seconds_bucket", "graft_queue_seconds_bucket",
                      "graft_inference_seconds_bucket",
+                     'graft_request_seconds_bucket{endpoint="/predict",',
                      'graft_requests_total{endpoint="/predict",method="POST",status="200"}'):
             assert name in metrics
         for status in ("503", "413"):  # counted with the status the client got
@@ -434,7 +444,14 @@ def test_several_models_side_by_side_and_a_graceful_stop(model):
         # uvicorn re-raises the signal once it has drained: the conventional exit status
         assert process.wait(30) in (0, -signal.SIGTERM)
         log = "".join(process.log)
-        assert "thread(s)" in log and "queue 1024" in log and "Traceback" not in log
+        from graft.inference.threads import available_cpus
+
+        cpus = available_cpus()  # sized to the CPUs this process may use
+        for setting in (f"{cpus} CPU(s): {cpus} decoding thread(s)", f"{cpus} image(s) at a time",
+                        "batches up to 1 images", "waiting at most 5 ms", "queue 1024",
+                        "timeout 30 s", "body up to 20 MB", "pixels"):
+            assert setting in log, setting
+        assert "Traceback" not in log
 
 
 def _readme_blocks(section: str) -> list[tuple[str, str]]:
