@@ -164,9 +164,9 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     filesystems = filesystems_for(paths)
     context = ray.data.DataContext.get_current()
     preserved = context.execution_options.preserve_order
-    # The manifest (path, position) as Arrow blocks of a few batches each, put in the object
-    # store by this process: results (and cache shards) arrive while the run goes on, and every
-    # node can read it. (A Parquet file in this process's temporary folder is not there on the
+    # The manifest (path, position) as Arrow blocks of at most a batch each (more past 4,096
+    # batches), put in the object store by this process: results (and cache shards) arrive
+    # while the run goes on, and every node can read it. (A Parquet file in this process's temporary folder is not there on the
     # other nodes; Ray deprecates `local://`; and reading it back, then repartitioning it into
     # blocks, added tasks and an all-to-all step before the first image was decoded.)
     manifest = pa.table({"path": [str(p) for p in paths],

@@ -80,7 +80,8 @@ async def read_body(request: Request, limit: int, pool: Executor | None = None) 
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("gzip", "deflate"):
-        body = await off_loop(pool, len(body), _decompress, body, encoding, limit)
+        # sized by what it may inflate to: a small bomb would hold the loop as long as a big body
+        body = await off_loop(pool, limit, _decompress, body, encoding, limit)
     elif encoding not in ("identity", ""):
         raise ServeError(415, f"Unsupported Content-Encoding {encoding!r}: use gzip, deflate or "
                               f"none.", "bad_request")
@@ -132,14 +133,16 @@ def decode_base64(text: Any, where: str) -> bytes:
 
 def _b64decode(text: str) -> bytes:
     """Strict base64 of ``text`` (padding optional), a chunk at a time: each call holds the GIL
-    for a few milliseconds, not the whole body's worth."""
+    for a few milliseconds, not the whole body's worth. Whole chunks before the first ``=`` are
+    decoded alone; the rest, padding and all, in one call, so the result (and what is refused)
+    is the same as one call over the whole text."""
     text += "=" * (-len(text) % 4)
-    if len(text) <= _BASE64_CHUNK:
-        return base64.b64decode(text, validate=True)
-    if text.find("=", 0, len(text) - 2) != -1:  # a chunk would not see it is misplaced
-        raise binascii.Error("padding before the end of the data")
-    return b"".join(base64.b64decode(text[i:i + _BASE64_CHUNK], validate=True)
-                    for i in range(0, len(text), _BASE64_CHUNK))
+    pad = text.find("=")  # the last chunk also holds the group before the first "="
+    head = ((len(text) if pad < 0 else max(0, pad - 1)) // _BASE64_CHUNK) * _BASE64_CHUNK
+    parts = [base64.b64decode(text[i:i + _BASE64_CHUNK], validate=True)
+             for i in range(0, head, _BASE64_CHUNK)]
+    parts.append(base64.b64decode(text[head:], validate=True))
+    return b"".join(parts)
 
 
 def _check_count(count: int) -> None:
