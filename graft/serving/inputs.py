@@ -30,7 +30,7 @@ MAX_IMAGES = 1024  # per request; the queue limit applies as well
 DRAIN_BYTES = 64 * 1024 * 1024
 # Bodies larger than this are parsed (JSON and base64, v2 requests, inflated) in the decoding
 # pool, not on the event loop: parsing 20 MB of JSON base64 held the loop, and every other
-# request, for 108-180 ms; in the pool the loop waited 28-43 ms (benchmarks/serve_parse.py: the
+# request, for 109-180 ms; in the pool the loop waited 29-43 ms (benchmarks/serve_parse.py: the
 # parsers hold the GIL while in C, so the loop still waits for the longest single step,
 # json.loads; base64 is decoded in chunks for that reason).
 OFF_LOOP_BYTES = 1024 * 1024
