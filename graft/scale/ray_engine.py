@@ -4,7 +4,7 @@ The driver lists the images and drops those already cached; a manifest of the re
 blocks of paths, put in the object store by the driver) is read by Ray Data; stateless tasks
 decode and preprocess (the same :func:`preprocess` as local runs, so the same bytes reach the
 network); an actor pool runs the exported ONNX graphs (sent once through the object store), the
-actors' ONNX Runtime threads together one per CPU. Results stream back to the driver, which
+actors' ONNX Runtime threads together at most one per CPU. Results stream back to the driver, which
 alone writes the HDF5 cache (one writer), a shard at a time: a killed run keeps what was
 written, and the next run computes only the rest. Images may be on ``s3://`` (or ``gs://``,
 ``hdfs://``): the driver lists them, the tasks read them.
@@ -166,12 +166,14 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     preserved = context.execution_options.preserve_order
     # The manifest (path, position) as Arrow blocks of at most a batch each (more past 4,096
     # batches), put in the object store by this process: results (and cache shards) arrive
-    # while the run goes on, and every node can read it. (A Parquet file in this process's temporary folder is not there on the
-    # other nodes; Ray deprecates `local://`; and reading it back, then repartitioning it into
-    # blocks, added tasks and an all-to-all step before the first image was decoded.)
+    # while the run goes on, and every node can read it. (A Parquet file in this process's
+    # temporary folder is not there on the other nodes; Ray deprecates `local://`; and reading
+    # it back, then repartitioning it into blocks, added tasks and an all-to-all step before the
+    # first image was decoded.)
     manifest = pa.table({"path": [str(p) for p in paths],
                          "position": np.arange(len(paths), dtype=np.int64)})
-    rows = -(-len(paths) // max(1, min(-(-len(paths) // batch_size), 4096)))
+    count = max(1, min(-(-len(paths) // batch_size), 4096))  # blocks
+    rows = -(-len(paths) // count)  # ... of equal size, the last one shorter
     blocks = [manifest.slice(start, rows) for start in range(0, len(paths), rows)]
     context.execution_options.preserve_order = ordered  # read when the dataset is built
     try:
