@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from graft.data import (
     scan_dataset,
     split_fraction,
 )
+from graft.data.dataset import stream_dataset
 from graft.errors import ConfigError, DataError, ImageError
 from graft.inference import load_image, to_rgb
 
@@ -208,3 +210,89 @@ def test_image_errors_carry_the_reason_apart_from_the_name(tmp_path):
         load_image(odd)
     assert info.value.reason == "not an image PIL can identify"
     assert info.value.source == str(odd) and str(info.value).startswith(str(odd))
+
+
+def _touch(path):
+    """An image file for listing only (listing never opens it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+# Names where a folder's name plus "/" sorts differently from the name alone ("a-b" < "a/" but
+# "a" < "a-b"), nested folders, hidden files and folders, non-images, a model directory
+TRICKY = ["a/x.jpg", "a-b/y.png", "a.b/z.JPG", "a/sub/q.jpg", "a/sub-2/r.jpg", "a/sub.x/s.jpg",
+          "a/sub/deeper/t.png", "a-b/.hidden.jpg", "a-b/notes.txt", "a/.cache/u.jpg",
+          "model/graft.json", "model/w.jpg", "b/B.jpg", "b/a.jpg", "b/_nohash_1.jpg"]
+
+
+@pytest.mark.parametrize("options", [{}, {"val_size": 0.2}, {"test_size": 0.9, "seed": 3},
+                                     {"group_regex": r"(sub[^/]*)"}])
+@pytest.mark.parametrize("presplit", ["", "train/", "train+val", "train+val+test"])
+def test_streamed_listing_equals_the_held_one(tmp_path, presplit, options):
+    """stream_dataset lists, orders and splits exactly as assign_splits(scan_dataset(...))."""
+    splits = presplit.split("+") if "+" in presplit else [presplit.rstrip("/")]
+    for split in splits:
+        for name in TRICKY:
+            _touch(tmp_path / split / name)
+    held = assign_splits(scan_dataset(tmp_path), **options)
+    stream = stream_dataset(tmp_path, **options)
+    assert stream.streamed and len(stream) == len(held.samples)
+    assert list(stream) == held.samples
+    assert list(stream) == held.samples  # a second pass lists the same again
+    assert (stream.classes, stream.layout, stream.split_source, stream.split_params) == (
+        held.classes, held.layout, held.split_source, held.split_params)
+    assert [s.relpath for s in held.samples] == sorted(s.relpath for s in held.samples)
+    from graft.features.quantize import calibration_images
+
+    for limit in (3, 100):  # int8 calibration: the same images either way
+        assert stream.spread("train", limit) == calibration_images(
+            [s.path for s in held.samples if s.split == "train"], limit)
+
+
+def test_streamed_listing_errors_and_held_layouts(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(DataError, match="No images found"):
+        stream_dataset(tmp_path)
+    _touch(tmp_path / "loose.jpg")
+    with pytest.raises(DataError, match="lie directly in it"):
+        stream_dataset(tmp_path)
+    _touch(tmp_path / "a" / "x.png")
+    with pytest.raises(DataError, match="at least two class"):
+        stream_dataset(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        stream_dataset(tmp_path / "nope")
+    _touch(tmp_path / "b" / "y.png")
+    with pytest.raises(ConfigError, match="below 1"):
+        stream_dataset(tmp_path, test_size=0.6, val_size=0.5)
+    (tmp_path / "data.csv").write_text("path,label\na/x.png,a\nb/y.png,b\n")
+    csv = stream_dataset(tmp_path / "data.csv")  # a CSV is read whole, as scan_dataset does
+    assert not csv.streamed and [s.relpath for s in csv] == ["a/x.png", "b/y.png"]
+    assert {s.split for s in csv} <= {"train", "test"}
+
+
+def test_streamed_listing_memory_does_not_grow_with_the_images(tmp_path):
+    """What iterating holds is one folder's names, not the images: 10x the images in 10x the
+    folders adds nothing near what the listing held whole takes."""
+    def peak(root, folders):
+        for f in range(folders):
+            for i in range(40):
+                _touch(root / f"class{f % 4}" / f"part{f:03d}" / f"{i:05d}_image_file_name.jpg")
+        stream = stream_dataset(root)
+        tracemalloc.start()
+        try:
+            count = sum(1 for _ in stream)
+            return count, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small_count, small_peak = peak(tmp_path / "small", 5)
+    large_count, large_peak = peak(tmp_path / "large", 50)
+    assert (small_count, large_count) == (200, 2000)
+    tracemalloc.start()
+    held = assign_splits(scan_dataset(tmp_path / "large")).samples
+    held_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(held) == 2000
+    # the held list takes about 250 B per image; streaming 1,800 more images adds under 10 KB
+    assert held_bytes > 2000 * 200
+    assert large_peak - small_peak < 10_000

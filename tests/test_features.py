@@ -105,6 +105,42 @@ def test_feature_file_roundtrip(tiny_backbone, tmp_path):
         load_feature_file(tmp_path / "other.h5")
 
 
+def test_streamed_feature_file_equals_the_held_listing(tiny_backbone, tmp_path, monkeypatch):
+    """graft extract's path: the listing streamed and extracted a part at a time (parts of 4
+    images here), rows written from the cache split by split; the same file as the listing held
+    whole, unreadable images reported once, a re-run computing nothing."""
+    import graft.features.extract as extract_module
+    from graft.data.dataset import stream_dataset
+
+    root = make_dataset(tmp_path / "data", n_per_class=5)
+    make_image(root / "red" / "deeper" / "nested.png", (200, 0, 0), 9)
+    (root / "blue" / "zero.jpg").write_bytes(b"")
+    engine = create_engine(tiny_backbone, device="cpu")
+    held, _ = extract_feature_set(assign_splits(scan_dataset(root, progress=False)), engine,
+                                  [tiny_backbone.config()], progress=False)
+    monkeypatch.setattr(extract_module, "_STREAM_ROWS", 4)
+    monkeypatch.setattr(extract_module, "_GATHER_ROWS", 3)
+    for run in range(2):
+        path, report = extract_to_file(stream_dataset(root), engine, [tiny_backbone.config()],
+                                       tmp_path / "f.h5", progress=False)
+        loaded = load_feature_file(path)
+        np.testing.assert_array_equal(loaded.features, held.features)
+        np.testing.assert_array_equal(loaded.labels, held.labels)
+        assert loaded.paths == held.paths and list(loaded.split) == list(held.split)
+        assert list(loaded.split) == sorted(loaded.split, key=["train", "val", "test"].index)
+        assert report.failures == [("blue/zero.jpg", report.failures[0][1])]
+        assert loaded.skipped == report.failures and report.n_images == 17
+        assert (report.n_cached, report.n_computed) == (16, 0)  # the held run cached them
+    for file in (root / "green").iterdir():
+        if file.name != "green_000.jpg":
+            file.unlink()
+    with pytest.raises(DataError, match=r"'green' \(1 usable\)"):
+        extract_to_file(stream_dataset(root), engine, [tiny_backbone.config()],
+                        tmp_path / "g.h5", progress=False)
+    assert not (tmp_path / "g.h5").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys

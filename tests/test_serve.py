@@ -79,14 +79,15 @@ def running(*args: str, env: dict | None = None):
 
 def request(url: str, data: bytes | None = None, headers: dict | None = None,
             method: str | None = None):
-    """(status, headers, body) of one HTTP request; errors are answers too."""
+    """(status, headers, body) of one HTTP request; errors are answers too (status 0: no answer,
+    the connection refused or reset, as a stopping server's last accepted ones are)."""
     req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
             return response.status, response.headers, response.read()  # any-case keys
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
-    except urllib.error.URLError:
+    except (urllib.error.URLError, ConnectionResetError):
         return 0, {}, b""
 
 

@@ -7,9 +7,12 @@ import hashlib
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from graft.data import storage
 from graft.errors import ConfigError, DataError
@@ -17,8 +20,10 @@ from graft.errors import ConfigError, DataError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SPLITS",
+    "DatasetStream",
     "ImageDataset",
     "Sample",
+    "SplitRule",
     "assign_splits",
     "check_output_dir",
     "compute_splits",
@@ -27,6 +32,8 @@ __all__ = [
     "iter_image_files",
     "scan_dataset",
     "split_fraction",
+    "spread_indices",
+    "stream_dataset",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -103,10 +110,11 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def iter_image_files(path: str | os.PathLike) -> Iterator[Path | str]:
-    """Yield image files under ``path`` (a file or a folder), streaming, in sorted order per folder.
+    """Yield image files under ``path`` (a file or a folder), streaming, in the order of their
+    relative paths (a folder sorts as its name and ``/``, so every listing of graft agrees).
 
     Hidden files and non-image files (``.txt``, ``.DS_Store``) are skipped quietly. Memory stays
-    flat: one folder listing at a time. A URI (``s3://bucket/photos``) yields the URIs of the
+    flat: one folder's names at a time. A URI (``s3://bucket/photos``) yields the URIs of the
     images below it, from one listing (one file given by its URI is yielded as it is).
     """
     if storage.is_uri(path):
@@ -118,14 +126,8 @@ def iter_image_files(path: str | os.PathLike) -> Iterator[Path | str]:
         return
     if not path.is_dir():
         raise DataError(f"{path} does not exist. Give an image file or a folder of images.")
-    entries = sorted(os.scandir(path), key=lambda e: e.name)
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir(follow_symlinks=True):
-            yield from iter_image_files(entry.path)
-        elif is_image_file(entry.name):
-            yield Path(entry.path)
+    for file, _ in _sorted_files(os.fspath(path), ""):
+        yield Path(file)
 
 
 def _iter_remote_images(uri: str) -> Iterator[str]:
@@ -264,26 +266,11 @@ def scan_dataset(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None
     Raises:
         DataError: When the path is missing or holds no class folders with images.
     """
-    from graft.data import arrays
-
     if storage.is_uri(path):
         return _scan_remote(str(path))
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path} does not exist. Give a folder of class folders, or a CSV file.")
-    if path.suffix.lower() == ".npz" and path.is_file():
-        return scan_dataset(arrays.array_folder(arrays.load_npz(path), cache_dir=cache_dir,
-                                                progress=progress))
-    if arrays.is_cifar10_binary(path):
-        return scan_dataset(arrays.array_folder(arrays.read_cifar10_binary(path),
-                                                cache_dir=cache_dir, progress=progress))
+    path = _local_source(path, cache_dir=cache_dir, progress=progress)
     if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return _read_csv(path.resolve())
-        raise DataError(
-            f"{path} is a file; expected a folder 'DATA/<class>/<image>', a pre-split folder "
-            f"'DATA/train/<class>/...', a CSV of path,label, or a .npz of x and y arrays."
-        )
+        return _read_csv(path)
     root = path.resolve()
     splits = _split_folders(root, [p.name for p in _class_dirs(root)])
     if splits:
@@ -298,9 +285,175 @@ def scan_dataset(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None
     return _finish_scan(root, samples, layout, split_source, loose=loose)
 
 
+def _local_source(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None,
+                  progress: bool) -> Path:
+    """The folder (or CSV file, resolved) a local dataset is read from: arrays (``.npz``,
+    CIFAR-10's batches) written once as PNG files into the cache first."""
+    from graft.data import arrays
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Give a folder of class folders, or a CSV file.")
+    if path.suffix.lower() == ".npz" and path.is_file():
+        return arrays.array_folder(arrays.load_npz(path), cache_dir=cache_dir,
+                                   progress=progress)
+    if arrays.is_cifar10_binary(path):
+        return arrays.array_folder(arrays.read_cifar10_binary(path), cache_dir=cache_dir,
+                                   progress=progress)
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return path.resolve()
+        raise DataError(
+            f"{path} is a file; expected a folder 'DATA/<class>/<image>', a pre-split folder "
+            f"'DATA/train/<class>/...', a CSV of path,label, or a .npz of x and y arrays."
+        )
+    return path
+
+
+def _sorted_files(folder: str, prefix: str) -> Iterator[tuple[str, str]]:
+    """``(path, relpath)`` of the image files below ``folder``, in the order of their relative
+    paths as strings (a folder sorts as its name and ``/``: everything below it shares that
+    prefix). Holds one folder's names at a time."""
+    names = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=True):
+                names.append(entry.name + "/")
+            elif is_image_file(entry.name):
+                names.append(entry.name)
+    names.sort()
+    for name in names:
+        if name.endswith("/"):
+            yield from _sorted_files(os.path.join(folder, name[:-1]), prefix + name)
+        else:
+            yield os.path.join(folder, name), prefix + name
+
+
+def _walk_layout(root: Path, splits: dict[str, str] | None) -> Iterator[Sample]:
+    """The samples of a (pre-split) class-folder layout, in :func:`scan_dataset`'s order."""
+    bases = ([(split, folder + "/") for split, folder in splits.items()] if splits
+             else [("", "")])
+    for split, folder in sorted(bases, key=lambda b: b[1]):
+        base = root / folder if folder else root
+        for class_dir in sorted(_class_dirs(base), key=lambda p: p.name + "/"):
+            for path, rel in _sorted_files(os.fspath(class_dir), f"{folder}{class_dir.name}/"):
+                yield Sample(path=path, relpath=rel, label=class_dir.name, split=split)
+
+
+@dataclass
+class DatasetStream:
+    """A dataset read as it is iterated, each image with its split: what is held is a few numbers
+    per class (and one folder's file names while it is read), not the images, whatever their
+    number. Made by :func:`stream_dataset`; iterating it again lists the folders again.
+
+    Attributes are :class:`ImageDataset`'s; ``size`` is the number of images, ``streamed`` False
+    when the listing is held in memory after all (a CSV, remote storage).
+    """
+
+    root: Path | str
+    classes: list[str]
+    layout: str
+    split_source: str
+    split_params: dict
+    size: int
+    streamed: bool
+    _source: Callable[[], Iterator[Sample]] = field(repr=False)
+    _rule: SplitRule | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Sample]:
+        rule = self._rule
+        for index, sample in enumerate(self._source()):
+            if rule is not None:
+                sample = replace(sample, split=rule.split(index, sample.relpath, sample.label,
+                                                          sample.split))
+            yield sample
+
+    def spread(self, split: str, limit: int) -> list[str]:
+        """Up to ``limit`` paths of ``split``, spread evenly over it in listing order (every
+        class represented), the same ones every run: two passes, nothing else held."""
+        count = sum(1 for sample in self if sample.split == split)
+        wanted = Counter(spread_indices(count, limit))
+        chosen, seen = [], 0
+        for sample in self:
+            if sample.split == split:
+                chosen.extend([sample.path] * wanted.get(seen, 0))
+                seen += 1
+        return chosen
+
+    @classmethod
+    def of(cls, dataset: ImageDataset) -> DatasetStream:
+        """A dataset already listed, as a stream (its samples held, as they are)."""
+        return cls(root=dataset.root, classes=list(dataset.classes), layout=dataset.layout,
+                   split_source=dataset.split_source, split_params=dict(dataset.split_params),
+                   size=len(dataset.samples), streamed=False,
+                   _source=lambda: iter(dataset.samples))
+
+
+def spread_indices(count: int, limit: int) -> list[int]:
+    """``limit`` indices spread evenly over ``range(count)`` (all of them when that is fewer)."""
+    if count <= limit:
+        return list(range(count))
+    return [int(i) for i in np.linspace(0, count - 1, limit).round()]
+
+
+def stream_dataset(path: str | os.PathLike, *, test_size: float = 0.2, val_size: float = 0.0,
+                   seed: int = 0, group_regex: str | None = None,
+                   cache_dir: str | os.PathLike | None = None,
+                   progress: bool = True) -> DatasetStream:
+    """:func:`assign_splits` of :func:`scan_dataset`, as a :class:`DatasetStream`: the same
+    samples, splits and order, but a local folder of class folders (plain or pre-split) is
+    listed as it is read, one folder at a time, so memory does not grow with the number of
+    images. A CSV file and remote storage are listed whole, as :func:`scan_dataset` does.
+    """
+    if not storage.is_uri(path):
+        folder = _local_source(path, cache_dir=cache_dir, progress=progress)
+        if folder.is_dir():
+            return _stream_folder(folder.resolve(), test_size=test_size, val_size=val_size,
+                                  seed=seed, group_regex=group_regex)
+    dataset = assign_splits(scan_dataset(path, cache_dir=cache_dir, progress=progress),
+                            test_size=test_size, val_size=val_size, seed=seed,
+                            group_regex=group_regex)
+    return DatasetStream.of(dataset)
+
+
+def _stream_folder(root: Path, **split_options: Any) -> DatasetStream:
+    splits = _split_folders(root, [p.name for p in _class_dirs(root)])
+    rule = SplitRule(presplit=bool(splits), **split_options)
+    labels: set[str] = set()
+    size = 0
+    for size, sample in enumerate(_walk_layout(root, splits), start=1):  # the one look
+        rule.observe(size - 1, sample.relpath, sample.label, sample.split)
+        labels.add(sample.label)
+    classes = sorted(labels)
+    _check_found(root, size, classes,
+                 loose=not size and any(is_image_file(p) for p in root.iterdir()))
+    rule.close()
+    return DatasetStream(
+        root=root, classes=classes, layout="presplit" if splits else "folders",
+        split_source="folders" if splits else "hash",
+        split_params={} if splits else rule.params(), size=size, streamed=True,
+        _source=lambda: _walk_layout(root, splits), _rule=rule)
+
+
 def _finish_scan(root: Path | str, samples: list[Sample], layout: str, split_source: str, *,
                  loose: bool) -> ImageDataset:
-    if not samples:
+    samples.sort(key=lambda s: s.relpath)
+    classes = sorted({s.label for s in samples})
+    _check_found(root, len(samples), classes, loose=loose)
+    return ImageDataset(
+        root=root, samples=samples, classes=classes, layout=layout, split_source=split_source
+    )
+
+
+def _check_found(root: Path | str, count: int, classes: list[str], *, loose: bool) -> None:
+    """Refuse a listing without images, or with one class (``loose``: images lie directly in
+    the root, the likely mistake)."""
+    if not count:
         hint = (
             " The images lie directly in it: put each class in its own sub-folder."
             if loose else ""
@@ -309,15 +462,10 @@ def _finish_scan(root: Path | str, samples: list[Sample], layout: str, split_sou
             f"No images found in class folders under {root}. Expected DATA/<class>/<image> "
             f"(JPEG, PNG, GIF, BMP, WebP or TIFF).{hint}"
         )
-    samples.sort(key=lambda s: s.relpath)
-    classes = sorted({s.label for s in samples})
     if len(classes) < 2:
         raise DataError(
             f"{root} has one class ({classes[0]!r}); a classifier needs at least two class folders."
         )
-    return ImageDataset(
-        root=root, samples=samples, classes=classes, layout=layout, split_source=split_source
-    )
 
 
 def split_fraction(relpath: str, seed: int = 0, group_regex: str | None = None) -> float:
@@ -341,6 +489,92 @@ def split_fraction(relpath: str, seed: int = 0, group_regex: str | None = None) 
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+class SplitRule:
+    """The split of each image (see :func:`assign_splits`), decided one image at a time after
+    one look at every image (:meth:`observe`, then :meth:`close`): what that look keeps is a few
+    numbers per class, not the images, so a listing can be split as it streams.
+
+    ``presplit``: the data gives its own splits (pre-split folders, a CSV split column), which are
+    kept, a ``val`` folder becoming the test when there is no ``test`` one.
+    """
+
+    def __init__(self, *, presplit: bool, test_size: float = 0.2, val_size: float = 0.0,
+                 seed: int = 0, group_regex: str | None = None) -> None:
+        for name, value in (("test_size", test_size), ("val_size", val_size)):
+            if not 0.0 <= float(value) < 1.0:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be in [0, 1). Got {value!r} instead.")
+        if test_size + val_size >= 1.0:
+            raise ConfigError(
+                f"--test-size + --val-size must be below 1 to leave training data. "
+                f"Got {test_size} + {val_size}."
+            )
+        if group_regex:
+            try:
+                re.compile(group_regex)
+            except re.error as exc:
+                raise ConfigError(f"--group-regex {group_regex!r} is not a valid regex: "
+                                  f"{exc}") from exc
+        self.presplit = presplit
+        self.test_size, self.val_size, self.seed = test_size, val_size, seed
+        self.group_regex = group_regex
+        self._given: set[str] = set()  # the splits the data gives
+        # hash splits, per class: [images, any drawn train, (highest fraction, its index)]
+        self._classes: dict[str, list] = {}
+        self._to_train: set[int] = set()  # indices moved to train (see assign_splits)
+        self._closed = False
+
+    def _fraction(self, relpath: str) -> float:
+        return split_fraction(relpath, seed=self.seed, group_regex=self.group_regex)
+
+    def _draw(self, fraction: float) -> str:
+        if fraction < self.test_size:
+            return "test"
+        return "val" if fraction < self.test_size + self.val_size else "train"
+
+    def observe(self, index: int, relpath: str, label: str, given: str = "") -> None:
+        """Look at image ``index`` (indices count 0, 1, 2, ... in one fixed order)."""
+        if self.presplit:
+            self._given.add(given)
+            return
+        fraction = self._fraction(relpath)
+        state = self._classes.setdefault(label, [0, False, (-1.0, -1)])
+        state[0] += 1
+        state[1] = state[1] or self._draw(fraction) == "train"
+        state[2] = max(state[2], (fraction, index))
+
+    def close(self) -> SplitRule:
+        """Every image has been observed: decide the exceptions."""
+        if self.presplit and "train" not in self._given:
+            raise DataError("The given splits hold no 'train' images.")
+        for count, any_train, (_, index) in self._classes.values():
+            if count >= 2 and not any_train:
+                self._to_train.add(index)  # so that each class can be learned
+        self._classes.clear()
+        self._closed = True
+        return self
+
+    def split(self, index: int, relpath: str, label: str, given: str = "") -> str:
+        """The split of image ``index`` (observed before, in the same order)."""
+        if not self._closed:
+            raise RuntimeError("SplitRule.split before close()")
+        if self.presplit:
+            if "test" not in self._given and given == "val":
+                given = "test"  # train/val only (hymenoptera): the held-out folder is the test
+            gives_val = "val" in self._given and "test" in self._given
+            if (given == "train" and self.val_size > 0 and not gives_val
+                    and self._fraction(relpath) < self.val_size):
+                return "val"  # a validation split wanted, not given: a stable share of train
+            return given
+        if index in self._to_train:
+            return "train"
+        return self._draw(self._fraction(relpath))
+
+    def params(self) -> dict:
+        return {"test_size": self.test_size, "val_size": self.val_size, "seed": self.seed,
+                "group_regex": self.group_regex}
+
+
 def compute_splits(
     relpaths: list[str],
     labels: list[str],
@@ -352,48 +586,13 @@ def compute_splits(
     group_regex: str | None = None,
 ) -> list[str]:
     """The split (``train``/``val``/``test``) of each image; see :func:`assign_splits`."""
-    for name, value in (("test_size", test_size), ("val_size", val_size)):
-        if not 0.0 <= float(value) < 1.0:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} must be in [0, 1). Got {value!r} instead.")
-    if test_size + val_size >= 1.0:
-        raise ConfigError(
-            f"--test-size + --val-size must be below 1 to leave training data. "
-            f"Got {test_size} + {val_size}."
-        )
-    if group_regex:
-        try:
-            re.compile(group_regex)
-        except re.error as exc:
-            raise ConfigError(f"--group-regex {group_regex!r} is not a valid regex: {exc}") from exc
-    if given is not None:
-        given = list(given)
-        if "train" not in given:
-            raise DataError("The given splits hold no 'train' images.")
-        if "test" not in given:
-            # Pre-split data with train/val only (hymenoptera): the held-out folder is the test.
-            given = ["test" if s == "val" else s for s in given]
-        if val_size > 0 and "val" not in given:
-            # A validation split is wanted but not given: a stable share of the training images.
-            given = ["val" if s == "train" and split_fraction(p, seed=seed,
-                                                              group_regex=group_regex) < val_size
-                     else s for p, s in zip(relpaths, given)]
-        return given
-    splits = []
-    by_class: dict[str, list[tuple[float, int]]] = {}
-    for index, (relpath, label) in enumerate(zip(relpaths, labels)):
-        fraction = split_fraction(relpath, seed=seed, group_regex=group_regex)
-        if fraction < test_size:
-            splits.append("test")
-        elif fraction < test_size + val_size:
-            splits.append("val")
-        else:
-            splits.append("train")
-        by_class.setdefault(label, []).append((fraction, index))
-    for members in by_class.values():
-        if len(members) >= 2 and all(splits[i] != "train" for _, i in members):
-            splits[max(members)[1]] = "train"
-    return splits
+    rule = SplitRule(presplit=given is not None, test_size=test_size, val_size=val_size,
+                     seed=seed, group_regex=group_regex)
+    rows = list(zip(relpaths, labels, given if given is not None else [""] * len(relpaths)))
+    for index, (relpath, label, split) in enumerate(rows):
+        rule.observe(index, relpath, label, split)
+    rule.close()
+    return [rule.split(index, *row) for index, row in enumerate(rows)]
 
 
 def assign_splits(

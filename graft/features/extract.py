@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +22,16 @@ from tqdm.auto import tqdm
 
 from graft.config import resolve_cache_dir
 from graft.data.augment import augment_for_network
-from graft.data.dataset import ImageDataset, Sample
+from graft.data.dataset import SPLITS, DatasetStream, ImageDataset, Sample
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import DataError
 from graft.features.engine import FeatureEngine, fused_key
 from graft.features.store import (
     CachedFeatures,
     FeatureCache,
+    FeatureFileWriter,
     FeatureSet,
     fingerprint,
-    write_feature_file,
 )
 from graft.inference.batches import iter_decoded_batches
 from graft.inference.fusion import FUSION
@@ -100,6 +100,7 @@ def extract_dataset(
     augment: tuple[str, ...] = (),
     engine: str = "local",
     address: str | None = None,
+    bar: Any = None,
 ) -> tuple[list[str | None], ExtractionReport]:
     """Make sure every image of ``dataset`` is in each backbone's cache; compute only what is missing.
 
@@ -110,6 +111,8 @@ def extract_dataset(
             each view is cached under its own key, reproducible from the file and the view.
         engine: ``local`` (this process) or ``ray`` (decode and run the graphs on a Ray
             cluster at ``address``; only this process writes the cache).
+        bar: A progress bar over every image (cached ones included) to advance, kept open;
+            by default one over the images to compute.
 
     Returns:
         The cache key of every sample (None for a file that could not be read), and a report.
@@ -143,8 +146,12 @@ def extract_dataset(
             else:
                 report.n_cached += 1
             keys[index] = key
-    bar = tqdm(total=len(todo), unit="img", desc="Extracting features", disable=not progress or
-               not todo, dynamic_ncols=True, smoothing=0.1)
+    shared = bar is not None
+    if shared:
+        bar.update(len(dataset.samples) - len(todo))  # cached, or failed before
+    else:
+        bar = tqdm(total=len(todo), unit="img", desc="Extracting features",
+                   disable=not progress or not todo, dynamic_ncols=True, smoothing=0.1)
     try:
         if engine == "ray" and todo:
             _extract_on_ray(dataset, engines, caches, todo, keys, report, bar,
@@ -179,7 +186,8 @@ def extract_dataset(
         # Ctrl-C or an error keeps every complete batch: the next run resumes from here.
         for cache in caches:
             cache.flush()
-        bar.close()
+        if not shared:
+            bar.close()
     report.failures.sort()
     report.seconds = time.perf_counter() - start
     return keys, report
@@ -363,7 +371,7 @@ def extract_feature_set(
 
 
 def extract_to_file(
-    dataset: ImageDataset,
+    dataset: ImageDataset | DatasetStream,
     engines: FeatureEngine | Sequence[FeatureEngine],
     backbones: Sequence[dict[str, Any]],
     out: str | os.PathLike,
@@ -375,33 +383,93 @@ def extract_to_file(
     engine: str = "local",
     address: str | None = None,
 ) -> tuple[Path, ExtractionReport]:
-    """Extract ``dataset`` into the feature file ``out``, streaming from the cache (flat memory)."""
+    """Extract ``dataset`` into the feature file ``out``, a part of the listing at a time (a
+    :class:`DatasetStream` is never held whole): first every image into the cache, then the
+    file's rows from the cache, train then val then test, each split in listing order."""
     from graft import __version__
 
     engines = _as_list(engines)
-    done = _extract_usable(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,
-                           workers=workers, progress=progress, engine=engine,
-                           address=address).grouped_by_split()
-    chunks = (done.features(i, i + _GATHER_ROWS) for i in range(0, len(done.keys), _GATHER_ROWS))
-    path = write_feature_file(
-        out,
-        chunks=chunks,
-        n_rows=len(done.keys),
-        num_features=sum(engine.num_features for engine in engines),
-        labels=done.labels,
-        label_names=list(dataset.classes),
-        paths=[s.relpath for s in done.samples],
-        split=[s.split for s in done.samples],
-        attrs={
+    stream = dataset if isinstance(dataset, DatasetStream) else DatasetStream.of(dataset)
+    caches = [open_cache(e, cache_dir) for e in engines]
+    start = time.perf_counter()
+    report = ExtractionReport(n_images=len(stream))
+    bar = tqdm(total=len(stream), unit="img", desc="Extracting features", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    with bar:
+        # Ray: one job per part, so parts are larger (its start, seconds, is paid per part)
+        for part in _parts(stream, _STREAM_ROWS * (4 if engine == "ray" else 1)):
+            _, done = extract_dataset(
+                ImageDataset(root=stream.root, samples=part, classes=stream.classes,
+                             layout=stream.layout), engines, caches, batch_size=batch_size,
+                workers=workers, progress=progress, engine=engine, address=address, bar=bar)
+            report.n_cached += done.n_cached
+            report.n_computed += done.n_computed
+            report.failures.extend(done.failures)
+    report.seconds = time.perf_counter() - start
+    with FeatureFileWriter(out, num_features=sum(e.num_features for e in engines),
+                           label_names=list(stream.classes)) as writer:
+        usable = _write_rows(stream, caches, writer, report)
+        few = [label for label in stream.classes if usable[label] < 2]
+        if few:
+            details = ", ".join(f"{label!r} ({usable[label]} usable)" for label in few)
+            raise DataError(
+                f"Class folder(s) with fewer than 2 usable images under {stream.root}: "
+                f"{details}. Add images to them, or remove the folder(s).")
+        report.failures.sort()
+        path = writer.finish({
             "graft_version": __version__,
-            "root": str(dataset.root),
-            "layout": dataset.layout,
+            "root": str(stream.root),
+            "layout": stream.layout,
             "backbones": list(backbones),
             "fusion": FUSION if len(engines) > 1 else "none",
             "feature_key": fused_key([engine.key for engine in engines]),
-            "split_source": dataset.split_source,
-            "split_params": dataset.split_params,
-            "skipped": [list(x) for x in done.report.failures],
-        },
-    )
-    return path, done.report
+            "split_source": stream.split_source,
+            "split_params": stream.split_params,
+            "skipped": [list(x) for x in report.failures],
+        })
+    return path, report
+
+
+_STREAM_ROWS = 16384  # listed images extracted at a time: what is held, whatever the dataset
+_CHANGED = "changed or removed while graft read it; run the command again"
+
+
+def _parts(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    part: list[Sample] = []
+    for sample in samples:
+        part.append(sample)
+        if len(part) == size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: Any,
+                report: ExtractionReport) -> Counter:
+    """Append each split's usable rows (in the cache; not failed) to ``writer``, block by block;
+    the number of rows of each class."""
+    index = {label: i for i, label in enumerate(stream.classes)}
+    usable: Counter = Counter()
+    for split in SPLITS:
+        for part in _parts((s for s in stream if s.split == split), _GATHER_ROWS):
+            rows, keys = [], []
+            for sample in part:
+                try:
+                    keys.append(fingerprint(sample.path, sample.stamp))
+                    rows.append(sample)
+                except OSError:
+                    pass  # reported when extracting (or gone since: below)
+            found = [cache.lookup(keys) for cache in caches]
+            kept = []
+            for sample, key in zip(rows, keys):
+                if all(key in present for present, _ in found):
+                    kept.append((sample, key))
+                elif not any(key in failed for _, failed in found):
+                    report.failures.append((sample.relpath, _CHANGED))
+            if kept:
+                writer.append(CachedFeatures(caches, [key for _, key in kept]).rows(),
+                              [index[s.label] for s, _ in kept], [s.relpath for s, _ in kept],
+                              [s.split for s, _ in kept])
+                usable.update(s.label for s, _ in kept)
+    return usable

@@ -42,10 +42,10 @@ _FLOAT_OPS = ("Transpose", "Cast", "Sub", "Div", "GlobalAveragePool", "Flatten",
 def calibration_images(paths: Sequence[Any], limit: int = CALIBRATION_IMAGES) -> list[Any]:
     """Up to ``limit`` images spread evenly over ``paths`` (sorted by class, so every class is
     represented), the same ones every run."""
+    from graft.data.dataset import spread_indices
+
     paths = list(paths)
-    if len(paths) <= limit:
-        return paths
-    return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, limit).round()]
+    return [paths[i] for i in spread_indices(len(paths), limit)]
 
 
 def calibration_identity(images: Sequence[Any]) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "FEATURE_FILE_FORMAT",
     "CachedFeatures",
     "FeatureCache",
+    "FeatureFileWriter",
     "FeatureSet",
     "chunk_bounds",
     "fingerprint",
@@ -347,6 +348,73 @@ class FeatureSet:
         return count_by_split(self.split, [self.label_names[i] for i in self.labels])
 
 
+class FeatureFileWriter:
+    """A feature file written a block of rows at a time, so no more than a block is held; it
+    appears under its name only when :meth:`finish` is reached (a failure leaves nothing).
+
+    Use as a context manager: ``with FeatureFileWriter(out, ...) as writer: writer.append(...)``
+    then ``writer.finish(attrs)``.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, num_features: int,
+                 label_names: list[str]) -> None:
+        self.path = Path(path)
+        self.rows = 0
+        self._tmp = _atomic_h5(self.path)
+        self._file = h5py.File(self._tmp, "w")
+        chunk_rows = max(1, (1 << 20) // max(1, 4 * num_features))  # about 1 MiB per chunk
+        self._columns = {
+            "features": self._file.create_dataset(
+                "features", shape=(0, num_features), maxshape=(None, num_features),
+                dtype=np.float32, chunks=(chunk_rows, num_features)),
+            "labels": self._file.create_dataset("labels", shape=(0,), maxshape=(None,),
+                                                dtype=np.int32, chunks=(16384,)),
+            "paths": self._file.create_dataset("paths", shape=(0,), maxshape=(None,),
+                                               dtype=_STR, chunks=(4096,)),
+            "split": self._file.create_dataset("split", shape=(0,), maxshape=(None,),
+                                               dtype=_STR, chunks=(4096,)),
+        }
+        self._file.create_dataset("label_names", data=list(label_names), dtype=_STR)
+
+    def __enter__(self) -> FeatureFileWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str],
+               split: Sequence[str]) -> None:
+        """Rows after the ones written: features, class indices, relative paths and splits."""
+        block = {"features": np.asarray(features, dtype=np.float32),
+                 "labels": np.asarray(labels, dtype=np.int32), "paths": list(paths),
+                 "split": list(split)}
+        count = len(block["features"])
+        if any(len(values) != count for values in block.values()):
+            raise ValueError("FeatureFileWriter.append: columns of different lengths")
+        for name, values in block.items():
+            column = self._columns[name]
+            column.resize(self.rows + count, axis=0)
+            column[self.rows: self.rows + count] = values
+        self.rows += count
+
+    def finish(self, attrs: dict[str, Any]) -> Path:
+        """Write the file's attributes and move it into place."""
+        self._file.attrs["format"] = FEATURE_FILE_FORMAT
+        self._file.attrs["format_version"] = 1
+        for key, value in attrs.items():
+            self._file.attrs[key] = json.dumps(value) if not isinstance(value, str) else value
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Give up an unfinished file (a no-op after :meth:`finish`)."""
+        if self._file.id.valid:
+            self._file.close()
+        if self._tmp.exists():
+            self._tmp.unlink()
+
+
 def write_feature_file(
     path: str | os.PathLike,
     *,
@@ -360,34 +428,14 @@ def write_feature_file(
     attrs: dict[str, Any],
 ) -> Path:
     """Write a feature file from an iterator of feature blocks (in row order), atomically."""
-    path = Path(path)
-    tmp = _atomic_h5(path)
-    try:
-        with h5py.File(tmp, "w") as handle:
-            chunk_rows = max(1, min(n_rows, max(1, (1 << 20) // max(1, 4 * num_features))))
-            data = handle.create_dataset(
-                "features", shape=(n_rows, num_features), dtype=np.float32,
-                chunks=(chunk_rows, num_features) if n_rows else None,
-            )
-            start = 0
-            for block in chunks:
-                data[start: start + len(block)] = block
-                start += len(block)
-            if start != n_rows:
-                raise RuntimeError(f"Wrote {start} feature rows, expected {n_rows}.")
-            handle.create_dataset("labels", data=np.asarray(labels, dtype=np.int32))
-            handle.create_dataset("label_names", data=list(label_names), dtype=_STR)
-            handle.create_dataset("paths", data=list(paths), dtype=_STR)
-            handle.create_dataset("split", data=list(split), dtype=_STR)
-            handle.attrs["format"] = FEATURE_FILE_FORMAT
-            handle.attrs["format_version"] = 1
-            for key, value in attrs.items():
-                handle.attrs[key] = json.dumps(value) if not isinstance(value, str) else value
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with FeatureFileWriter(path, num_features=num_features, label_names=label_names) as writer:
+        for block in chunks:
+            start = writer.rows
+            writer.append(block, labels[start: start + len(block)],
+                          paths[start: start + len(block)], split[start: start + len(block)])
+        if writer.rows != n_rows:
+            raise RuntimeError(f"Wrote {writer.rows} feature rows, expected {n_rows}.")
+        return writer.finish(attrs)
 
 
 def _json_attr(handle: h5py.File, name: str, default: Any) -> Any:

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from graft.catalog import DEFAULT_BACKBONE
-from graft.data import assign_splits, scan_dataset
+from graft.data.dataset import stream_dataset
 from graft.data.storage import check_local
 from graft.errors import ConfigError
 from graft.features import ExtractionReport, extract_to_file
+from graft.features.quantize import CALIBRATION_IMAGES
 from graft.inference.threads import plan_threads
 from graft.workflows._common import build_backbones, set_precision
 
@@ -56,15 +57,15 @@ def extract(
         The file written, and what was extracted, read from the cache, or skipped.
     """
     check_local(out, "the feature file")
-    dataset = assign_splits(scan_dataset(data, cache_dir=cache_dir, progress=progress),
-                            test_size=test_size, val_size=val_size, seed=seed,
-                            group_regex=group_regex)
+    dataset = stream_dataset(data, test_size=test_size, val_size=val_size, seed=seed,
+                             group_regex=group_regex, cache_dir=cache_dir, progress=progress)
     plan = plan_threads(threads)
     _, engines, configs = build_backbones(backbone, layer=layer, weights=weights, pool=pool,
                                           image_size=image_size, device=device,
                                           cache_dir=cache_dir, threads=plan.onnx)
     engines, configs = set_precision(
-        engines, configs, precision, [s.path for s in dataset.samples if s.split == "train"],
+        engines, configs, precision,
+        dataset.spread("train", CALIBRATION_IMAGES) if precision != "fp32" else [],
         cache_dir=cache_dir)
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray. Got {engine!r}.")
