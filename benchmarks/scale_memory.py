@@ -6,11 +6,13 @@ committed); each command then runs as its own process under /usr/bin/time, which
 peak RSS. The default backbone (EfficientNet-Lite0) and head (logreg) throughout, and with
 ``--out-of-core`` also ``graft train --out-of-core`` (the ``train-ooc`` row: the head fitted from
 the cache a chunk at a time); the feature cache starts empty for each size. The ``list`` row is
-graft's listing and split of the folder alone, with the memory its list of images keeps
-(tracemalloc).
+graft's listing and split of the folder alone, twice: streamed, as ``graft extract`` reads it
+(the most memory it takes at any time), and held whole, as ``graft train`` keeps it (tracemalloc).
+The ``extract-py`` row runs ``graft extract`` again (the features now cached: listing, cache
+lookups and writing the file) in a process that traces Python's allocations, and gives their peak.
 
 Usage: python benchmarks/scale_memory.py [--sizes 10000,100000] [--keep DIR] [--out-of-core]
-       [--steps list,extract,train,predict]
+       [--steps list,extract,extract-py,train,predict]
 With --keep, a folder kept from an earlier run (the same images: generation is deterministic) and
 its cache are reused, so ``--keep DIR --steps train`` times training alone.
 A million images: python benchmarks/scale_memory.py --sizes 1000000 (about 3 hours of
@@ -31,14 +33,31 @@ from multiprocessing import Pool
 from pathlib import Path
 
 CLASSES = 10
-# The `list` step: graft's listing and split of the folder, and the bytes it keeps per image.
+# The `list` step: graft's listing and split of the folder, streamed (what `graft extract` does:
+# the most memory it takes at any time, traced) and held whole (what `graft train` keeps).
 LIST = """
 import sys, tracemalloc
 from graft.data import assign_splits, scan_dataset
+from graft.data.dataset import stream_dataset
+tracemalloc.start()
+count = sum(1 for _ in stream_dataset(sys.argv[1]))
+streamed = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
 tracemalloc.start()
 dataset = assign_splits(scan_dataset(sys.argv[1]))
 held, _ = tracemalloc.get_traced_memory()
-print(f"HELD {held / 1e6:.1f}", file=sys.stderr)
+assert count == len(dataset.samples)
+print(f"STREAMED {streamed / 1e6:.2f} HELD {held / 1e6:.1f}", file=sys.stderr)
+"""
+# The `extract-py` step: `graft extract` again, in a process tracing Python's allocations: the
+# most memory Python objects take at any time (RSS also counts SQLite's and HDF5's caches).
+EXTRACT_TRACED = """
+import sys, tracemalloc
+from graft.cli.main import main
+tracemalloc.start()
+code = main(sys.argv[1:])
+print(f"TRACED {tracemalloc.get_traced_memory()[1] / 1e6:.1f}", file=sys.stderr)
+sys.exit(code)
 """
 
 
@@ -86,7 +105,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="generate into (and keep) this folder")
     parser.add_argument("--out-of-core", action="store_true",
                         help="also time 'graft train --out-of-core' (the train-ooc row)")
-    parser.add_argument("--steps", default="list,extract,train,predict",
+    parser.add_argument("--steps", default="list,extract,extract-py,train,predict",
                         help="the steps to time (train-ooc comes with --out-of-core)")
     args = parser.parse_args()
     graft = [sys.executable, "-m", "graft"]
@@ -108,6 +127,8 @@ def main() -> None:
             rows = [
                 ("list", [sys.executable, "-c", LIST, str(data)]),
                 ("extract", [*graft, "extract", str(data), "--out", str(work / "f.h5"), "-q"]),
+                ("extract-py", [sys.executable, "-c", EXTRACT_TRACED, "extract", str(data),
+                                "--out", str(work / "f.h5"), "-q"]),
                 ("train", [*graft, "train", str(data), "--out", str(work / "model"), "-q"]),
                 ("predict", [*graft, "predict", str(work / "model"), str(data), "--csv",
                              str(work / "p.csv"), "-q"]),
@@ -121,8 +142,13 @@ def main() -> None:
                 rate = f"{size / seconds:9.1f}" if not step.startswith("train") else f"{'':>9}"
                 note = ""
                 if step == "list":
-                    held = re.search(r"HELD ([\d.]+)", output).group(1)
-                    note = f"   (the list of images holds {held} MB)"
+                    streamed, held = re.search(r"STREAMED ([\d.]+) HELD ([\d.]+)",
+                                               output).groups()
+                    note = (f"   (streamed, the listing peaks at {streamed} MB; held whole, it "
+                            f"keeps {held} MB)")
+                if step == "extract-py":
+                    traced = re.search(r"TRACED ([\d.]+)", output).group(1)
+                    note = f"   (Python objects peak at {traced} MB)"
                 if step.startswith("train"):
                     import json
 

@@ -141,6 +141,45 @@ def test_streamed_feature_file_equals_the_held_listing(tiny_backbone, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_files_changed_while_extracting_are_reported_and_leave_no_gap(tiny_backbone, tmp_path):
+    """A file removed, and one rewritten, after the extraction pass listed them but before the
+    rows are written: both reported, and the rows after them moved up (no empty rows)."""
+    import dataclasses
+
+    from graft.data.dataset import stream_dataset
+
+    root = make_dataset(tmp_path / "data", n_per_class=8)
+    engine = create_engine(tiny_backbone, device="cpu")
+    held, _ = extract_feature_set(assign_splits(scan_dataset(root, progress=False)), engine,
+                                  [tiny_backbone.config()], progress=False)
+    stream = stream_dataset(root)
+    splits = {s.relpath: s.split for s in stream}
+    removed = next(p for p in sorted(splits) if splits[p] == "train")
+    rewritten = next(p for p in sorted(splits) if splits[p] == "test")
+    listings = []
+
+    def source():  # the second listing is the writing pass: change two files before it
+        listings.append(1)
+        if len(listings) == 2:
+            (root / removed).unlink()
+            os.utime(root / rewritten, ns=(1, 1))
+        return stream._source()
+
+    path, report = extract_to_file(dataclasses.replace(stream, _source=source), engine,
+                                   [tiny_backbone.config()], tmp_path / "f.h5", progress=False)
+    loaded = load_feature_file(path)
+    # the rewritten file is listed with another key: reported by name; the removed one is no
+    # longer listed, so only counted
+    assert len(listings) == 2 and dict(report.failures).keys() == {rewritten}
+    assert "changed or removed" in dict(report.failures)[rewritten]
+    assert report.n_vanished == 1 and "1 removed from the folders" in report.summary()
+    keep = [i for i, p in enumerate(held.paths) if p not in (removed, rewritten)]
+    assert loaded.paths == [held.paths[i] for i in keep]
+    np.testing.assert_array_equal(loaded.features, held.features[keep])
+    np.testing.assert_array_equal(loaded.labels, held.labels[keep])
+    assert list(loaded.split) == [held.split[i] for i in keep]
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys

@@ -368,9 +368,10 @@ class DatasetStream:
     def __iter__(self) -> Iterator[Sample]:
         rule = self._rule
         for index, sample in enumerate(self._source()):
-            if rule is not None:
-                sample = replace(sample, split=rule.split(index, sample.relpath, sample.label,
-                                                          sample.split))
+            if rule is not None:  # (the constructor: twice as fast as dataclasses.replace)
+                sample = Sample(sample.path, sample.relpath, sample.label,
+                                rule.split(index, sample.relpath, sample.label, sample.split),
+                                sample.view, sample.stamp)
             yield sample
 
     def spread(self, split: str, limit: int) -> list[str]:

@@ -60,6 +60,7 @@ class ExtractionReport:
     n_computed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    n_vanished: int = 0  # listed when extracting, gone from the listing when writing the file
 
     @property
     def images_per_second(self) -> float:
@@ -72,6 +73,9 @@ class ExtractionReport:
             text += f" ({self.images_per_second:.1f} img/s)"
         if self.failures:
             text += f", {len(self.failures)} skipped"
+        if self.n_vanished:
+            text += (f", {self.n_vanished} removed from the folders while graft read them (run "
+                     f"the command again)")
         return text
 
 
@@ -384,8 +388,9 @@ def extract_to_file(
     address: str | None = None,
 ) -> tuple[Path, ExtractionReport]:
     """Extract ``dataset`` into the feature file ``out``, a part of the listing at a time (a
-    :class:`DatasetStream` is never held whole): first every image into the cache, then the
-    file's rows from the cache, train then val then test, each split in listing order."""
+    :class:`DatasetStream` is never held whole): first every image into the cache, counting the
+    usable ones of each split, then, listing once more, each row from the cache to its place in
+    the file: train, then val, then test, each split in listing order."""
     from graft import __version__
 
     engines = _as_list(engines)
@@ -393,28 +398,29 @@ def extract_to_file(
     caches = [open_cache(e, cache_dir) for e in engines]
     start = time.perf_counter()
     report = ExtractionReport(n_images=len(stream))
+    per_split: Counter = Counter()  # usable rows
+    per_class: Counter = Counter()
     bar = tqdm(total=len(stream), unit="img", desc="Extracting features", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     with bar:
         # Ray: one job per part, so parts are larger (its start, seconds, is paid per part)
         for part in _parts(stream, _STREAM_ROWS * (4 if engine == "ray" else 1)):
-            _, done = extract_dataset(
+            keys, done = extract_dataset(
                 ImageDataset(root=stream.root, samples=part, classes=stream.classes,
                              layout=stream.layout), engines, caches, batch_size=batch_size,
                 workers=workers, progress=progress, engine=engine, address=address, bar=bar)
             report.n_cached += done.n_cached
             report.n_computed += done.n_computed
             report.failures.extend(done.failures)
+            usable = [sample for sample, key in zip(part, keys) if key is not None]
+            per_split.update(sample.split for sample in usable)
+            per_class.update(sample.label for sample in usable)
     report.seconds = time.perf_counter() - start
+    _check_usable(stream, per_class)
     with FeatureFileWriter(out, num_features=sum(e.num_features for e in engines),
-                           label_names=list(stream.classes)) as writer:
-        usable = _write_rows(stream, caches, writer, report)
-        few = [label for label in stream.classes if usable[label] < 2]
-        if few:
-            details = ", ".join(f"{label!r} ({usable[label]} usable)" for label in few)
-            raise DataError(
-                f"Class folder(s) with fewer than 2 usable images under {stream.root}: "
-                f"{details}. Add images to them, or remove the folder(s).")
+                           label_names=list(stream.classes),
+                           rows=sum(per_split.values())) as writer:
+        _write_rows(stream, caches, writer, per_split, report)
         report.failures.sort()
         path = writer.finish({
             "graft_version": __version__,
@@ -445,31 +451,67 @@ def _parts(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield part
 
 
+def _check_usable(stream: DatasetStream, per_class: Counter) -> None:
+    few = [label for label in stream.classes if per_class[label] < 2]
+    if few:
+        details = ", ".join(f"{label!r} ({per_class[label]} usable)" for label in few)
+        raise DataError(f"Class folder(s) with fewer than 2 usable images under {stream.root}: "
+                        f"{details}. Add images to them, or remove the folder(s).")
+
+
 def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: Any,
-                report: ExtractionReport) -> Counter:
-    """Append each split's usable rows (in the cache; not failed) to ``writer``, block by block;
-    the number of rows of each class."""
+                per_split: Counter, report: ExtractionReport) -> None:
+    """Each usable row (in the cache, not failed) from the cache to its split's place in the
+    file, listing once, a block per split at a time. A file changed since it was extracted is
+    reported, and the rows after it moved up."""
     index = {label: i for i, label in enumerate(stream.classes)}
-    usable: Counter = Counter()
+    first = dict(zip(SPLITS, np.cumsum([0] + [per_split[s] for s in SPLITS[:-1]]).tolist()))
+    cursor = dict(first)
+    waiting: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    rows_of: Counter = Counter()
+
+    def flush(split: str) -> None:
+        block, waiting[split] = waiting[split], []
+        keys, listed = [], []
+        for sample in block:
+            try:
+                keys.append(fingerprint(sample.path, sample.stamp))
+                listed.append(sample)
+            except OSError:
+                report.failures.append((sample.relpath, _CHANGED))
+        found = [cache.lookup(keys) for cache in caches]
+        kept = []
+        for sample, key in zip(listed, keys):
+            if all(key in present for present, _ in found):
+                kept.append((sample, key))
+            elif not any(key in failed for _, failed in found):
+                report.failures.append((sample.relpath, _CHANGED))
+        room = first[split] + per_split[split] - cursor[split]
+        if len(kept) > room:  # a file new since extraction: not counted, so not in the cache
+            for sample, _ in kept[room:]:
+                report.failures.append((sample.relpath, _CHANGED))
+            kept = kept[:room]
+        if kept:
+            writer.write(cursor[split], CachedFeatures(caches, [key for _, key in kept]).rows(),
+                         [index[s.label] for s, _ in kept], [s.relpath for s, _ in kept],
+                         [s.split for s, _ in kept])
+            cursor[split] += len(kept)
+            rows_of.update(s.label for s, _ in kept)
+
+    for sample in stream:
+        if sample.split in waiting:
+            waiting[sample.split].append(sample)
+            if len(waiting[sample.split]) == _GATHER_ROWS:
+                flush(sample.split)
     for split in SPLITS:
-        for part in _parts((s for s in stream if s.split == split), _GATHER_ROWS):
-            rows, keys = [], []
-            for sample in part:
-                try:
-                    keys.append(fingerprint(sample.path, sample.stamp))
-                    rows.append(sample)
-                except OSError:
-                    pass  # reported when extracting (or gone since: below)
-            found = [cache.lookup(keys) for cache in caches]
-            kept = []
-            for sample, key in zip(rows, keys):
-                if all(key in present for present, _ in found):
-                    kept.append((sample, key))
-                elif not any(key in failed for _, failed in found):
-                    report.failures.append((sample.relpath, _CHANGED))
-            if kept:
-                writer.append(CachedFeatures(caches, [key for _, key in kept]).rows(),
-                              [index[s.label] for s, _ in kept], [s.relpath for s, _ in kept],
-                              [s.split for s, _ in kept])
-                usable.update(s.label for s, _ in kept)
-    return usable
+        flush(split)
+    end = 0  # close the gaps left by files that changed (rare): each split's rows moved up
+    for split in SPLITS:
+        if first[split] != end:
+            writer.move(first[split], cursor[split], end)
+        end += cursor[split] - first[split]
+    if end != writer.rows:
+        changed = sum(reason == _CHANGED for _, reason in report.failures)
+        report.n_vanished = max(0, writer.rows - end - changed)
+        writer.keep(end)
+        _check_usable(stream, rows_of)

@@ -12,6 +12,7 @@ stays flat), then renamed into place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -56,9 +57,23 @@ def fingerprint(path: str | os.PathLike, stamp: tuple[int, int] | None = None) -
     """
     from graft.data import storage
 
-    name = os.fspath(path) if storage.is_uri(path) else os.path.realpath(path)
+    name = os.fspath(path) if storage.is_uri(path) else _realpath(os.fspath(path))
     size, mtime_ns = stamp if stamp is not None else storage.stat(name)
     return hashlib.sha1(f"{name}\0{size}\0{mtime_ns}".encode()).hexdigest()
+
+
+def _realpath(path: str) -> str:
+    """``os.path.realpath``, with each folder resolved once, not at every image in it (which
+    costs a system call per component of the path)."""
+    folder, name = os.path.split(path)
+    if not os.path.isabs(folder) or name in ("", ".", "..") or os.path.islink(path):
+        return os.path.realpath(path)
+    return os.path.join(_real_folder(folder), name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
 
 
 def _atomic_h5(path: Path):
@@ -352,26 +367,28 @@ class FeatureFileWriter:
     """A feature file written a block of rows at a time, so no more than a block is held; it
     appears under its name only when :meth:`finish` is reached (a failure leaves nothing).
 
-    Use as a context manager: ``with FeatureFileWriter(out, ...) as writer: writer.append(...)``
-    then ``writer.finish(attrs)``.
+    Rows are appended (:meth:`append`), or, with ``rows`` given, written where they belong
+    (:meth:`write`), the file's length then fixed by :meth:`keep`. Use as a context manager:
+    ``with FeatureFileWriter(out, ...) as writer: writer.append(...)`` then
+    ``writer.finish(attrs)``.
     """
 
-    def __init__(self, path: str | os.PathLike, *, num_features: int,
-                 label_names: list[str]) -> None:
+    def __init__(self, path: str | os.PathLike, *, num_features: int, label_names: list[str],
+                 rows: int = 0) -> None:
         self.path = Path(path)
-        self.rows = 0
+        self.rows = rows
         self._tmp = _atomic_h5(self.path)
         self._file = h5py.File(self._tmp, "w")
         chunk_rows = max(1, (1 << 20) // max(1, 4 * num_features))  # about 1 MiB per chunk
         self._columns = {
             "features": self._file.create_dataset(
-                "features", shape=(0, num_features), maxshape=(None, num_features),
+                "features", shape=(rows, num_features), maxshape=(None, num_features),
                 dtype=np.float32, chunks=(chunk_rows, num_features)),
-            "labels": self._file.create_dataset("labels", shape=(0,), maxshape=(None,),
+            "labels": self._file.create_dataset("labels", shape=(rows,), maxshape=(None,),
                                                 dtype=np.int32, chunks=(16384,)),
-            "paths": self._file.create_dataset("paths", shape=(0,), maxshape=(None,),
+            "paths": self._file.create_dataset("paths", shape=(rows,), maxshape=(None,),
                                                dtype=_STR, chunks=(4096,)),
-            "split": self._file.create_dataset("split", shape=(0,), maxshape=(None,),
+            "split": self._file.create_dataset("split", shape=(rows,), maxshape=(None,),
                                                dtype=_STR, chunks=(4096,)),
         }
         self._file.create_dataset("label_names", data=list(label_names), dtype=_STR)
@@ -385,17 +402,34 @@ class FeatureFileWriter:
     def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str],
                split: Sequence[str]) -> None:
         """Rows after the ones written: features, class indices, relative paths and splits."""
+        self.write(self.rows, features, labels, paths, split)
+
+    def write(self, start: int, features: np.ndarray, labels: Sequence[int],
+              paths: Sequence[str], split: Sequence[str]) -> None:
+        """Rows from ``start`` on (the file grows when they go past its end)."""
         block = {"features": np.asarray(features, dtype=np.float32),
                  "labels": np.asarray(labels, dtype=np.int32), "paths": list(paths),
                  "split": list(split)}
         count = len(block["features"])
         if any(len(values) != count for values in block.values()):
-            raise ValueError("FeatureFileWriter.append: columns of different lengths")
+            raise ValueError("FeatureFileWriter.write: columns of different lengths")
+        if start + count > self.rows:
+            self.keep(start + count)
         for name, values in block.items():
-            column = self._columns[name]
-            column.resize(self.rows + count, axis=0)
-            column[self.rows: self.rows + count] = values
-        self.rows += count
+            self._columns[name][start: start + count] = values
+
+    def move(self, start: int, stop: int, to: int) -> None:
+        """Copy rows ``start:stop`` to ``to`` (``to <= start``), a block at a time."""
+        for first in range(start, stop, 4096):
+            last = min(first + 4096, stop)
+            for column in self._columns.values():
+                column[to + first - start: to + last - start] = column[first:last]
+
+    def keep(self, rows: int) -> None:
+        """The file's length: ``rows`` (rows past it dropped, missing ones added empty)."""
+        for column in self._columns.values():
+            column.resize(rows, axis=0)
+        self.rows = rows
 
     def finish(self, attrs: dict[str, Any]) -> Path:
         """Write the file's attributes and move it into place."""
