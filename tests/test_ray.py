@@ -16,7 +16,13 @@ from conftest import S3_CREDENTIALS, make_dataset
 ray = pytest.importorskip("ray")
 
 from graft.data import assign_splits, scan_dataset
-from graft.features import create_engine, extract_dataset, extract_feature_set, open_cache
+from graft.features import (
+    create_engine,
+    extract_dataset,
+    extract_feature_set,
+    load_feature_file,
+    open_cache,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,18 +193,25 @@ def test_a_dead_actor_is_replaced_and_never_hangs_the_job(tmp_path, mode):
         assert "The Ray job failed" in result.stdout and "run the command again" in result.stdout
 
 
-def test_the_cli_extracts_and_trains_on_ray(cluster, tmp_path):
+def test_the_cli_extracts_and_trains_on_ray(cluster, tmp_path, monkeypatch):
+    import graft.features.extract as extract_module
     from graft.cli import main
 
     data = make_dataset(tmp_path / "data", n_per_class=6)
-    args = ["--backbone", "test_efficientnet", "--weights", "random", "--engine", "ray",
-            "--cache-dir", str(tmp_path / "cache"), "-q"]
+    tiny = ["--backbone", "test_efficientnet", "--weights", "random", "-q"]
+    args = [*tiny, "--engine", "ray", "--cache-dir", str(tmp_path / "cache")]
+    monkeypatch.setattr(extract_module, "_STREAM_ROWS", 2)  # Ray jobs of 8 listed images: 3
     assert main(["extract", str(data), "--out", str(tmp_path / "f.h5"), *args]) == 0
+    assert main(["extract", str(data), "--out", str(tmp_path / "local.h5"), *tiny,
+                 "--cache-dir", str(tmp_path / "local")]) == 0
+    remote, local = (load_feature_file(tmp_path / name) for name in ("f.h5", "local.h5"))
+    assert remote.paths == local.paths and len(remote.paths) == 18
+    np.testing.assert_allclose(remote.features, local.features, atol=1e-5)
     assert main(["train", str(data), "--out", str(tmp_path / "model"), *args]) == 0
     assert (tmp_path / "model" / "graft.json").is_file()
 
 
-def test_predict_and_evaluate_on_ray_equal_local(cluster, tmp_path):
+def test_predict_and_evaluate_on_ray_equal_local(cluster, tmp_path, monkeypatch):
     import json
 
     from graft.cli import main
@@ -213,6 +226,9 @@ def test_predict_and_evaluate_on_ray_equal_local(cluster, tmp_path):
     images = [data, data / "red" / "red_000.jpg"]  # a folder, then a file again: order is kept
     local = [p.to_dict() for p in predict(model, images, top_k=2, batch_size=5)]
     counted = []
+    from graft.scale import ray_engine
+
+    monkeypatch.setattr(ray_engine, "PREDICT_PART", 10)  # Ray jobs of 10, 10 and 6 paths
     remote = [p.to_dict() for p in predict(model, images, top_k=2, batch_size=5, engine="ray",
                                            on_result=counted.append)]
     assert [r["path"] for r in remote] == [r["path"] for r in local] and len(local) == 26

@@ -233,17 +233,32 @@ def _first_line(error: BaseException) -> str:
     useful = [line for line in lines if not line.startswith(("Traceback", "File ", "ray::"))]
     return (useful or lines or [type(error).__name__])[0][:300]
 
+PREDICT_PART = 65536  # paths per Ray job in ray_predictions: what the driver holds at a time
+
+
 def ray_predictions(predictor: Any, paths: Iterable[str | os.PathLike], *, top_k: int = 5,
                     address: str | None = None, on_result: Any = None) -> Iterator[Any]:
     """:meth:`graft.inference.Predictor.predict_paths` with the backbones run on Ray: the same
     :class:`~graft.inference.Prediction` per path, in the order given (Ray Data keeps the order;
-    a result that still arrives early waits for the ones before it)."""
+    a result that still arrives early waits for the ones before it). ``paths`` is read
+    :data:`PREDICT_PART` at a time, one Ray job each, so a stream of paths is never held whole."""
+    if int(top_k) < 1:
+        raise ConfigError(f"--top-k must be >= 1. Got {top_k!r} instead.")
+    part: list[str] = []
+    for path in paths:
+        part.append(os.fspath(path))
+        if len(part) == PREDICT_PART:
+            yield from _predict_part(predictor, part, top_k, address, on_result)
+            part = []
+    if part:
+        yield from _predict_part(predictor, part, top_k, address, on_result)
+
+
+def _predict_part(predictor: Any, names: list[str], top_k: int, address: str | None,
+                  on_result: Any) -> Iterator[Any]:
     from graft.inference.fusion import fuse_features
     from graft.inference.predictor import Prediction
 
-    if int(top_k) < 1:
-        raise ConfigError(f"--top-k must be >= 1. Got {top_k!r} instead.")
-    names = [os.fspath(p) for p in paths]
     waiting: dict[int, Any] = {}  # results that arrived before an earlier one
     following = 0  # the position to yield next
     for batch in ray_features(names, predictor.engines, batch_size=predictor.batch_size,
