@@ -296,3 +296,19 @@ def test_streamed_listing_memory_does_not_grow_with_the_images(tmp_path):
     # the held list takes about 250 B per image; streaming 1,800 more images adds under 10 KB
     assert held_bytes > 2000 * 200
     assert large_peak - small_peak < 10_000
+
+
+def test_a_file_removed_after_the_first_look_moves_no_other_image(tmp_path):
+    """The image a class gives to train (when all of its images drew test) is named by its path:
+    a listing that lost a file splits every other file as before."""
+    for label in ("a", "b"):
+        for i in range(3):
+            _touch(tmp_path / label / f"{i}.jpg")
+    stream = stream_dataset(tmp_path, test_size=0.95)
+    before = {s.relpath: s.split for s in stream}
+    assert [before[f"{c}/{i}.jpg"] for c in "ab" for i in range(3)].count("train") == 2
+    for relpath in sorted(before):
+        (tmp_path / relpath).unlink()
+        after = {s.relpath: s.split for s in stream}
+        assert after == {p: split for p, split in before.items() if (tmp_path / p).exists()}
+        _touch(tmp_path / relpath)

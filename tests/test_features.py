@@ -115,6 +115,7 @@ def test_streamed_feature_file_equals_the_held_listing(tiny_backbone, tmp_path, 
     root = make_dataset(tmp_path / "data", n_per_class=5)
     make_image(root / "red" / "deeper" / "nested.png", (200, 0, 0), 9)
     (root / "blue" / "zero.jpg").write_bytes(b"")
+    (root / "red" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")  # cannot be stat'ed
     engine = create_engine(tiny_backbone, device="cpu")
     held, _ = extract_feature_set(assign_splits(scan_dataset(root, progress=False)), engine,
                                   [tiny_backbone.config()], progress=False)
@@ -128,9 +129,16 @@ def test_streamed_feature_file_equals_the_held_listing(tiny_backbone, tmp_path, 
         np.testing.assert_array_equal(loaded.labels, held.labels)
         assert loaded.paths == held.paths and list(loaded.split) == list(held.split)
         assert list(loaded.split) == sorted(loaded.split, key=["train", "val", "test"].index)
-        assert report.failures == [("blue/zero.jpg", report.failures[0][1])]
-        assert loaded.skipped == report.failures and report.n_images == 17
+        # each unreadable file reported once, with its own reason
+        assert [p for p, _ in report.failures] == ["blue/zero.jpg", "red/dangling.jpg"]
+        assert "cannot stat" in report.failures[1][1] and report.n_vanished == 0
+        assert loaded.skipped == report.failures and report.n_images == 18
         assert (report.n_cached, report.n_computed) == (16, 0)  # the held run cached them
+    # a dataset never split: its rows are written too (after any split ones), as before
+    path, _ = extract_to_file(scan_dataset(root, progress=False), engine,
+                              [tiny_backbone.config()], tmp_path / "unsplit.h5", progress=False)
+    unsplit = load_feature_file(path)
+    assert sorted(unsplit.paths) == sorted(held.paths) and set(unsplit.split) == {""}
     for file in (root / "green").iterdir():
         if file.name != "green_000.jpg":
             file.unlink()

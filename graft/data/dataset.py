@@ -425,14 +425,22 @@ def stream_dataset(path: str | os.PathLike, *, test_size: float = 0.2, val_size:
 def _stream_folder(root: Path, **split_options: Any) -> DatasetStream:
     splits = _split_folders(root, [p.name for p in _class_dirs(root)])
     rule = SplitRule(presplit=bool(splits), **split_options)
+    try:
+        rule._check()
+        wrong = None
+    except ConfigError as error:  # said after the listing's own errors, as assign_splits does
+        wrong = error
     labels: set[str] = set()
     size = 0
     for size, sample in enumerate(_walk_layout(root, splits), start=1):  # the one look
-        rule.observe(size - 1, sample.relpath, sample.label, sample.split)
+        if wrong is None:
+            rule.observe(size - 1, sample.relpath, sample.label, sample.split)
         labels.add(sample.label)
     classes = sorted(labels)
     _check_found(root, size, classes,
                  loose=not size and any(is_image_file(p) for p in root.iterdir()))
+    if wrong is not None:
+        raise wrong
     rule.close()
     return DatasetStream(
         root=root, classes=classes, layout="presplit" if splits else "folders",
@@ -501,6 +509,17 @@ class SplitRule:
 
     def __init__(self, *, presplit: bool, test_size: float = 0.2, val_size: float = 0.0,
                  seed: int = 0, group_regex: str | None = None) -> None:
+        self.presplit = presplit
+        self.test_size, self.val_size, self.seed = test_size, val_size, seed
+        self.group_regex = group_regex
+        self._given: set[str] = set()  # the splits the data gives
+        # hash splits, per class: [images, any drawn train, (highest fraction, index, relpath)]
+        self._classes: dict[str, list] = {}
+        self._to_train: set[tuple[str, str]] = set()  # (relpath, label) moved to train
+        self._closed = False
+
+    def _check(self) -> None:
+        test_size, val_size, group_regex = self.test_size, self.val_size, self.group_regex
         for name, value in (("test_size", test_size), ("val_size", val_size)):
             if not 0.0 <= float(value) < 1.0:
                 flag = "--" + name.replace("_", "-")
@@ -516,14 +535,6 @@ class SplitRule:
             except re.error as exc:
                 raise ConfigError(f"--group-regex {group_regex!r} is not a valid regex: "
                                   f"{exc}") from exc
-        self.presplit = presplit
-        self.test_size, self.val_size, self.seed = test_size, val_size, seed
-        self.group_regex = group_regex
-        self._given: set[str] = set()  # the splits the data gives
-        # hash splits, per class: [images, any drawn train, (highest fraction, its index)]
-        self._classes: dict[str, list] = {}
-        self._to_train: set[int] = set()  # indices moved to train (see assign_splits)
-        self._closed = False
 
     def _fraction(self, relpath: str) -> float:
         return split_fraction(relpath, seed=self.seed, group_regex=self.group_regex)
@@ -539,18 +550,20 @@ class SplitRule:
             self._given.add(given)
             return
         fraction = self._fraction(relpath)
-        state = self._classes.setdefault(label, [0, False, (-1.0, -1)])
+        state = self._classes.setdefault(label, [0, False, (-1.0, -1, "")])
         state[0] += 1
         state[1] = state[1] or self._draw(fraction) == "train"
-        state[2] = max(state[2], (fraction, index))
+        state[2] = max(state[2], (fraction, index, relpath))
 
     def close(self) -> SplitRule:
-        """Every image has been observed: decide the exceptions."""
+        """Every image has been observed: check the options, decide the exceptions (each named
+        by its path, so a later listing that gained or lost files splits the rest the same)."""
+        self._check()
         if self.presplit and "train" not in self._given:
             raise DataError("The given splits hold no 'train' images.")
-        for count, any_train, (_, index) in self._classes.values():
+        for label, (count, any_train, (_, _, relpath)) in self._classes.items():
             if count >= 2 and not any_train:
-                self._to_train.add(index)  # so that each class can be learned
+                self._to_train.add((relpath, label))  # so that each class can be learned
         self._classes.clear()
         self._closed = True
         return self
@@ -567,7 +580,7 @@ class SplitRule:
                     and self._fraction(relpath) < self.val_size):
                 return "val"  # a validation split wanted, not given: a stable share of train
             return given
-        if index in self._to_train:
+        if (relpath, label) in self._to_train:
             return "train"
         return self._draw(self._fraction(relpath))
 
@@ -589,6 +602,7 @@ def compute_splits(
     """The split (``train``/``val``/``test``) of each image; see :func:`assign_splits`."""
     rule = SplitRule(presplit=given is not None, test_size=test_size, val_size=val_size,
                      seed=seed, group_regex=group_regex)
+    rule._check()  # before reading any image
     rows = list(zip(relpaths, labels, given if given is not None else [""] * len(relpaths)))
     for index, (relpath, label, split) in enumerate(rows):
         rule.observe(index, relpath, label, split)

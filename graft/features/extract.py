@@ -32,6 +32,7 @@ from graft.features.store import (
     FeatureFileWriter,
     FeatureSet,
     fingerprint,
+    forget_folders,
 )
 from graft.inference.batches import iter_decoded_batches
 from graft.inference.fusion import FUSION
@@ -125,6 +126,8 @@ def extract_dataset(
     if len(engines) != len(caches) or not engines:
         raise ValueError("extract_dataset needs one cache per engine, and at least one engine.")
     start = time.perf_counter()
+    if bar is None:  # (one extraction over parts clears it once, at its start)
+        forget_folders()  # resolved again: a symlinked folder may point elsewhere since last time
     report = ExtractionReport(n_images=len(dataset.samples))
     keys: list[str | None] = []
     todo: list[tuple[int, str, tuple[int, ...]]] = []
@@ -396,6 +399,7 @@ def extract_to_file(
     engines = _as_list(engines)
     stream = dataset if isinstance(dataset, DatasetStream) else DatasetStream.of(dataset)
     caches = [open_cache(e, cache_dir) for e in engines]
+    forget_folders()  # resolved again: a symlinked folder may point elsewhere since last time
     start = time.perf_counter()
     report = ExtractionReport(n_images=len(stream))
     per_split: Counter = Counter()  # usable rows
@@ -465,12 +469,16 @@ def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: A
     file, listing once, a block per split at a time. A file changed since it was extracted is
     reported, and the rows after it moved up."""
     index = {label: i for i, label in enumerate(stream.classes)}
-    first = dict(zip(SPLITS, np.cumsum([0] + [per_split[s] for s in SPLITS[:-1]]).tolist()))
+    # train, val, test, then any other split an unsplit dataset has (""), as grouped_by_split
+    order = [*SPLITS, *sorted(set(per_split) - set(SPLITS))]
+    first = dict(zip(order, np.cumsum([0] + [per_split[s] for s in order[:-1]]).tolist()))
     cursor = dict(first)
-    waiting: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    waiting: dict[str, list[Sample]] = {split: [] for split in order}
     rows_of: Counter = Counter()
+    changed = 0  # listed files whose key is no longer in the cache (reported by name)
 
     def flush(split: str) -> None:
+        nonlocal changed
         block, waiting[split] = waiting[split], []
         keys, listed = [], []
         for sample in block:
@@ -478,7 +486,7 @@ def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: A
                 keys.append(fingerprint(sample.path, sample.stamp))
                 listed.append(sample)
             except OSError:
-                report.failures.append((sample.relpath, _CHANGED))
+                pass  # reported when extracting, or gone since (counted below)
         found = [cache.lookup(keys) for cache in caches]
         kept = []
         for sample, key in zip(listed, keys):
@@ -486,8 +494,9 @@ def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: A
                 kept.append((sample, key))
             elif not any(key in failed for _, failed in found):
                 report.failures.append((sample.relpath, _CHANGED))
+                changed += 1
         room = first[split] + per_split[split] - cursor[split]
-        if len(kept) > room:  # a file new since extraction: not counted, so not in the cache
+        if len(kept) > room:  # more usable than when extracting (a file readable only now)
             for sample, _ in kept[room:]:
                 report.failures.append((sample.relpath, _CHANGED))
             kept = kept[:room]
@@ -503,15 +512,15 @@ def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: A
             waiting[sample.split].append(sample)
             if len(waiting[sample.split]) == _GATHER_ROWS:
                 flush(sample.split)
-    for split in SPLITS:
+    for split in order:
         flush(split)
     end = 0  # close the gaps left by files that changed (rare): each split's rows moved up
-    for split in SPLITS:
+    for split in order:
         if first[split] != end:
             writer.move(first[split], cursor[split], end)
         end += cursor[split] - first[split]
     if end != writer.rows:
-        changed = sum(reason == _CHANGED for _, reason in report.failures)
+        # usable when extracted, now gone (removed, unreadable) or rewritten (named above)
         report.n_vanished = max(0, writer.rows - end - changed)
         writer.keep(end)
         _check_usable(stream, rows_of)

@@ -39,6 +39,7 @@ __all__ = [
     "FeatureSet",
     "chunk_bounds",
     "fingerprint",
+    "forget_folders",
     "in_chunks",
     "load_feature_file",
     "read_rows",
@@ -74,6 +75,12 @@ def _realpath(path: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def _real_folder(folder: str) -> str:
     return os.path.realpath(folder)
+
+
+def forget_folders() -> None:
+    """Resolve folders again in :func:`fingerprint` (each extraction starts with this: a
+    symlinked folder may point elsewhere since the last one)."""
+    _real_folder.cache_clear()
 
 
 def _atomic_h5(path: Path):
@@ -380,6 +387,7 @@ class FeatureFileWriter:
         self._tmp = _atomic_h5(self.path)
         self._file = h5py.File(self._tmp, "w")
         chunk_rows = max(1, (1 << 20) // max(1, 4 * num_features))  # about 1 MiB per chunk
+        chunk_rows = min(chunk_rows, rows) if rows else chunk_rows  # a small file stays small
         self._columns = {
             "features": self._file.create_dataset(
                 "features", shape=(rows, num_features), maxshape=(None, num_features),
@@ -462,13 +470,16 @@ def write_feature_file(
     attrs: dict[str, Any],
 ) -> Path:
     """Write a feature file from an iterator of feature blocks (in row order), atomically."""
-    with FeatureFileWriter(path, num_features=num_features, label_names=label_names) as writer:
+    labels, paths, split = np.asarray(labels), list(paths), list(split)
+    with FeatureFileWriter(path, num_features=num_features, label_names=label_names,
+                           rows=n_rows) as writer:
+        start = 0
         for block in chunks:
-            start = writer.rows
-            writer.append(block, labels[start: start + len(block)],
-                          paths[start: start + len(block)], split[start: start + len(block)])
-        if writer.rows != n_rows:
-            raise RuntimeError(f"Wrote {writer.rows} feature rows, expected {n_rows}.")
+            stop = start + len(block)
+            writer.write(start, block, labels[start:stop], paths[start:stop], split[start:stop])
+            start = stop
+        if start != n_rows:
+            raise RuntimeError(f"Wrote {start} feature rows, expected {n_rows}.")
         return writer.finish(attrs)
 
 
