@@ -312,3 +312,5 @@ def test_a_file_removed_after_the_first_look_moves_no_other_image(tmp_path):
         after = {s.relpath: s.split for s in stream}
         assert after == {p: split for p, split in before.items() if (tmp_path / p).exists()}
         _touch(tmp_path / relpath)
+    _touch(tmp_path / "c" / "0.jpg")  # a class made after the first look is not in the dataset
+    assert {s.relpath: s.split for s in stream} == before and stream.classes == ["a", "b"]

@@ -367,7 +367,10 @@ class DatasetStream:
 
     def __iter__(self) -> Iterator[Sample]:
         rule = self._rule
+        known = frozenset(self.classes)
         for index, sample in enumerate(self._source()):
+            if sample.label not in known:
+                continue  # a class folder made after the first look: not in this dataset
             if rule is not None:  # (the constructor: twice as fast as dataclasses.replace)
                 sample = Sample(sample.path, sample.relpath, sample.label,
                                 rule.split(index, sample.relpath, sample.label, sample.split),
