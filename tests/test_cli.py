@@ -219,15 +219,16 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path):
     import sys
     import time
 
-    data = make_dataset(tmp_path / "colors", n_per_class=3)
-    # an empty cache: the backbone's graph must be exported, so torch is imported (seconds);
-    # with the suite's cache the graph is there and training can end within the second
+    # an empty cache (the backbone's graph must be exported: torch is imported) and 300 images,
+    # so the run cannot be over when the signal comes, even with torch's files in the page
+    # cache (with 9 images and the suite's cache it ended within the second, twice)
+    data = make_dataset(tmp_path / "colors", n_per_class=100)
     process = subprocess.Popen(
         [sys.executable, "-c", "from graft._entry import run; run()", "train", str(data),
          "--out", str(tmp_path / "m"), *TINY_ARGS],
         stderr=subprocess.PIPE, text=True,
         env={**os.environ, "GRAFT_CACHE_DIR": str(tmp_path / "empty-cache")})
-    time.sleep(1.0)  # while the training stack is still being imported
+    time.sleep(0.5)  # while the training stack is still being imported
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
