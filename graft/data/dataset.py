@@ -151,16 +151,6 @@ def _class_dirs(folder: Path) -> list[Path]:
                   and not (p / MODEL_MARKER).is_file())
 
 
-def _scan_class_folders(root: Path, base: Path, split: str) -> list[Sample]:
-    samples = []
-    for class_dir in _class_dirs(base):
-        for file in iter_image_files(class_dir):
-            rel = file.relative_to(root).as_posix()
-            samples.append(Sample(path=os.fspath(file), relpath=rel, label=class_dir.name,
-                                  split=split))
-    return samples
-
-
 def _split_folders(root: str | Path, names: Iterable[str]) -> dict[str, str] | None:
     """``{split: folder name}`` when the folders ``names`` under ``root`` are train/val/test
     folders (pre-split data), else None."""
@@ -273,14 +263,8 @@ def scan_dataset(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None
         return _read_csv(path)
     root = path.resolve()
     splits = _split_folders(root, [p.name for p in _class_dirs(root)])
-    if splits:
-        samples = []
-        for split, folder in splits.items():
-            samples.extend(_scan_class_folders(root, root / folder, split))
-        layout, split_source = "presplit", "folders"
-    else:
-        samples = _scan_class_folders(root, root, "")
-        layout, split_source = "folders", ""
+    samples = list(_walk_layout(root, splits))  # the streamed listing, held
+    layout, split_source = ("presplit", "folders") if splits else ("folders", "")
     loose = not samples and any(is_image_file(p) for p in root.iterdir())
     return _finish_scan(root, samples, layout, split_source, loose=loose)
 

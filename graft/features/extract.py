@@ -287,14 +287,8 @@ def _extract_usable(
                                    engine=engine, address=address)
     rows = [i for i, key in enumerate(keys) if key is not None]
     samples = [dataset.samples[i] for i in rows]
-    counts = Counter(s.label for s in samples)
-    few = [label for label in dataset.classes if counts.get(label, 0) < min_per_class]
-    if few:
-        details = ", ".join(f"{label!r} ({counts.get(label, 0)} usable)" for label in few)
-        raise DataError(
-            f"Class folder(s) with fewer than {min_per_class} usable images under "
-            f"{dataset.root}: {details}. Add images to them, or remove the folder(s)."
-        )
+    _check_usable(dataset.root, dataset.classes, Counter(s.label for s in samples),
+                  min_per_class)
     index = {label: i for i, label in enumerate(dataset.classes)}
     return _Extracted(
         caches=caches,
@@ -420,7 +414,7 @@ def extract_to_file(
             per_split.update(sample.split for sample in usable)
             per_class.update(sample.label for sample in usable)
     report.seconds = time.perf_counter() - start
-    _check_usable(stream, per_class)
+    _check_usable(stream.root, stream.classes, per_class)
     with FeatureFileWriter(out, num_features=sum(e.num_features for e in engines),
                            label_names=list(stream.classes),
                            rows=sum(per_split.values())) as writer:
@@ -455,11 +449,13 @@ def _parts(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield part
 
 
-def _check_usable(stream: DatasetStream, per_class: Counter) -> None:
-    few = [label for label in stream.classes if per_class[label] < 2]
+def _check_usable(root: Path | str, classes: Sequence[str], per_class: Counter,
+                  minimum: int = 2) -> None:
+    """Refuse a class with fewer than ``minimum`` usable images."""
+    few = [label for label in classes if per_class[label] < minimum]
     if few:
         details = ", ".join(f"{label!r} ({per_class[label]} usable)" for label in few)
-        raise DataError(f"Class folder(s) with fewer than 2 usable images under {stream.root}: "
+        raise DataError(f"Class folder(s) with fewer than {minimum} usable images under {root}: "
                         f"{details}. Add images to them, or remove the folder(s).")
 
 
@@ -523,4 +519,4 @@ def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: A
         # usable when extracted, now gone (removed, unreadable) or rewritten (named above)
         report.n_vanished = max(0, writer.rows - end - changed)
         writer.keep(end)
-        _check_usable(stream, rows_of)
+        _check_usable(stream.root, stream.classes, rows_of)
