@@ -352,12 +352,12 @@ class DatasetStream:
     def __iter__(self) -> Iterator[Sample]:
         rule = self._rule
         known = frozenset(self.classes)
-        for index, sample in enumerate(self._source()):
+        for sample in self._source():
             if sample.label not in known:
                 continue  # a class folder made after the first look: not in this dataset
             if rule is not None:  # (the constructor: twice as fast as dataclasses.replace)
                 sample = Sample(sample.path, sample.relpath, sample.label,
-                                rule.split(index, sample.relpath, sample.label, sample.split),
+                                rule.split(sample.relpath, sample.label, sample.split),
                                 sample.view, sample.stamp)
             yield sample
 
@@ -365,11 +365,12 @@ class DatasetStream:
         """Up to ``limit`` paths of ``split``, spread evenly over it in listing order (every
         class represented), the same ones every run: two passes, nothing else held."""
         count = sum(1 for sample in self if sample.split == split)
-        wanted = Counter(spread_indices(count, limit))
+        wanted = set(spread_indices(count, limit))  # distinct, in order
         chosen, seen = [], 0
         for sample in self:
             if sample.split == split:
-                chosen.extend([sample.path] * wanted.get(seen, 0))
+                if seen in wanted:
+                    chosen.append(sample.path)
                 seen += 1
         return chosen
 
@@ -555,8 +556,8 @@ class SplitRule:
         self._closed = True
         return self
 
-    def split(self, index: int, relpath: str, label: str, given: str = "") -> str:
-        """The split of image ``index`` (observed before, in the same order)."""
+    def split(self, relpath: str, label: str, given: str = "") -> str:
+        """The split of an image (the images observed before it was closed decide it)."""
         if not self._closed:
             raise RuntimeError("SplitRule.split before close()")
         if self.presplit:
@@ -594,7 +595,7 @@ def compute_splits(
     for index, (relpath, label, split) in enumerate(rows):
         rule.observe(index, relpath, label, split)
     rule.close()
-    return [rule.split(index, *row) for index, row in enumerate(rows)]
+    return [rule.split(*row) for row in rows]
 
 
 def assign_splits(
