@@ -141,6 +141,19 @@ def test_user_errors_exit_2_with_message(tmp_path, capsys):
     data = make_dataset(tmp_path / "colors", n_per_class=3)
     assert main(["train", str(data), "--backbone", "nosuchnet", "-q"]) == 2
     assert "Unknown backbone" in capsys.readouterr().err
+    tiny = ["--backbone", "test_efficientnet", "--weights", "random", "-q"]
+    out = ["--out", str(tmp_path / "f.h5")]
+    for device in ("cpu", "torch"):  # mixed precision is a GPU's
+        assert main(["extract", str(data), *out, *tiny, "--device", device,
+                     "--precision", "fp16"]) == 2
+        assert "mixed precision on a GPU" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        for command in (["extract", str(data), *out], ["finetune", str(data)]):
+            assert main([*command, *tiny, "--device", "cuda"]) == 2
+            err = capsys.readouterr().err
+            assert "sees no CUDA device" in err and len(err.strip().splitlines()) == 1
 
 
 def test_tampered_model_is_refused(trained, capsys):

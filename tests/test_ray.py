@@ -211,6 +211,31 @@ def test_the_cli_extracts_and_trains_on_ray(cluster, tmp_path, monkeypatch):
     assert (tmp_path / "model" / "graft.json").is_file()
 
 
+def test_torch_actors_equal_local_torch_and_gpus_are_asked_for(cluster, tmp_path, capsys):
+    """--device torch: the actors run the torch network itself (sent once through the object
+    store), the code path of --device cuda but on CPU; --device cuda on a cluster with no GPU
+    says so."""
+    from graft.cli import main
+
+    data = make_dataset(tmp_path / "data", n_per_class=6)
+    tiny = ["--backbone", "test_efficientnet", "--weights", "random", "-q", "--device", "torch"]
+    assert main(["extract", str(data), "--out", str(tmp_path / "ray.h5"), *tiny, "--engine",
+                 "ray", "--cache-dir", str(tmp_path / "ray")]) == 0
+    assert main(["extract", str(data), "--out", str(tmp_path / "local.h5"), *tiny,
+                 "--cache-dir", str(tmp_path / "local")]) == 0
+    remote, local = (load_feature_file(tmp_path / name) for name in ("ray.h5", "local.h5"))
+    assert remote.paths == local.paths and len(remote.paths) == 18
+    np.testing.assert_allclose(remote.features, local.features, atol=1e-5)
+    capsys.readouterr()
+    gpu = ["--backbone", "test_efficientnet", "--weights", "random", "-q", "--device", "cuda",
+           "--engine", "ray", "--cache-dir", str(tmp_path / "gpu")]
+    assert main(["extract", str(data), "--out", str(tmp_path / "gpu.h5"), *gpu]) == 2
+    assert "this cluster has none" in capsys.readouterr().err
+    assert main(["extract", str(data), "--out", str(tmp_path / "gpu.h5"), *gpu,
+                 "--precision", "fp16"]) == 2
+    assert "this cluster has none" in capsys.readouterr().err
+
+
 def test_predict_and_evaluate_on_ray_equal_local(cluster, tmp_path, monkeypatch):
     import json
 

@@ -36,7 +36,7 @@ def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
                              "(default: all this process may use, affinity/cgroup aware)")
 
 
-def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
+def _add_backbone_args(parser: argparse.ArgumentParser, *, mixed: bool = False) -> None:
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", action="append", default=None, metavar="NAME",
                        help=f"registry or timm model name (default: {DEFAULT_BACKBONE}; see "
@@ -54,12 +54,16 @@ def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
                        help="input resolution (default: the backbone's)")
     group.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     _add_threads_arg(group)
-    group.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+    group.add_argument("--precision", default="fp32",
+                       choices=("fp32", "int8", "fp16", "bf16") if mixed else ("fp32", "int8"),
                        help="fp32 (default), or int8: the backbone quantized with ONNX Runtime, "
                             "calibrated on up to 200 training images (about 1.3x faster "
-                            "extraction on an AVX2 CPU; accuracy within a point, measured)")
+                            "extraction on an AVX2 CPU; accuracy within a point, measured)"
+                            + ("; fp16/bf16: autocast on CUDA (--device cuda), cached apart "
+                               "from fp32 features" if mixed else ""))
     group.add_argument("--device", default="auto",
-                       help="auto (CUDA if present, else ONNX Runtime on CPU), cpu, cuda, torch")
+                       help="auto (CUDA if present, else ONNX Runtime on CPU), cpu, cuda, torch; "
+                            "with --engine ray the actors' (cuda: one per GPU of the cluster)")
     _add_engine_args(group)
     group.add_argument("--cache-dir", default=None,
                        help="feature/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
@@ -110,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="DATA/<class>/<image>, pre-split DATA/{train,val,test}/..., CSV, "
                                 "or s3://BUCKET/DATA")
     p.add_argument("--out", required=True, help="the feature file to write (.h5)")
-    _add_backbone_args(p)
+    _add_backbone_args(p, mixed=True)
     _add_split_args(p)
     p.set_defaults(func=_cmd_extract)
 

@@ -7,6 +7,8 @@ The ONNX engine itself is the inference one (:class:`graft.inference.OnnxEngine`
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -23,14 +25,17 @@ from graft.errors import ConfigError
 from graft.inference.engine import BATCH_AXIS, FeatureEngine, OnnxEngine
 
 __all__ = [
+    "AUTOCAST",
+    "EXPORT_FORMAT",
     "FeatureEngine",
     "OnnxEngine",
     "TorchEngine",
-    "EXPORT_FORMAT",
     "backbone_key",
+    "check_cuda",
     "create_engine",
     "export_backbone_onnx",
     "fused_key",
+    "precision_key",
 ]
 
 EXPORT_FORMAT = 4  # bump when the exported graph or the CPU-side resize changes: caches rebuild
@@ -51,28 +56,75 @@ def fused_key(keys: Sequence[str]) -> str:
     return hashlib.sha256("+".join(keys).encode()).hexdigest()[:20]
 
 
+# --precision on CUDA: torch autocast to this dtype (features come back float32 either way).
+AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def check_cuda(device: str) -> None:
+    """A clear error, not torch's traceback, when ``device`` is CUDA and torch sees none."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(f"--device {device}: torch {torch.__version__} ({build}) sees no CUDA "
+                          f"device here. Use --device cpu (or auto), or run on a machine with "
+                          f"an NVIDIA GPU and its driver.")
+
+
+def precision_key(key: str, precision: str) -> str:
+    """The cache key of features computed in ``precision`` (fp32 keeps ``key``): mixed-precision
+    features differ from fp32 ones in the third digit, so they are cached apart."""
+    if precision == "fp32":
+        return key
+    return hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()[:20]
+
+
 class TorchEngine(FeatureEngine):
-    """Eager PyTorch on a device (CUDA: channels_last; features stay float32)."""
+    """Eager PyTorch on a device (CUDA: channels_last, optional fp16/bf16 autocast; features come
+    back float32).
+
+    ``target`` is where the network runs: this process's ``device``, or, for ``--engine ray
+    --device cuda``, the cluster's GPUs (the model stays on this process's CPU and each Ray
+    actor moves it to its own GPU).
+    """
 
     name = "torch"
 
     def __init__(self, image_model: Any, *, key: str, preprocess: PreprocessConfig,
-                 num_features: int, device: str) -> None:
+                 num_features: int, device: str, precision: str = "fp32",
+                 target: str | None = None) -> None:
         import torch
 
+        check_cuda(device)
         self.device = torch.device(device)
+        self.target = target or str(self.device)
         self.model = image_model.eval().to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
             self.prefetch = 2  # the GPU computes while the CPU decodes the next batches
-        self.key = key
+        self.fp32_key = self.key = key
         self.preprocess = preprocess
         self.num_features = num_features
+        self.precision = "fp32"
+        self.set_precision(precision)
+
+    def set_precision(self, precision: str) -> None:
+        """fp32, or autocast to fp16/bf16 on CUDA; the key changes with it."""
+        if precision != "fp32" and precision not in AUTOCAST:
+            raise ConfigError(f"A torch engine runs fp32, fp16 or bf16. Got {precision!r}.")
+        if precision != "fp32" and not self.target.startswith("cuda"):
+            raise ConfigError(f"--precision {precision} is mixed precision on a GPU: use it with "
+                              f"--device cuda (on a CPU: fp32, or int8).")
+        self.key = precision_key(self.fp32_key, precision)
+        self.precision = precision
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        dtype = AUTOCAST.get(self.precision)
+        mixed = (torch.autocast(self.device.type, dtype=getattr(torch, dtype)) if dtype
+                 else contextlib.nullcontext())
+        with torch.inference_mode(), mixed:
             batch = torch.from_numpy(images).to(self.device, non_blocking=True)
             return self.model(batch).float().cpu().numpy()
 
@@ -87,6 +139,10 @@ def export_backbone_onnx(backbone: Any, path: str | os.PathLike, opset: int = 17
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = backbone.preprocess.size
     model = ImageModel(backbone).eval()
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        # a CUDA engine's network (it shares the backbone): exported from a CPU copy, the
+        # engine's stays where it is
+        model = copy.deepcopy(model).cpu()
     dummy = torch.zeros(2, height, width, 3, dtype=torch.uint8)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=".onnx")
     os.close(fd)
@@ -116,6 +172,7 @@ def create_engine(
     device: str = "auto",
     cache_dir: str | os.PathLike | None = None,
     threads: int | None = None,
+    target: str | None = None,
 ) -> FeatureEngine:
     """The fastest engine for ``backbone`` here: torch on CUDA, else ONNX Runtime on CPU.
 
@@ -126,6 +183,8 @@ def create_engine(
         device: ``"auto"``, ``"cpu"`` (ONNX Runtime), ``"cuda"`` / ``"cuda:N"`` or ``"torch"``
             (eager PyTorch on CPU, for comparisons).
         threads: ONNX Runtime intra-op threads (default: the share :func:`plan_threads` gives).
+        target: For ``--engine ray``: where the Ray actors run the network (``"cuda"``: the
+            cluster's GPUs, the model kept on this process's CPU); default ``device``.
     """
     from graft.config import resolve_cache_dir
 
@@ -140,7 +199,7 @@ def create_engine(
         from graft.backbones import ImageModel
 
         return TorchEngine(ImageModel(backbone), device="cpu" if device == "torch" else device,
-                           **common)
+                           target=target, **common)
     if device != "cpu":
         raise ConfigError(
             f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'torch'. "

@@ -113,8 +113,11 @@ class FinetuneResult:
 
 
 def _device(name: str) -> torch.device:
+    from graft.features.engine import check_cuda
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_cuda(name)
     return torch.device(name)
 
 

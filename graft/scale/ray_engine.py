@@ -105,8 +105,9 @@ def _decode(batch: dict[str, np.ndarray], configs: list[dict],
 
 
 class _Embed:
-    """One actor: the graphs loaded once, run on ``threads`` images at a time (one ONNX Runtime
-    thread each)."""
+    """One actor: the networks loaded once. An ONNX graph runs on ``threads`` images at a time
+    (one ONNX Runtime thread each); a torch network runs on the actor's GPU (Ray gives it one and
+    shows it as ``cuda``), or on ``threads`` CPU threads."""
 
     def __init__(self, graphs: list[Any], engines: list[dict], threads: int) -> None:
         import ray
@@ -116,11 +117,14 @@ class _Embed:
         self._folder = tempfile.mkdtemp(prefix="graft-ray-")
         self.engines = []
         for j, (graph, spec) in enumerate(zip(graphs, engines)):
+            common = {"key": spec["key"], "num_features": spec["num_features"],
+                      "preprocess": PreprocessConfig.from_dict(spec["preprocess"])}
+            if spec["kind"] == "torch":
+                self.engines.append(_torch_engine(ray.get(graph), spec, threads, common))
+                continue
             path = Path(self._folder) / f"graph{j}.onnx"
             path.write_bytes(ray.get(graph))
-            self.engines.append(OnnxEngine(
-                path, key=spec["key"], preprocess=PreprocessConfig.from_dict(spec["preprocess"]),
-                num_features=spec["num_features"], threads=threads))
+            self.engines.append(OnnxEngine(path, threads=threads, **common))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.array([not r for r in batch["reason"]], dtype=bool)
@@ -131,6 +135,22 @@ class _Embed:
                 features[ok] = engine(np.ascontiguousarray(batch[f"image_{j}"][ok]))
             out[f"features_{j}"] = features
         return out
+
+
+def _torch_engine(model: Any, spec: dict, threads: int, common: dict) -> Any:
+    """A torch network on this actor: its GPU for ``cuda``, else ``threads`` CPU threads."""
+    import torch
+
+    from graft.features.engine import TorchEngine
+
+    device = "cuda" if spec["target"].startswith("cuda") else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ClusterError("A Ray actor given a GPU sees no CUDA device (torch "
+                           f"{torch.__version__}, CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}).")
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    return TorchEngine(model, device=device, precision=spec["precision"], **common)
 
 
 def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: int = 32,
@@ -147,18 +167,32 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     ray = connect(address)
     import pyarrow as pa
 
-    for engine in engines:
-        if not hasattr(engine, "path"):
-            raise ConfigError("--engine ray runs exported ONNX graphs: use --device cpu (or auto).")
+    kinds = {_kind(engine) for engine in engines}
+    if len(kinds) != 1:
+        raise ConfigError("--engine ray runs every backbone the same way: give them one --device.")
+    kind = kinds.pop()
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    actors = max(1, cpus - 1)  # leave a CPU for reading and decoding: they must not starve
-    # ... and the actors' ONNX Runtime threads together one per CPU: on 2 CPUs the one actor runs
-    # two images at a time and decoding fills in while they wait (65 against 54 img/s over
-    # 2,000 images, benchmarks/ray_extract.py); the scheduler still counts the actor as 1 CPU.
-    threads = max(1, cpus // actors)
-    specs = [{"key": e.key, "preprocess": e.preprocess.to_dict(), "num_features": e.num_features}
+    if kind == "gpu":
+        # one actor per GPU of the cluster, with a CPU to feed it
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus < 1:
+            raise ConfigError("--device cuda with --engine ray runs the backbone on the cluster's "
+                              "GPUs, and this cluster has none: leave --device out (CPU actors) "
+                              "or add GPU nodes.")
+        actors, threads, resources = gpus, 1, {"num_cpus": 1, "num_gpus": 1}
+    else:
+        actors = max(1, cpus - 1)  # leave a CPU for reading and decoding: they must not starve
+        # ... and the actors' threads together one per CPU: on 2 CPUs the one actor runs two
+        # images at a time and decoding fills in while they wait (65 against 54 img/s over
+        # 2,000 images, benchmarks/ray_extract.py); the scheduler still counts the actor as 1 CPU.
+        threads, resources = max(1, cpus // actors), {"num_cpus": 1}
+    specs = [{"key": e.key, "preprocess": e.preprocess.to_dict(), "num_features": e.num_features,
+              "kind": "onnx" if kind == "onnx" else "torch",
+              "target": getattr(e, "target", "cpu"), "precision": getattr(e, "precision", "fp32")}
              for e in engines]
-    graphs = [ray.put(Path(e.path).read_bytes()) for e in engines]  # once, not per task
+    # once, not per task: the ONNX graph's bytes, or the torch network (on this process's CPU)
+    graphs = [ray.put(Path(e.path).read_bytes() if kind == "onnx" else e.model)
+              for e in engines]
     # s3://... paths: the driver's filesystems (endpoint and options; credentials stay each
     # node's own), as Ray Data passes its `filesystem` argument
     filesystems = filesystems_for(paths)
@@ -178,7 +212,7 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     context.execution_options.preserve_order = ordered  # read when the dataset is built
     try:
         dataset = _pipeline(ray, blocks, specs, graphs, filesystems, batch_size, actors,
-                            threads)
+                            threads, resources)
     finally:
         context.execution_options.preserve_order = preserved
     _quiet()  # Ray Data configures its loggers when first used: quiet them again
@@ -205,8 +239,20 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
                                                        reasons[~ok])])
 
 
+def _kind(engine: Any) -> str:
+    """How the actors run ``engine``: ``onnx`` (an exported graph on CPU), ``torch`` (eager on
+    CPU) or ``gpu`` (torch on CUDA)."""
+    if hasattr(engine, "path"):
+        return "onnx"
+    if getattr(engine, "name", "") == "torch":
+        return "gpu" if engine.target.startswith("cuda") else "torch"
+    raise ConfigError(f"--engine ray cannot run a {type(engine).__name__}: use --device cpu, "
+                      f"cuda or torch.")
+
+
 def _pipeline(ray: Any, blocks: list[Any], specs: list[dict], graphs: list[Any],
-              filesystems: dict[str, Any], batch_size: int, actors: int, threads: int) -> Any:
+              filesystems: dict[str, Any], batch_size: int, actors: int, threads: int,
+              resources: dict[str, float]) -> Any:
     """The Ray Data pipeline: the manifest's blocks -> decoding tasks -> the actor pool."""
     from ray.data import ActorPoolStrategy
 
@@ -221,7 +267,7 @@ def _pipeline(ray: Any, blocks: list[Any], specs: list[dict], graphs: list[Any],
         warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
         dataset = dataset.map_batches(_Embed, fn_constructor_kwargs={
             "graphs": graphs, "engines": specs, "threads": threads},
-            compute=ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
+            compute=ActorPoolStrategy(min_size=1, max_size=actors), **resources,
             batch_size=batch_size, batch_format="numpy", max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS)
     return dataset

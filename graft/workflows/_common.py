@@ -12,6 +12,10 @@ from graft.errors import ConfigError
 
 Log = Callable[[str], None]
 
+# graft extract's --precision: graft train's (fp32, int8), and mixed precision on CUDA, whose
+# features are for analysis (a model directory runs its fp32 or int8 graph).
+EXTRACT_PRECISIONS = ("fp32", "int8", "fp16", "bf16")
+
 
 def silent(_: str) -> None:
     """A log that says nothing (the library default; the CLI logs to stderr)."""
@@ -41,8 +45,13 @@ def build_backbones(
     device: str,
     cache_dir: str | os.PathLike | None,
     threads: int | None = None,
+    engine: str = "local",
 ) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
     """The backbones (one, or several fused), their feature engines and their configs.
+
+    With ``engine="ray"`` the device is the Ray actors': ``cuda`` builds torch engines kept on
+    this process's CPU (it needs no GPU) that the actors move to theirs; ``auto`` runs the
+    exported ONNX graphs on the actors' CPUs.
 
     When the same request was built before and its ONNX graph is cached, the engines come from
     that record and torch is never imported (the backbones are then ``None``): see
@@ -51,6 +60,11 @@ def build_backbones(
     from graft.catalog import DEFAULT_BACKBONE
     from graft.features.known import find_known_engines, record_known_engines
 
+    target = None
+    if engine == "ray" and device.startswith("cuda"):
+        device, target = "torch", "cuda"  # each actor sees its own GPU as cuda:0
+    elif engine == "ray" and device == "auto":
+        device = "cpu"
     request = {"layer": layer, "weights": weights, "pool": pool, "image_size": image_size,
                "cache_dir": cache_dir, "default": DEFAULT_BACKBONE}
     if _cpu_only(device):
@@ -66,8 +80,8 @@ def build_backbones(
     nets = create_backbones(names, layer=layer, weights=weights, pool=pool,
                             image_size=image_size, cache_dir=cache_dir)
     weights_list = per_backbone("weights", weights, names, broadcast=("random",))
-    engines = [create_engine(net, device=device, cache_dir=cache_dir, threads=threads)
-               for net in nets]
+    engines = [create_engine(net, device=device, cache_dir=cache_dir, threads=threads,
+                             target=target) for net in nets]
     configs = [record_weights(net.config(), w) for net, w in zip(nets, weights_list)]
     record_known_engines(backbone, engines=engines, configs=configs, **request)
     return nets, engines, configs
@@ -77,19 +91,27 @@ def set_precision(engines: list[Any], configs: list[dict[str, Any]], precision: 
                   train_paths: Sequence[Any], *, cache_dir: str | os.PathLike | None,
                   log: Log = silent) -> tuple[list[Any], list[dict[str, Any]]]:
     """The engines and configs for ``--precision``: unchanged for fp32; for int8, each backbone
-    quantized, calibrated on up to 200 of ``train_paths``."""
+    quantized, calibrated on up to 200 of ``train_paths``; for fp16/bf16 (``graft extract`` on
+    CUDA), the torch engines autocast, their features cached apart from fp32 ones."""
+    from graft.features.engine import AUTOCAST
     from graft.features.quantize import (
-        PRECISIONS,
         calibration_identity,
         calibration_images,
         quantize_engine,
     )
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
+    if precision not in EXTRACT_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(EXTRACT_PRECISIONS)}. "
                           f"Got {precision!r}.")
     if precision == "fp32":
         return engines, configs
+    if precision in AUTOCAST:
+        for engine in engines:
+            if not hasattr(engine, "set_precision"):
+                raise ConfigError(f"--precision {precision} is mixed precision on a GPU: use it "
+                                  f"with --device cuda (on a CPU: fp32, or int8).")
+            engine.set_precision(precision)
+        return engines, [{**config, "precision": precision} for config in configs]
     images = calibration_images(train_paths)
     identity = calibration_identity(images)  # read the images once, however many backbones
     engines = [quantize_engine(engine, images, identity=identity, cache_dir=cache_dir, log=log)

@@ -49,7 +49,10 @@ def extract(
         backbone: A registry or timm name; several (``"vgg16+resnet50"`` or a list) are fused,
             their features concatenated. ``weights`` and ``layer`` then take ``NAME=VALUE``.
         threads: CPUs to use, split between decoding and the network.
-        precision: ``fp32`` or ``int8`` (quantized, calibrated on up to 200 training images).
+        precision: ``fp32``, ``int8`` (quantized, calibrated on up to 200 training images), or
+            on CUDA ``fp16``/``bf16`` (torch autocast; cached apart from fp32 features).
+        device: ``auto``, ``cpu`` (ONNX Runtime), ``cuda`` or ``torch``; with ``engine="ray"``
+            the Ray actors' (``cuda``: one actor per GPU of the cluster).
         engine: ``local``, or ``ray`` (decode and run the graphs on the Ray cluster at
             ``address``; default ``$RAY_ADDRESS``, else a local one).
 
@@ -62,7 +65,7 @@ def extract(
     plan = plan_threads(threads)
     _, engines, configs = build_backbones(backbone, layer=layer, weights=weights, pool=pool,
                                           image_size=image_size, device=device,
-                                          cache_dir=cache_dir, threads=plan.onnx)
+                                          cache_dir=cache_dir, threads=plan.onnx, engine=engine)
     engines, configs = set_precision(
         engines, configs, precision,
         dataset.spread("train", CALIBRATION_IMAGES) if precision != "fp32" else [],

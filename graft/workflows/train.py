@@ -250,7 +250,14 @@ def _load_features(run: _Run) -> None:
                 "--augment-views needs the images: train on the image folder, not a feature file."
             )
         features = load_feature_file(run.data)
+        from graft.features.quantize import PRECISIONS
+
         stored = {b.get("precision", "fp32") for b in features.backbones}
+        if not stored <= set(PRECISIONS):
+            raise ConfigError(
+                f"{run.data} holds {'/'.join(sorted(stored))} features (mixed precision on a "
+                f"GPU); a model directory runs the fp32 (or int8) graph, so graft train needs "
+                f"those: extract it again with --precision fp32.")
         if stored != {cfg.precision}:
             raise ConfigError(
                 f"{run.data} holds {'/'.join(sorted(stored))} features; train from it with "
@@ -276,7 +283,7 @@ def _load_features(run: _Run) -> None:
     run.nets, run.engines, run.backbones = build_backbones(
         cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
-        threads=plan.onnx)
+        threads=plan.onnx, engine=cfg.engine)
     _set_precision(run, [s.path for s in run.dataset.samples if s.split == "train"])
     run.out_of_core = _out_of_core(run)
     run.features, run.extraction = extract_feature_set(
