@@ -253,6 +253,29 @@ def test_decoded_batches_keep_every_item_in_order(tiny_backbone, tmp_path, n_ima
     assert all(len(b.items) == 4 for b in batches[:-1])
 
 
+def test_decoding_in_processes_gives_what_threads_give(tiny_backbone, tmp_path):
+    """The GPU path's decode processes (spawned, tasks of 8 images, 2 batches ahead): the same
+    arrays, order and failures as threads, across batch and task boundaries."""
+    from graft.inference import iter_decoded_batches
+    from graft.inference.batches import use_processes
+
+    paths = [make_image(tmp_path / f"{i:03d}.jpg", (i * 9, 40, 90), i) for i in range(21)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    items = [*paths[:9], bad, *paths[9:]]
+    runs = [list(iter_decoded_batches(items, [tiny_backbone.preprocess], batch_size=5,
+                                      workers=3, prefetch=2, processes=processes))
+            for processes in (False, True)]
+    threads, processes = runs
+    assert [b.items for b in processes] == [b.items for b in threads]
+    assert [b.failures for b in processes] == [b.failures for b in threads]
+    assert [b.failures for b in processes if b.failures][0][0][0] == bad
+    for a, b in zip(threads, processes):
+        np.testing.assert_array_equal(a.images[0], b.images[0])
+    assert use_processes(3, 2, paths[0]) and not use_processes(3, 0, paths[0])
+    assert not use_processes(2, 2, paths[0]) and not use_processes(16, 2, "s3://bucket/a.jpg")
+
+
 def test_cache_index_opens_without_reading_shards(tmp_path):
     from graft.features.store import FeatureCache
 

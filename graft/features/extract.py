@@ -34,9 +34,10 @@ from graft.features.store import (
     fingerprint,
     forget_folders,
 )
-from graft.inference.batches import iter_decoded_batches
+from graft.inference.batches import iter_decoded_batches, use_processes
 from graft.inference.fusion import FUSION
 from graft.inference.images import decode_image, draft_size, preprocess
+from graft.inference.threads import plan_threads
 
 __all__ = [
     "ExtractionReport",
@@ -174,9 +175,15 @@ def extract_dataset(
             return [augment_for_network(image, config, augment, np.random.default_rng(seed))
                     for config in configs]
 
+        prefetch = max(engine.prefetch for engine in engines)
+        workers = plan_threads().decode if workers is None else workers
+        processes = bool(todo) and use_processes(
+            workers, prefetch, dataset.samples[todo[0][0]].path) and not any(
+            dataset.samples[index].view for index, _, _ in todo)
         batches = iter_decoded_batches(
             todo, [engine.preprocess for engine in engines], batch_size=batch_size,
-            workers=workers, load=load, prefetch=max(engine.prefetch for engine in engines),
+            workers=workers, load=None if processes else load, prefetch=prefetch,
+            source_of=lambda item: dataset.samples[item[0]].path, processes=processes,
         )
         for batch in batches:
             for (index, key, _), reason in batch.failures:
