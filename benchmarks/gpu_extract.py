@@ -5,8 +5,8 @@ and the same on Ray's GPU actors.
    in host memory -> GPU, channels_last, autocast for fp16/bf16 -> float32 features back in host
    memory), and the network alone on a batch already on the GPU. EfficientNet-Lite0 (the
    default backbone, its offline ImageNet weights) and ResNet-50 (random weights), batch 64 and
-   128, fp32 (TF32 convolutions, torch's default) / fp16 / bf16. Median of 30 timed calls after
-   10 warm-up calls; the relative difference of each precision's features from fp32's.
+   128, fp32 (full float32 as graft runs it, TF32 off) / fp16 / bf16. Median of 30 timed calls
+   after 10 warm-up calls; the relative difference of each precision's features from fp32's.
 2. extract: the CPU side alone (graft's decode threads; the same work in one process per CPU),
    then whole `graft extract DATA --device cuda` processes over --images generated JPEGs
    (benchmarks/scale_memory.py's generator: 48-480 px, so decoding is cheap) with an empty
@@ -60,7 +60,7 @@ def network(batches: list[int]) -> None:
     import torch
 
     from graft.backbones import ImageModel, create_backbone
-    from graft.features.engine import AUTOCAST, TorchEngine
+    from graft.features.engine import AUTOCAST, TorchEngine, exact_float32
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN "
           f"{torch.backends.cudnn.version()}")
@@ -86,8 +86,8 @@ def network(batches: list[int]) -> None:
                 dtype = getattr(torch, AUTOCAST.get(precision, "float32"))
 
                 def alone(model=engine.model, x=on_gpu, dtype=dtype, mixed=precision != "fp32"):
-                    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype,
-                                                                enabled=mixed):
+                    with torch.inference_mode(), (torch.autocast("cuda", dtype=dtype) if mixed
+                                                  else exact_float32("cuda")):
                         model(x)
 
                 print(f"{name:<24}{batch:>6}{precision:>10}{batch / whole:>14.0f}"

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "backbone_key",
     "check_cuda",
     "create_engine",
+    "exact_float32",
     "export_backbone_onnx",
     "fused_key",
     "precision_key",
@@ -61,14 +62,43 @@ AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 def check_cuda(device: str) -> None:
-    """A clear error, not torch's traceback, when ``device`` is CUDA and torch sees none."""
+    """A clear error, not torch's traceback, when ``device`` is CUDA and torch sees none (or
+    not that one)."""
     import torch
 
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    if not str(device).startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
         build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         raise ConfigError(f"--device {device}: torch {torch.__version__} ({build}) sees no CUDA "
                           f"device here. Use --device cpu (or auto), or run on a machine with "
                           f"an NVIDIA GPU and its driver.")
+    try:
+        index = torch.device(device).index
+    except RuntimeError:
+        raise ConfigError(f"--device must be cuda or cuda:N. Got {device!r}.") from None
+    if index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA "
+                          f"device(s), numbered from 0.")
+
+
+@contextlib.contextmanager
+def exact_float32(device: Any) -> Iterator[None]:
+    """Full float32 on CUDA: cuDNN's convolutions default to TF32, whose 10-bit mantissa moves
+    features as much as fp16 does (so fp32 features from CUDA could not share the cache with the
+    ONNX graph's on CPU) and probabilities by more than the saved model's check allows. Nothing
+    to do on the CPU."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def precision_key(key: str, precision: str) -> str:
@@ -80,8 +110,8 @@ def precision_key(key: str, precision: str) -> str:
 
 
 class TorchEngine(FeatureEngine):
-    """Eager PyTorch on a device (CUDA: channels_last, optional fp16/bf16 autocast; features come
-    back float32).
+    """Eager PyTorch on a device (CUDA: channels_last, fp32 without TF32, or fp16/bf16 autocast;
+    features come back float32).
 
     ``target`` is where the network runs: this process's ``device``, or, for ``--engine ray
     --device cuda``, the cluster's GPUs (the model stays on this process's CPU and each Ray
@@ -123,7 +153,7 @@ class TorchEngine(FeatureEngine):
 
         dtype = AUTOCAST.get(self.precision)
         mixed = (torch.autocast(self.device.type, dtype=getattr(torch, dtype)) if dtype
-                 else contextlib.nullcontext())
+                 else exact_float32(self.device))
         with torch.inference_mode(), mixed:
             batch = torch.from_numpy(images).to(self.device, non_blocking=True)
             return self.model(batch).float().cpu().numpy()

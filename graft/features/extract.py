@@ -7,6 +7,7 @@ fusion that includes it, and the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -185,17 +186,18 @@ def extract_dataset(
             workers=workers, load=None if processes else load, prefetch=prefetch,
             source_of=lambda item: dataset.samples[item[0]].path, processes=processes,
         )
-        for batch in batches:
-            for (index, key, _), reason in batch.failures:
-                _unreadable(dataset, caches, keys, report, index, key, reason)
-            for j, (network, cache) in enumerate(zip(engines, caches)):
-                rows = [r for r, (_, _, missing) in enumerate(batch.items) if j in missing]
-                if rows:
-                    images = batch.images[j]
-                    images = images if len(rows) == len(images) else images[rows]
-                    cache.add([batch.items[r][1] for r in rows], network(images))
-            report.n_computed += len(batch.items)
-            bar.update(len(batch.items) + len(batch.failures))
+        with contextlib.closing(batches):  # its decode workers stop on an error here too
+            for batch in batches:
+                for (index, key, _), reason in batch.failures:
+                    _unreadable(dataset, caches, keys, report, index, key, reason)
+                for j, (network, cache) in enumerate(zip(engines, caches)):
+                    rows = [r for r, (_, _, missing) in enumerate(batch.items) if j in missing]
+                    if rows:
+                        images = batch.images[j]
+                        images = images if len(rows) == len(images) else images[rows]
+                        cache.add([batch.items[r][1] for r in rows], network(images))
+                report.n_computed += len(batch.items)
+                bar.update(len(batch.items) + len(batch.failures))
     finally:
         # Ctrl-C or an error keeps every complete batch: the next run resumes from here.
         for cache in caches:

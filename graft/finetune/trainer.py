@@ -3,7 +3,6 @@ top blocks at a lower learning rate (the Keras transfer-learning tutorial's reci
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -41,7 +40,7 @@ from graft.data.preprocess import PreprocessConfig
 from graft.data.storage import is_uri
 from graft.errors import ConfigError, DataError, ImageError, ModelError
 from graft.evaluation import compute_metrics, format_report, write_report
-from graft.features.engine import backbone_key, export_backbone_onnx
+from graft.features.engine import backbone_key, exact_float32, export_backbone_onnx
 from graft.finetune.data import TrainingImages
 from graft.finetune.model import FinetuneModel
 from graft.heads import module_to_onnx
@@ -154,21 +153,6 @@ def _usable(dataset: ImageDataset, preprocess: PreprocessConfig,
     bad = {path for path, _ in failures}
     kept = [s for s in dataset.samples if s.relpath not in bad]
     return dataclasses.replace(dataset, samples=kept), failures
-
-
-@contextlib.contextmanager
-def _exact_float32(device: torch.device):
-    """Full float32 on CUDA (cuDNN convolutions default to TF32, whose 10-bit mantissa moves
-    probabilities by more than the artifact check allows); nothing to do on the CPU."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _run_epoch(model: FinetuneModel, loader, loss_fn, device, optimizer=None, scaler=None,
@@ -398,7 +382,7 @@ def finetune(
             save_checkpoint(None)
 
     final_stage = _choose_final(model, state, log)
-    with _exact_float32(device):
+    with exact_float32(device):
         torch_probabilities, y_test = _predict(model, loaders["test"], device)
     test_paths = [s.path for s in by_split["test"]]
     counts = count_by_split([s.split for s in dataset.samples],

@@ -1,7 +1,8 @@
 """Decoding in worker threads, in order, in batches: in turns with the network on CPU, or a few
 batches ahead of it on a GPU, there in worker processes when there are CPUs to feed it (decoding
-in threads holds the GIL too often to scale: 606 img/s in 16 threads against 4,004 in 16
-processes, benchmarks/gpu_extract.py on a 16-CPU GPU machine)."""
+in threads holds the GIL too often to scale: on a 16-CPU GPU machine, 606-1,073 img/s in 16
+threads against 3,976-4,658 in 16 processes, and `graft extract --device cuda` 563 against
+2,039 img/s; benchmarks/gpu_extract.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from graft.data.preprocess import PreprocessConfig
-from graft.errors import ConfigError, ImageError
+from graft.errors import ConfigError, DataError, ImageError
 from graft.inference.images import preprocess
 
-__all__ = ["DecodedBatch", "PROCESS_CHUNK", "iter_decoded_batches", "use_processes"]
+__all__ = ["PROCESS_CHUNK", "DecodedBatch", "iter_decoded_batches", "use_processes"]
 
 PROCESS_CHUNK = 8  # images per task in a worker process: fewer round trips through the pool
 
@@ -38,6 +40,9 @@ class _Inline:
         future: Future = Future()
         future.set_result(fn(*args))
         return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        return None
 
 
 @dataclass
@@ -126,21 +131,26 @@ def iter_decoded_batches(
         def load(item: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
             return preprocess(source_of(item), configs)
     if processes:
-        # spawned, not forked: the parent may hold CUDA, which a forked child cannot use
+        # Forked where the system can (as torch's DataLoader workers are): the children only
+        # decode (PIL, numpy) and never touch the parent's CUDA. Spawned children would run the
+        # caller's script again (as __mp_main__) if it calls graft without a __main__ guard.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_start,
-                                   mp_context=multiprocessing.get_context("spawn"))
+                                   mp_context=multiprocessing.get_context(method))
     elif workers > 0:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode")
     else:
         pool = _Inline()
     per_task = PROCESS_CHUNK if processes else 1
-    with pool:
+    try:
         pending: deque = deque()  # (item, the future of its task, its place in the task)
         iterator = iter(items)
 
         def submit(limit: int) -> None:
+            # whole tasks (up to per_task - 1 items past the limit), never tasks of one image
+            # as each taken item frees a place
             while len(pending) < limit:
-                chunk = list(itertools.islice(iterator, min(per_task, limit - len(pending))))
+                chunk = list(itertools.islice(iterator, per_task))
                 if not chunk:
                     return
                 future = (pool.submit(_decode_sources, [source_of(i) for i in chunk], configs)
@@ -156,7 +166,11 @@ def iter_decoded_batches(
                 if not pending:
                     break
                 item, future, place = pending.popleft()
-                result = future.result()[place]
+                try:
+                    result = future.result()[place]
+                except BrokenProcessPool as exc:
+                    raise DataError(f"A process decoding images stopped ({exc}); was it killed "
+                                    f"for memory? Run again with fewer --threads.") from None
                 if isinstance(result, str):
                     batch.failures.append((item, result))
                 else:
@@ -170,3 +184,5 @@ def iter_decoded_batches(
                 for j, config in enumerate(configs)
             ]
             yield batch
+    finally:  # the work queued for an error or a generator closed early is dropped
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -186,7 +186,9 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
         # images at a time and decoding fills in while they wait (65 against 54 img/s over
         # 2,000 images, benchmarks/ray_extract.py); the scheduler still counts the actor as 1 CPU.
         threads, resources = max(1, cpus // actors), {"num_cpus": 1}
-    specs = [{"key": e.key, "preprocess": e.preprocess.to_dict(), "num_features": e.num_features,
+    # (a torch engine's key on the actor is its fp32 one: the precision is applied there again)
+    specs = [{"key": getattr(e, "fp32_key", e.key), "preprocess": e.preprocess.to_dict(),
+              "num_features": e.num_features,
               "kind": "onnx" if kind == "onnx" else "torch",
               "target": getattr(e, "target", "cpu"), "precision": getattr(e, "precision", "fp32")}
              for e in engines]

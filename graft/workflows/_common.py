@@ -62,6 +62,9 @@ def build_backbones(
 
     target = None
     if engine == "ray" and device.startswith("cuda"):
+        if device != "cuda":
+            raise ConfigError(f"--device {device} with --engine ray: Ray gives each actor its "
+                              f"GPU; use --device cuda.")
         device, target = "torch", "cuda"  # each actor sees its own GPU as cuda:0
     elif engine == "ray" and device == "auto":
         device = "cpu"
