@@ -12,6 +12,9 @@ With --address, the Ray runs join a cluster started beforehand (`ray start --hea
 on this machine, then --address auto), as on a real cluster, where Ray is already running: the
 fixed cost then leaves out starting Ray itself.
 
+On a GPU machine, `benchmarks/gpu_extract.py --parts ray` times `--engine ray --device cuda`
+against a local `--device cuda` run the same way (its numbers: benchmarks/README.md).
+
 Usage: python benchmarks/ray_extract.py [--images 2000] [--small 400] [--address auto]
        (needs graft[ray])
 """

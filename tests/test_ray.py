@@ -236,6 +236,20 @@ def test_torch_actors_equal_local_torch_and_gpus_are_asked_for(cluster, tmp_path
     assert "this cluster has none" in capsys.readouterr().err
 
 
+def test_ray_devices_are_the_actors_not_the_drivers(tmp_path):
+    """The driver's devices do not decide for the cluster (none are looked at): --engine ray with
+    --device auto builds ONNX engines (CPU actors); --device cuda builds torch engines that the
+    driver keeps on its CPU, here on a machine with no GPU."""
+    from graft.workflows._common import build_backbones
+
+    common = {"layer": None, "weights": "random", "pool": "avg", "image_size": None,
+              "cache_dir": tmp_path}
+    _, (auto,), _ = build_backbones("test_efficientnet", device="auto", engine="ray", **common)
+    assert hasattr(auto, "path")  # an exported ONNX graph
+    _, (cuda,), _ = build_backbones("test_efficientnet", device="cuda", engine="ray", **common)
+    assert cuda.target == "cuda" and next(cuda.model.parameters()).device.type == "cpu"
+
+
 def test_predict_and_evaluate_on_ray_equal_local(cluster, tmp_path, monkeypatch):
     import json
 
