@@ -7,11 +7,12 @@ and the same on Ray's GPU actors.
    default backbone, its offline ImageNet weights) and ResNet-50 (random weights), batch 64 and
    128, fp32 (full float32 as graft runs it, TF32 off) / fp16 / bf16. Median of 30 timed calls
    after 10 warm-up calls; the relative difference of each precision's features from fp32's.
-2. extract: the CPU side alone (graft's decode threads; the same work in one process per CPU),
-   then whole `graft extract DATA --device cuda` processes over --images generated JPEGs
-   (benchmarks/scale_memory.py's generator: 48-480 px, so decoding is cheap) with an empty
-   feature cache, default backbone, batch 64 and 128, fp32 and fp16: the rate graft reports
-   (images / extraction time) and the whole process's. A run over --small other images tells
+2. extract: the CPU side alone (graft's decode threads; the same preprocessing in a plain
+   multiprocessing pool, one process per CPU: the ceiling), then whole `graft extract DATA
+   --device cuda` processes over --images generated JPEGs (benchmarks/scale_memory.py's
+   generator: 48-480 px, so decoding is cheap) with an empty feature cache, default backbone,
+   batch 128 in fp32 and fp16 and batch 64 in fp32: the rate graft reports (images / extraction
+   time) and the whole process's. A run over --small other images tells
    the fixed cost (starting the process, CUDA, Ray) from the rate beyond it.
 3. ray: the same with ``--engine ray`` (a local Ray cluster that sees the GPU: one GPU actor,
    CPU tasks decoding), fp32 and fp16 at batch 128, its features compared with part 2's.

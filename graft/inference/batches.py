@@ -1,8 +1,9 @@
 """Decoding in worker threads, in order, in batches: in turns with the network on CPU, or a few
-batches ahead of it on a GPU, there in worker processes when there are CPUs to feed it (decoding
-in threads holds the GIL too often to scale: on a 16-CPU GPU machine, 606-1,073 img/s in 16
-threads against 3,976-4,658 in 16 processes, and `graft extract --device cuda` 563 against
-2,039 img/s; benchmarks/gpu_extract.py)."""
+batches ahead of it on a GPU, there in worker processes when there are CPUs to feed it. Decoding
+in threads holds the GIL too often to scale: on 16-CPU GPU machines, graft's 16 threads decoded
+606-1,073 img/s where a plain pool of 16 processes reached 3,976-4,658, and `graft extract
+--device cuda` ran 563 img/s beyond its fixed cost with threads, 2,039 with these processes
+(benchmarks/gpu_extract.py; different machines)."""
 
 from __future__ import annotations
 
@@ -112,8 +113,9 @@ def iter_decoded_batches(
             default) decodes a batch only when asked for it, so decoding and the caller's work
             (the network) take turns and never compete for the CPUs; use 1-2 when the network
             runs on a GPU.
-        processes: Decode in ``workers`` spawned processes (``source_of(item)`` must be a local
-            file, and ``load`` not given), for a GPU that threads cannot keep busy: see
+        processes: Decode in ``workers`` processes, forked where the system can (else
+            spawned), ``PROCESS_CHUNK`` images a task (``source_of(item)`` must be a local file,
+            and ``load`` not given), for a GPU that threads cannot keep busy: see
             :func:`use_processes`.
     """
     if batch_size < 1:
