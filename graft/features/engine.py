@@ -84,10 +84,10 @@ def check_cuda(device: str) -> None:
 
 @contextlib.contextmanager
 def exact_float32(device: Any) -> Iterator[None]:
-    """Full float32 on CUDA: cuDNN's convolutions default to TF32, whose 10-bit mantissa moves
-    features as much as fp16 does (so fp32 features from CUDA could not share the cache with the
-    ONNX graph's on CPU) and probabilities by more than the saved model's check allows. Nothing
-    to do on the CPU."""
+    """Full float32 on CUDA: cuDNN's convolutions default to TF32, whose inputs keep a 10-bit
+    mantissa as fp16's do, while fp32 features from CUDA share their cache entries with the ONNX
+    graph's on CPU, and fine-tuning's saved model must reproduce the trained network's
+    probabilities within 1e-4. Nothing to do on the CPU."""
     import torch
 
     if torch.device(device).type != "cuda":
@@ -103,7 +103,8 @@ def exact_float32(device: Any) -> Iterator[None]:
 
 def precision_key(key: str, precision: str) -> str:
     """The cache key of features computed in ``precision`` (fp32 keeps ``key``): mixed-precision
-    features differ from fp32 ones in the third digit, so they are cached apart."""
+    features differ from fp32 ones in the third digit (fp16) or the second (bf16), so they are
+    cached apart."""
     if precision == "fp32":
         return key
     return hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()[:20]

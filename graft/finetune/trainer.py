@@ -40,7 +40,12 @@ from graft.data.preprocess import PreprocessConfig
 from graft.data.storage import is_uri
 from graft.errors import ConfigError, DataError, ImageError, ModelError
 from graft.evaluation import compute_metrics, format_report, write_report
-from graft.features.engine import backbone_key, exact_float32, export_backbone_onnx
+from graft.features.engine import (
+    backbone_key,
+    check_cuda,
+    exact_float32,
+    export_backbone_onnx,
+)
 from graft.finetune.data import TrainingImages
 from graft.finetune.model import FinetuneModel
 from graft.heads import module_to_onnx
@@ -112,8 +117,6 @@ class FinetuneResult:
 
 
 def _device(name: str) -> torch.device:
-    from graft.features.engine import check_cuda
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_cuda(name)
