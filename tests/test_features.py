@@ -276,6 +276,29 @@ def test_decoding_in_processes_gives_what_threads_give(tiny_backbone, tmp_path):
     assert not use_processes(2, 2, paths[0]) and not use_processes(16, 2, "s3://bucket/a.jpg")
 
 
+def test_a_decode_process_that_dies_is_one_error(tiny_backbone, tmp_path):
+    """Killed (as the kernel's OOM killer would), a decode process stops the run with a
+    DataError that says so, not a hang or a BrokenProcessPool traceback, and leaves no process
+    behind. (With the arrays sent through the pool's pipe, this hung in 2 of 6 tries.)"""
+    import multiprocessing
+
+    import graft
+    from graft.inference import iter_decoded_batches
+
+    paths = [make_image(tmp_path / f"{i:03d}.jpg", (i * 5, 60, 90), i) for i in range(60)]
+    batches = iter_decoded_batches(paths, [tiny_backbone.preprocess], batch_size=4, workers=3,
+                                   prefetch=2, processes=True)
+    assert len(next(batches).items) == 4
+    children = multiprocessing.active_children()
+    assert len(children) == 3
+    for child in children:
+        child.kill()
+    with pytest.raises(graft.DataError, match="process decoding images stopped"):
+        for _ in batches:
+            pass
+    assert not multiprocessing.active_children()
+
+
 def test_cache_index_opens_without_reading_shards(tmp_path):
     from graft.features.store import FeatureCache
 

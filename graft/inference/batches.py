@@ -7,7 +7,9 @@ in threads holds the GIL too often to scale: on 16-CPU GPU machines, graft's 16 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import mmap
 import multiprocessing
 import signal
 from collections import deque
@@ -68,10 +70,48 @@ def _decode_all(load: Callable[..., list[np.ndarray]], items: list[Any],
     return [_decode(load, item, configs) for item in items]
 
 
-def _decode_sources(sources: list[Any],
-                    configs: Sequence[PreprocessConfig]) -> list[list[np.ndarray] | str]:
-    """A worker process's task: local image files -> prepared arrays (or a failure's reason)."""
-    return _decode_all(preprocess, sources, configs)
+class _Slots:
+    """Memory shared with forked decode processes, a slot per image in flight: an anonymous
+    shared mapping made before the fork, so each process writes its images straight into the
+    slots the parent gave it and sends back only a short message (``None``, or why an image
+    failed). A short message is one write to the pipe, so a process killed mid-run cannot leave
+    half of one behind (CPython's ProcessPoolExecutor would wait for the rest for ever: a test
+    that killed the workers hung in 2 of 6 tries when the arrays themselves went through it)."""
+
+    def __init__(self, configs: Sequence[PreprocessConfig], count: int) -> None:
+        self.shapes = [(*config.size, 3) for config in configs]
+        self.sizes = [int(np.prod(shape)) for shape in self.shapes]
+        self.stride = sum(self.sizes)
+        self.memory = mmap.mmap(-1, max(1, self.stride * count))
+        self.free = deque(range(count))
+
+    def views(self, slot: int) -> list[np.ndarray]:
+        """The slot's image for each config (views of the shared memory, not copies)."""
+        views, offset = [], slot * self.stride
+        for shape, size in zip(self.shapes, self.sizes):
+            views.append(np.frombuffer(self.memory, np.uint8, size, offset).reshape(shape))
+            offset += size
+        return views
+
+
+_SHARED: dict[int, _Slots] = {}  # by token: what the forked processes inherit and write into
+_TOKENS = itertools.count()
+
+
+def _decode_into(token: int, sources: list[Any], slots: list[int],
+                 configs: Sequence[PreprocessConfig]) -> list[str | None]:
+    """A worker process's task: local image files -> their slots (or a failure's reason)."""
+    shared = _SHARED[token]
+    reasons: list[str | None] = []
+    for source, slot in zip(sources, slots):
+        result = _decode(preprocess, source, configs)
+        if isinstance(result, str):
+            reasons.append(result)
+            continue
+        for view, array in zip(shared.views(slot), result):
+            view[...] = array
+        reasons.append(None)
+    return reasons
 
 
 def _worker_start() -> None:
@@ -82,11 +122,13 @@ def _worker_start() -> None:
 
 def use_processes(workers: int, prefetch: int, source: Any) -> bool:
     """Whether to decode in processes: when the network runs ahead on a GPU (``prefetch``),
-    there are CPUs enough to feed it (3 or more workers), and the images (``source``, one of
-    them) are local files (remote reads wait on the network, where threads do)."""
+    there are CPUs enough to feed it (3 or more workers), the images (``source``, one of them)
+    are local files (remote reads wait on the network, where threads do), and the system can
+    fork."""
     from graft.data.storage import is_uri
 
-    return prefetch > 0 and workers > 2 and not is_uri(str(source))
+    return (prefetch > 0 and workers > 2 and not is_uri(str(source))
+            and "fork" in multiprocessing.get_all_start_methods())
 
 
 def iter_decoded_batches(
@@ -113,10 +155,9 @@ def iter_decoded_batches(
             default) decodes a batch only when asked for it, so decoding and the caller's work
             (the network) take turns and never compete for the CPUs; use 1-2 when the network
             runs on a GPU.
-        processes: Decode in ``workers`` processes, forked where the system can (else
-            spawned), ``PROCESS_CHUNK`` images a task (``source_of(item)`` must be a local file,
-            and ``load`` not given), for a GPU that threads cannot keep busy: see
-            :func:`use_processes`.
+        processes: Decode in ``workers`` forked processes, ``PROCESS_CHUNK`` images a task,
+            written into shared memory (``source_of(item)`` must be a local file, and ``load``
+            not given), for a GPU that threads cannot keep busy: see :func:`use_processes`.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1. Got {batch_size!r} instead.")
@@ -124,56 +165,71 @@ def iter_decoded_batches(
         from graft.inference.threads import plan_threads
 
         workers = plan_threads().decode
-    if processes and (load is not None or workers < 1):
-        raise ValueError("Decoding in processes reads files by path: no load function, and at "
-                         "least one worker.")
+    if processes and (load is not None or workers < 1
+                      or "fork" not in multiprocessing.get_all_start_methods()):
+        raise ValueError("Decoding in processes reads files by path: no load function, at "
+                         "least one worker, and a system that can fork.")
     ahead = batch_size * (1 + max(0, int(prefetch)))
     configs = list(configs)
     if load is None:
         def load(item: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
             return preprocess(source_of(item), configs)
+    per_task = PROCESS_CHUNK if processes else 1
+    token = next(_TOKENS)
     if processes:
-        # Forked where the system can (as torch's DataLoader workers are): the children only
-        # decode (PIL, numpy) and never touch the parent's CUDA. Spawned children would run the
-        # caller's script again (as __mp_main__) if it calls graft without a __main__ guard.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        # Forked (as torch's DataLoader workers are): the children only decode (PIL, numpy)
+        # and never touch the parent's CUDA; they inherit the shared slots. (Spawned children
+        # would run the caller's script again, as __mp_main__, if it calls graft without a
+        # __main__ guard.) Slots: what may be pending, plus the batch being gathered.
+        _SHARED[token] = _Slots(configs, ahead + per_task + batch_size)
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_start,
-                                   mp_context=multiprocessing.get_context(method))
+                                   mp_context=multiprocessing.get_context("fork"))
     elif workers > 0:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode")
     else:
         pool = _Inline()
-    per_task = PROCESS_CHUNK if processes else 1
+    shared = _SHARED.get(token)
     try:
-        pending: deque = deque()  # (item, the future of its task, its place in the task)
+        # (item, the future of its task, its place in the task, its slot with processes)
+        pending: deque = deque()
         iterator = iter(items)
 
         def submit(limit: int) -> None:
             # whole tasks (up to per_task - 1 items past the limit), never tasks of one image
             # as each taken item frees a place
             while len(pending) < limit:
-                chunk = list(itertools.islice(iterator, per_task))
+                room = min(per_task, len(shared.free)) if shared else per_task
+                chunk = list(itertools.islice(iterator, room))
                 if not chunk:
                     return
-                future = (pool.submit(_decode_sources, [source_of(i) for i in chunk], configs)
-                          if processes else pool.submit(_decode_all, load, chunk, configs))
-                pending.extend((item, future, place) for place, item in enumerate(chunk))
+                if shared:
+                    slots = [shared.free.popleft() for _ in chunk]
+                    future = pool.submit(_decode_into, token, [source_of(i) for i in chunk],
+                                         slots, configs)
+                else:
+                    slots = [None] * len(chunk)
+                    future = pool.submit(_decode_all, load, chunk, configs)
+                pending.extend((item, future, place, slot)
+                               for place, (item, slot) in enumerate(zip(chunk, slots)))
 
         while True:
-            batch, arrays = DecodedBatch(), []
+            batch, arrays, used = DecodedBatch(), [], []
             while len(arrays) < batch_size:
                 # Without prefetch, submit only what this batch still needs, once the last
                 # submissions are done: workers are idle while the caller runs the network.
                 submit(ahead if prefetch else (batch_size - len(arrays) if not pending else 0))
                 if not pending:
                     break
-                item, future, place = pending.popleft()
+                item, future, place, slot = pending.popleft()
                 result = future.result()[place]
                 if isinstance(result, str):
                     batch.failures.append((item, result))
+                    if shared:
+                        shared.free.append(slot)
                 else:
                     batch.items.append(item)
-                    arrays.append(result)
+                    arrays.append(shared.views(slot) if shared else result)
+                    used.append(slot)
             if not arrays and not batch.failures:
                 return
             batch.images = [
@@ -181,12 +237,17 @@ def iter_decoded_batches(
                 else np.zeros((0, *config.size, 3), np.uint8)
                 for j, config in enumerate(configs)
             ]
+            if shared:  # copied out by the stacking: the slots take new images
+                arrays = []
+                shared.free.extend(used)
             yield batch
     except BrokenProcessPool as exc:  # from a result, or from submitting to the broken pool
-        # (Not always: a worker killed while it sends a result leaves half a message in the
-        # pool's result pipe, and CPython's ProcessPoolExecutor then waits for the rest for
-        # ever. A test that killed the workers mid-run hung in 2 of 6 tries, so none is kept.)
         raise DataError(f"A process decoding images stopped ({exc}); was it killed for "
                         f"memory? Run again with fewer --threads.") from None
     finally:  # the work queued for an error or a generator closed early is dropped
         pool.shutdown(wait=True, cancel_futures=True)
+        if shared:
+            del _SHARED[token]
+            arrays = []
+            with contextlib.suppress(BufferError):  # a view still held elsewhere: GC closes it
+                shared.memory.close()
