@@ -176,20 +176,19 @@ def iter_decoded_batches(
         def load(item: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
             return preprocess(source_of(item), configs)
     per_task = PROCESS_CHUNK if processes else 1
-    token = next(_TOKENS)
+    token, shared = next(_TOKENS), None
     if processes:
         # Forked (as torch's DataLoader workers are): the children only decode (PIL, numpy)
         # and never touch the parent's CUDA; they inherit the shared slots. (Spawned children
         # would run the caller's script again, as __mp_main__, if it calls graft without a
         # __main__ guard.) Slots: what may be pending, plus the batch being gathered.
-        _SHARED[token] = _Slots(configs, ahead + per_task + batch_size)
+        shared = _SHARED[token] = _Slots(configs, ahead + per_task + batch_size)
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_start,
                                    mp_context=multiprocessing.get_context("fork"))
     elif workers > 0:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode")
     else:
         pool = _Inline()
-    shared = _SHARED.get(token)
     try:
         # (item, the future of its task, its place in the task, its slot with processes)
         pending: deque = deque()

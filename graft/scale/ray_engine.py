@@ -119,7 +119,7 @@ class _Embed:
         for j, (graph, spec) in enumerate(zip(graphs, engines)):
             common = {"key": spec["key"], "num_features": spec["num_features"],
                       "preprocess": PreprocessConfig.from_dict(spec["preprocess"])}
-            if spec["kind"] == "torch":
+            if spec["kind"] != "onnx":
                 self.engines.append(_torch_engine(ray.get(graph), spec, threads, common))
                 continue
             path = Path(self._folder) / f"graph{j}.onnx"
@@ -143,7 +143,7 @@ def _torch_engine(model: Any, spec: dict, threads: int, common: dict) -> Any:
 
     from graft.features.engine import TorchEngine
 
-    device = "cuda" if spec["target"].startswith("cuda") else "cpu"
+    device = "cuda" if spec["kind"] == "gpu" else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ClusterError("A Ray actor given a GPU sees no CUDA device (torch "
                            f"{torch.__version__}, CUDA_VISIBLE_DEVICES="
@@ -188,9 +188,8 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
         threads, resources = max(1, cpus // actors), {"num_cpus": 1}
     # (a torch engine's key on the actor is its fp32 one: the precision is applied there again)
     specs = [{"key": getattr(e, "fp32_key", e.key), "preprocess": e.preprocess.to_dict(),
-              "num_features": e.num_features,
-              "kind": "onnx" if kind == "onnx" else "torch",
-              "target": getattr(e, "target", "cpu"), "precision": getattr(e, "precision", "fp32")}
+              "num_features": e.num_features, "kind": kind,
+              "precision": getattr(e, "precision", "fp32")}
              for e in engines]
     # once, not per task: the ONNX graph's bytes, or the torch network (on this process's CPU)
     graphs = [ray.put(Path(e.path).read_bytes() if kind == "onnx" else e.model)
