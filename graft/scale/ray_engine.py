@@ -1,13 +1,14 @@
 """``--engine ray``: decode and run the backbone graphs on a Ray cluster, with Ray Data.
 
-The driver lists the images and drops those already cached; a manifest of the rest (Arrow
-blocks of paths, put in the object store by the driver) is read by Ray Data; stateless tasks
-decode and preprocess (the same :func:`preprocess` as local runs, so the same bytes reach the
-network); an actor pool runs the exported ONNX graphs (sent once through the object store), the
-actors' ONNX Runtime threads together at most one per CPU. Results stream back to the driver, which
-alone writes the HDF5 cache (one writer), a shard at a time: a killed run keeps what was
-written, and the next run computes only the rest. Images may be on ``s3://`` (or ``gs://``,
-``hdfs://``): the driver lists them, the tasks read them.
+The driver lists the images and drops those already cached; a manifest of the rest (blocks of
+paths, put in the object store by the driver) is read by Ray Data; decoding and preprocessing
+use the same :func:`preprocess` as local runs, so the same bytes reach the network; an actor
+pool runs the backbones (the exported ONNX graphs, or torch networks, sent once through the
+object store). On CPUs each actor decodes its own batches and runs its graph on one thread, one
+actor per CPU; for GPU actors, stateless CPU tasks decode and feed them. Results stream back to
+the driver, which alone writes the HDF5 cache (one writer), a shard at a time: a killed run
+keeps what was written, and the next run computes only the rest. Images may be on ``s3://``
+(or ``gs://``, ``hdfs://``): the driver lists them, the workers read them.
 
 Batch prediction (:func:`ray_predictions`) runs the same backbone graphs on the cluster, in the
 order given; the driver applies the model's head (a features x classes graph, microseconds per
@@ -16,6 +17,7 @@ image) and writes the results as they arrive.
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 import warnings
@@ -64,6 +66,10 @@ def connect(address: str | None = None) -> Any:
             raise ConfigError(f"Cannot reach a Ray cluster at {address!r}: {error}. Start one "
                               f"('ray start --head') or leave --address out for a local "
                               f"one.") from None
+        # Leave it when this process ends, before Ray's own exit handler (atexit runs the
+        # last registered first), which waits 0.5 s for log lines that log_to_driver=False
+        # never sends: 0.3 s against 1.5 s from the last result to the end of the process.
+        atexit.register(ray.shutdown)
     _quiet()
     ray.data.DataContext.get_current().enable_progress_bars = False  # graft shows its own
     return ray
@@ -107,13 +113,16 @@ def _decode(batch: dict[str, np.ndarray], configs: list[dict],
 class _Embed:
     """One actor: the networks loaded once. An ONNX graph runs on ``threads`` images at a time
     (one ONNX Runtime thread each); a torch network runs on the actor's GPU (Ray gives it one and
-    shows it as ``cuda``), or on ``threads`` CPU threads."""
+    shows it as ``cuda``), or on ``threads`` CPU threads. With ``decode`` (a function and its
+    keyword arguments), batches arrive as paths and the actor decodes them first."""
 
-    def __init__(self, graphs: list[Any], engines: list[dict], threads: int) -> None:
+    def __init__(self, graphs: list[Any], engines: list[dict], threads: int,
+                 decode: tuple[Any, dict] | None = None) -> None:
         import ray
 
         from graft.inference.engine import OnnxEngine
 
+        self.decode = decode
         self._folder = tempfile.mkdtemp(prefix="graft-ray-")
         self.engines = []
         for j, (graph, spec) in enumerate(zip(graphs, engines)):
@@ -127,6 +136,9 @@ class _Embed:
             self.engines.append(OnnxEngine(path, threads=threads, **common))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.decode is not None:
+            function, arguments = self.decode
+            batch = function(batch, **arguments)
         ok = np.array([not r for r in batch["reason"]], dtype=bool)
         out = {"position": batch["position"], "reason": batch["reason"]}
         for j, engine in enumerate(self.engines):
@@ -165,7 +177,6 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     if not paths:
         return
     ray = connect(address)
-    import pyarrow as pa
 
     kinds = {_kind(engine) for engine in engines}
     if len(kinds) != 1:
@@ -181,11 +192,12 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
                               "or add GPU nodes.")
         actors, threads, resources = gpus, 1, {"num_cpus": 1, "num_gpus": 1}
     else:
-        actors = max(1, cpus - 1)  # leave a CPU for reading and decoding: they must not starve
-        # ... and the actors' threads together one per CPU: on 2 CPUs the one actor runs two
-        # images at a time and decoding fills in while they wait (65 against 54 img/s over
-        # 2,000 images, benchmarks/ray_extract.py); the scheduler still counts the actor as 1 CPU.
-        threads, resources = max(1, cpus // actors), {"num_cpus": 1}
+        # One actor per CPU, each decoding its own batches and running its graph on one thread:
+        # no decoded image crosses the object store, and nothing else needs a CPU (the manifest
+        # is in the object store already; the driver writes the cache), so none starves. As
+        # separate tasks (0.5 CPU) feeding one actor of two threads, decoding ran 85-87 img/s
+        # beyond Ray's start on 2 CPUs; this way 110-114 (benchmarks/ray_extract.py).
+        actors, threads, resources = cpus, 1, {"num_cpus": 1}
     # (a torch engine's key on the actor is its fp32 one: the precision is applied there again)
     specs = [{"key": getattr(e, "fp32_key", e.key), "preprocess": e.preprocess.to_dict(),
               "num_features": e.num_features, "kind": kind,
@@ -199,20 +211,18 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     filesystems = filesystems_for(paths)
     context = ray.data.DataContext.get_current()
     preserved = context.execution_options.preserve_order
-    # The manifest (path, position) as Arrow blocks of at most a batch each (more past 4,096
-    # batches), put in the object store by this process: results (and cache shards) arrive
-    # while the run goes on, and every node can read it. (A Parquet file in this process's
-    # temporary folder is not there on the other nodes; Ray deprecates `local://`; and reading
-    # it back, then repartitioning it into blocks, added tasks and an all-to-all step before the
-    # first image was decoded.)
-    manifest = pa.table({"path": [str(p) for p in paths],
-                         "position": np.arange(len(paths), dtype=np.int64)})
-    count = max(1, min(-(-len(paths) // batch_size), 4096))  # blocks
-    rows = -(-len(paths) // count)  # ... of equal size, the last one shorter
-    blocks = [manifest.slice(start, rows) for start in range(0, len(paths), rows)]
+    # The manifest (path, position) as blocks of at most a batch each (more past 4,096
+    # batches), built and put in the object store by this process: results (and cache shards)
+    # arrive while the run goes on, and every node can read it. (A Parquet file in this
+    # process's temporary folder is not there on the other nodes; Ray deprecates `local://`;
+    # reading it back, then repartitioning it, added tasks and an all-to-all step before the
+    # first image was decoded. `from_arrow` ran a task per block for its metadata, on worker
+    # processes still starting: 2.5-2.8 s over 2,000 paths against 0.3 s here.)
+    count = max(1, min(-(-len(paths) // batch_size), 4096))
     context.execution_options.preserve_order = ordered  # read when the dataset is built
     try:
-        dataset = _pipeline(ray, blocks, specs, graphs, filesystems, batch_size, actors,
+        manifest = ray.data.from_items(_Manifest(paths), override_num_blocks=count)
+        dataset = _pipeline(manifest, kind, specs, graphs, filesystems, batch_size, actors,
                             threads, resources)
     finally:
         context.execution_options.preserve_order = preserved
@@ -251,23 +261,38 @@ def _kind(engine: Any) -> str:
                       f"cuda or torch.")
 
 
-def _pipeline(ray: Any, blocks: list[Any], specs: list[dict], graphs: list[Any],
+class _Manifest(Sequence):
+    """The rows of the manifest, made as ``from_items`` reads them (no list of dicts held)."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        return {"path": str(self.paths[index]), "position": index}
+
+
+def _pipeline(manifest: Any, kind: str, specs: list[dict], graphs: list[Any],
               filesystems: dict[str, Any], batch_size: int, actors: int, threads: int,
               resources: dict[str, float]) -> Any:
-    """The Ray Data pipeline: the manifest's blocks -> decoding tasks -> the actor pool."""
+    """The Ray Data pipeline: the manifest -> decoding -> the actor pool (decoding in the
+    actors on CPUs, in stateless CPU tasks that feed GPU actors)."""
     from ray.data import ActorPoolStrategy
 
-    dataset = ray.data.from_arrow(blocks)
-    dataset = dataset.map_batches(_decode, fn_kwargs={"configs": [s["preprocess"]
-                                                                  for s in specs],
-                                                      "filesystems": filesystems},
-                                  batch_size=batch_size, batch_format="numpy", num_cpus=0.5)
+    decoding = {"configs": [s["preprocess"] for s in specs], "filesystems": filesystems}
+    dataset = manifest
+    if kind == "gpu":
+        dataset = dataset.map_batches(_decode, fn_kwargs=decoding, batch_size=batch_size,
+                                      batch_format="numpy", num_cpus=0.5)
     with warnings.catch_warnings():
         # Ray 2.5x-2.63 warn that extra remote args will go in 2.64 (the ray extra pins
         # below it); no named parameter sets the restarts yet.
         warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
         dataset = dataset.map_batches(_Embed, fn_constructor_kwargs={
-            "graphs": graphs, "engines": specs, "threads": threads},
+            "graphs": graphs, "engines": specs, "threads": threads,
+            "decode": None if kind == "gpu" else (_decode, decoding)},
             compute=ActorPoolStrategy(min_size=1, max_size=actors), **resources,
             batch_size=batch_size, batch_format="numpy", max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS)
