@@ -194,9 +194,10 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     else:
         # One actor per CPU, each decoding its own batches and running its graph on one thread:
         # no decoded image crosses the object store, and nothing else needs a CPU (the manifest
-        # is in the object store already; the driver writes the cache), so none starves. As
-        # separate tasks (0.5 CPU) feeding one actor of two threads, decoding ran 85-87 img/s
-        # beyond Ray's start on 2 CPUs; this way 110-114 (benchmarks/ray_extract.py).
+        # is in the object store already; the driver writes the cache), so none starves. With
+        # tasks of 0.5 CPU decoding for one actor of two threads, 2,000 images went through at
+        # 75-99 img/s from the first result to the last on 2 CPUs; this way at 105-114
+        # (whole processes: benchmarks/ray_extract.py).
         actors, threads, resources = cpus, 1, {"num_cpus": 1}
     # (a torch engine's key on the actor is its fp32 one: the precision is applied there again)
     specs = [{"key": getattr(e, "fp32_key", e.key), "preprocess": e.preprocess.to_dict(),
