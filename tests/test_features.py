@@ -188,6 +188,72 @@ def test_files_changed_while_extracting_are_reported_and_leave_no_gap(tiny_backb
     assert list(loaded.split) == [held.split[i] for i in keep]
 
 
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_streamed_feature_set_equals_the_held_listing(tiny_backbone, tmp_path, monkeypatch,
+                                                      out_of_core):
+    """graft train's path: a stream extracted a part at a time and its rows gathered split by
+    split into memory (or, out of core, their keys): the same FeatureSet as the listing held
+    whole; a file removed and one rewritten between the two listings are left out, the rows
+    after them moved up; a class left with one usable image is refused."""
+    import dataclasses
+
+    import graft.features.extract as extract_module
+    from graft.data.dataset import stream_dataset
+    from graft.features import CachedFeatures
+
+    root = make_dataset(tmp_path / "data", n_per_class=7)
+    (root / "blue" / "zero.jpg").write_bytes(b"")
+    engine = create_engine(tiny_backbone, device="cpu")
+    held, _ = extract_feature_set(assign_splits(scan_dataset(root, progress=False)), engine,
+                                  [tiny_backbone.config()], progress=False)
+    monkeypatch.setattr(extract_module, "_STREAM_ROWS", 4)
+    monkeypatch.setattr(extract_module, "_GATHER_ROWS", 3)
+
+    def rows(features):
+        return features.rows() if out_of_core else features
+
+    streamed, report = extract_feature_set(stream_dataset(root), engine,
+                                           [tiny_backbone.config()], progress=False,
+                                           out_of_core=out_of_core)
+    assert isinstance(streamed.features, CachedFeatures) == out_of_core
+    np.testing.assert_array_equal(rows(streamed.features), held.features)
+    np.testing.assert_array_equal(streamed.labels, held.labels)
+    assert streamed.paths == held.paths and list(streamed.split) == list(held.split)
+    assert (streamed.key, streamed.root, streamed.split_params) == (held.key, held.root,
+                                                                     held.split_params)
+    assert streamed.skipped == held.skipped == report.failures
+    assert [p for p, _ in report.failures] == ["blue/zero.jpg"]
+    assert (report.n_images, report.n_cached, report.n_computed) == (22, 21, 0)
+
+    stream = stream_dataset(root)
+    splits = {s.relpath: s.split for s in stream}
+    removed = next(p for p in held.paths if splits[p] == "train")
+    rewritten = next(p for p in held.paths if splits[p] == "test")
+    listings = []
+
+    def source():  # the second listing gathers the rows: change two files before it
+        listings.append(1)
+        if len(listings) == 2:
+            (root / removed).unlink()
+            os.utime(root / rewritten, ns=(1, 1))
+        return stream._source()
+
+    changed, report = extract_feature_set(dataclasses.replace(stream, _source=source), engine,
+                                          [tiny_backbone.config()], progress=False,
+                                          out_of_core=out_of_core)
+    keep = [i for i, p in enumerate(held.paths) if p not in (removed, rewritten)]
+    assert changed.paths == [held.paths[i] for i in keep] and report.n_vanished == 1
+    np.testing.assert_array_equal(rows(changed.features), held.features[keep])
+    np.testing.assert_array_equal(changed.labels, held.labels[keep])
+    assert list(changed.split) == [held.split[i] for i in keep]
+    for file in (root / "green").iterdir():
+        if file.name != "green_000.jpg":
+            file.unlink()
+    with pytest.raises(DataError, match=r"'green' \(1 usable\)"):
+        extract_feature_set(stream_dataset(root), engine, [tiny_backbone.config()],
+                            progress=False, out_of_core=out_of_core)
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys

@@ -309,7 +309,7 @@ def _extract_usable(
 
 
 def extract_views(
-    dataset: ImageDataset,
+    dataset: ImageDataset | DatasetStream,
     engines: FeatureEngine | Sequence[FeatureEngine],
     *,
     views: int,
@@ -325,9 +325,12 @@ def extract_views(
     Returns:
         Features, class indices (into ``dataset.classes``) and the extraction report.
     """
-    samples = [dataclasses.replace(s, view=v) for s in dataset.samples if s.split == split
+    listed = dataset.samples if isinstance(dataset, ImageDataset) else dataset
+    samples = [dataclasses.replace(s, view=v) for s in listed if s.split == split
                for v in range(1, views + 1)]
-    done = _extract_usable(dataclasses.replace(dataset, samples=samples), _as_list(engines),
+    views_of = ImageDataset(root=dataset.root, samples=samples, classes=list(dataset.classes),
+                            layout=dataset.layout)
+    done = _extract_usable(views_of, _as_list(engines),
                            cache_dir=cache_dir, batch_size=batch_size, workers=workers,
                            progress=progress, min_per_class=0, augment=augment)
     return done.features(), done.labels, done.report
@@ -338,7 +341,7 @@ def _as_list(engines: FeatureEngine | Sequence[FeatureEngine]) -> list[FeatureEn
 
 
 def extract_feature_set(
-    dataset: ImageDataset,
+    dataset: ImageDataset | DatasetStream,
     engines: FeatureEngine | Sequence[FeatureEngine],
     backbones: Sequence[dict[str, Any]],
     *,
@@ -352,7 +355,9 @@ def extract_feature_set(
     out_of_core: bool = False,
 ) -> tuple[FeatureSet, ExtractionReport]:
     """Extract (or read from the cache) the features of ``dataset``: into one float32 matrix in
-    memory, or with ``out_of_core`` left in the cache (a :class:`CachedFeatures` view).
+    memory, or with ``out_of_core`` left in the cache (a :class:`CachedFeatures` view). A
+    :class:`DatasetStream` is listed a part at a time and never held whole: what stays is each
+    usable row (or its key) with its label, relative path and split.
 
     Args:
         engines: One engine, or one per fused backbone (features are concatenated in order).
@@ -361,6 +366,11 @@ def extract_feature_set(
             whatever there is).
     """
     engines = _as_list(engines)
+    if isinstance(dataset, DatasetStream):
+        return _stream_feature_set(dataset, engines, backbones, cache_dir=cache_dir,
+                                   batch_size=batch_size, workers=workers, progress=progress,
+                                   min_per_class=min_per_class, engine=engine, address=address,
+                                   out_of_core=out_of_core)
     done = _extract_usable(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,
                            workers=workers, progress=progress, min_per_class=min_per_class,
                            engine=engine, address=address).grouped_by_split()
@@ -402,6 +412,35 @@ def extract_to_file(
     engines = _as_list(engines)
     stream = dataset if isinstance(dataset, DatasetStream) else DatasetStream.of(dataset)
     caches = [open_cache(e, cache_dir) for e in engines]
+    per_split, report = _extract_parts(stream, engines, caches, batch_size=batch_size,
+                                       workers=workers, progress=progress, engine=engine,
+                                       address=address)
+    with FeatureFileWriter(out, num_features=sum(e.num_features for e in engines),
+                           label_names=list(stream.classes),
+                           rows=sum(per_split.values())) as writer:
+        _write_rows(stream, caches, writer, per_split, report)
+        report.failures.sort()
+        path = writer.finish({
+            "graft_version": __version__,
+            "root": str(stream.root),
+            "layout": stream.layout,
+            "backbones": list(backbones),
+            "fusion": FUSION if len(engines) > 1 else "none",
+            "feature_key": fused_key([engine.key for engine in engines]),
+            "split_source": stream.split_source,
+            "split_params": stream.split_params,
+            "skipped": [list(x) for x in report.failures],
+        })
+    return path, report
+
+
+def _extract_parts(stream: DatasetStream, engines: Sequence[FeatureEngine],
+                   caches: Sequence[FeatureCache], *, batch_size: int, workers: int | None,
+                   progress: bool, engine: str, address: str | None,
+                   min_per_class: int = 2) -> tuple[Counter, ExtractionReport]:
+    """Every image of ``stream`` into the caches, :data:`_STREAM_ROWS` listed images at a time:
+    the usable rows of each split, and the report. A class with fewer than ``min_per_class``
+    usable images is refused."""
     forget_folders()  # resolved again: a symlinked folder may point elsewhere since last time
     start = time.perf_counter()
     report = ExtractionReport(n_images=len(stream))
@@ -423,24 +462,81 @@ def extract_to_file(
             per_split.update(sample.split for sample in usable)
             per_class.update(sample.label for sample in usable)
     report.seconds = time.perf_counter() - start
-    _check_usable(stream.root, stream.classes, per_class)
-    with FeatureFileWriter(out, num_features=sum(e.num_features for e in engines),
-                           label_names=list(stream.classes),
-                           rows=sum(per_split.values())) as writer:
-        _write_rows(stream, caches, writer, per_split, report)
-        report.failures.sort()
-        path = writer.finish({
-            "graft_version": __version__,
-            "root": str(stream.root),
-            "layout": stream.layout,
-            "backbones": list(backbones),
-            "fusion": FUSION if len(engines) > 1 else "none",
-            "feature_key": fused_key([engine.key for engine in engines]),
-            "split_source": stream.split_source,
-            "split_params": stream.split_params,
-            "skipped": [list(x) for x in report.failures],
-        })
-    return path, report
+    _check_usable(stream.root, stream.classes, per_class, min_per_class)
+    return per_split, report
+
+
+class _RowsInMemory:
+    """:func:`_write_rows`'s target for training: the rows in one float32 matrix, or (out of
+    core) only their cache keys, with labels, paths and splits; the writer interface of
+    :class:`FeatureFileWriter` (``rows``, ``write``, ``move``, ``keep``)."""
+
+    def __init__(self, rows: int, num_features: int, *, keys_only: bool) -> None:
+        self.rows = rows
+        self.keys: list[str] | None = [""] * rows if keys_only else None
+        self.features = None if keys_only else np.empty((rows, num_features), np.float32)
+        self.labels = np.zeros(rows, np.int64)
+        self.paths: list[str] = [""] * rows
+        self.split = np.empty(rows, dtype=object)
+
+    def write(self, start: int, features: CachedFeatures, labels: Sequence[int],
+              paths: Sequence[str], split: Sequence[str]) -> None:
+        stop = start + len(paths)
+        if self.keys is not None:
+            self.keys[start:stop] = features.keys
+        else:
+            self.features[start:stop] = features.rows()
+        self.labels[start:stop] = labels
+        self.paths[start:stop] = paths
+        self.split[start:stop] = list(split)
+
+    def move(self, start: int, stop: int, to: int) -> None:
+        count = stop - start
+        for column in (self.keys, self.features, self.labels, self.paths, self.split):
+            if column is not None:
+                column[to: to + count] = column[start:stop]
+
+    def keep(self, rows: int) -> None:  # only ever fewer rows (files gone since extracting)
+        if self.keys is not None:
+            self.keys = self.keys[:rows]
+        if self.features is not None:
+            self.features = self.features[:rows]
+        self.labels, self.paths, self.split = (self.labels[:rows], self.paths[:rows],
+                                               self.split[:rows])
+        self.rows = rows
+
+
+def _stream_feature_set(stream: DatasetStream, engines: list[FeatureEngine],
+                        backbones: Sequence[dict[str, Any]], *,
+                        cache_dir: str | os.PathLike | None, batch_size: int,
+                        workers: int | None, progress: bool, min_per_class: int, engine: str,
+                        address: str | None, out_of_core: bool
+                        ) -> tuple[FeatureSet, ExtractionReport]:
+    """:func:`extract_feature_set` of a stream: extracted a part at a time, then each usable
+    row read from the cache into its split's place, as :func:`extract_to_file` writes a file;
+    held are the rows (or their keys) with their labels, paths and splits, not the listing."""
+    caches = [open_cache(e, cache_dir) for e in engines]
+    per_split, report = _extract_parts(stream, engines, caches, batch_size=batch_size,
+                                       workers=workers, progress=progress, engine=engine,
+                                       address=address, min_per_class=min_per_class)
+    rows = _RowsInMemory(sum(per_split.values()), sum(c.num_features for c in caches),
+                         keys_only=out_of_core)
+    _write_rows(stream, caches, rows, per_split, report, min_per_class)
+    report.failures.sort()
+    feature_set = FeatureSet(
+        features=CachedFeatures(caches, rows.keys) if out_of_core else rows.features,
+        labels=rows.labels,
+        label_names=list(stream.classes),
+        paths=rows.paths,
+        split=rows.split,
+        backbones=list(backbones),
+        key=fused_key([engine.key for engine in engines]),
+        root=str(stream.root),
+        split_source=stream.split_source,
+        split_params=dict(stream.split_params),
+        skipped=list(report.failures),
+    )
+    return feature_set, report
 
 
 _STREAM_ROWS = 16384  # listed images extracted at a time: what is held, whatever the dataset
@@ -469,7 +565,7 @@ def _check_usable(root: Path | str, classes: Sequence[str], per_class: Counter,
 
 
 def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: Any,
-                per_split: Counter, report: ExtractionReport) -> None:
+                per_split: Counter, report: ExtractionReport, min_per_class: int = 2) -> None:
     """Each usable row (in the cache, not failed) from the cache to its split's place in the
     file, listing once, a block per split at a time. A file changed since it was extracted is
     reported, and the rows after it moved up."""
@@ -506,7 +602,7 @@ def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: A
                 report.failures.append((sample.relpath, _CHANGED))
             kept = kept[:room]
         if kept:
-            writer.write(cursor[split], CachedFeatures(caches, [key for _, key in kept]).rows(),
+            writer.write(cursor[split], CachedFeatures(caches, [key for _, key in kept]),
                          [index[s.label] for s, _ in kept], [s.relpath for s, _ in kept],
                          [s.split for s, _ in kept])
             cursor[split] += len(kept)
@@ -528,4 +624,4 @@ def _write_rows(stream: DatasetStream, caches: Sequence[FeatureCache], writer: A
         # usable when extracted, now gone (removed, unreadable) or rewritten (named above)
         report.n_vanished = max(0, writer.rows - end - changed)
         writer.keep(end)
-        _check_usable(stream.root, stream.classes, rows_of)
+        _check_usable(stream.root, stream.classes, rows_of, min_per_class)

@@ -412,9 +412,11 @@ class FeatureFileWriter:
         """Rows after the ones written: features, class indices, relative paths and splits."""
         self.write(self.rows, features, labels, paths, split)
 
-    def write(self, start: int, features: np.ndarray, labels: Sequence[int],
+    def write(self, start: int, features: np.ndarray | CachedFeatures, labels: Sequence[int],
               paths: Sequence[str], split: Sequence[str]) -> None:
         """Rows from ``start`` on (the file grows when they go past its end)."""
+        if isinstance(features, CachedFeatures):
+            features = features.rows()
         block = {"features": np.asarray(features, dtype=np.float32),
                  "labels": np.asarray(labels, dtype=np.int32), "paths": list(paths),
                  "split": list(split)}

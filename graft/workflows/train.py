@@ -21,14 +21,16 @@ import numpy as np
 
 from graft.bundle.model import check_replaceable, staged_model_dir, write_metrics
 from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD, STREAMING_HEADS
-from graft.data import assign_splits, check_output_dir, compute_splits, scan_dataset
+from graft.data import check_output_dir, compute_splits
 from graft.data.augment import parse_augment
+from graft.data.dataset import stream_dataset
 from graft.data.fingerprint import content_fingerprints
 from graft.data.storage import is_file, is_uri, join
 from graft.errors import ConfigError, DataError, ModelError
 from graft.evaluation.background import ReportWriter
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, FeatureSet, fused_key
+from graft.features.quantize import CALIBRATION_IMAGES
 from graft.features.store import in_chunks
 from graft.inference.predictor import Predictor, load
 from graft.inference.threads import ThreadPlan, available_memory, plan_threads
@@ -274,9 +276,10 @@ def _load_features(run: _Run) -> None:
                 f"now (images changed or missing). Extract it again with 'graft extract ... "
                 f"--precision {cfg.precision}'.")
         return
-    run.dataset = assign_splits(
-        scan_dataset(run.data, cache_dir=cfg.cache_dir, progress=run.progress),
-        **cfg.split_params)
+    # listed as it is read (a folder of class folders), twice: to extract, then to gather the
+    # rows; a CSV or a bucket is listed whole
+    run.dataset = stream_dataset(run.data, cache_dir=cfg.cache_dir, progress=run.progress,
+                                 **cfg.split_params)
     if run.dataset.split_source == "folders":
         run.log("Using the data's own split folders (with only train/val, val is the test); "
                 "--test-size does not apply.")
@@ -284,7 +287,8 @@ def _load_features(run: _Run) -> None:
         cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
         threads=plan.onnx, engine=cfg.engine)
-    _set_precision(run, [s.path for s in run.dataset.samples if s.split == "train"])
+    _set_precision(run, run.dataset.spread("train", CALIBRATION_IMAGES)
+                   if cfg.precision != "fp32" else [])
     run.out_of_core = _out_of_core(run)
     run.features, run.extraction = extract_feature_set(
         run.dataset, run.engines, run.backbones, cache_dir=cfg.cache_dir,
@@ -299,7 +303,7 @@ def _out_of_core(run: _Run) -> bool:
     cfg = run.config
     if cfg.out_of_core is not None:
         return cfg.out_of_core
-    needed = len(run.dataset.samples) * sum(e.num_features for e in run.engines) * 4
+    needed = len(run.dataset) * sum(e.num_features for e in run.engines) * 4
     available = available_memory()
     if available is None or needed <= available / 2:
         return False
