@@ -247,6 +247,15 @@ def test_streamed_listing_equals_the_held_one(tmp_path, presplit, options):
     for limit in (3, 100):  # int8 calibration: the same images either way
         assert stream.spread("train", limit) == calibration_images(
             [s.path for s in held.samples if s.split == "train"], limit)
+    # graft evaluate's listings: the data's own splits only, and one split at a time
+    raw = scan_dataset(tmp_path)
+    unsplit = stream.unsplit()
+    assert list(unsplit) == raw.samples and len(unsplit) == len(raw.samples)
+    assert (unsplit.split_source, unsplit.split_params) == (raw.split_source, raw.split_params)
+    for split in ("train", "val", "test"):
+        chosen = stream.only(split)
+        assert list(chosen) == [s for s in held.samples if s.split == split] == list(chosen)
+        assert len(chosen) == sum(s.split == split for s in held.samples)
 
 
 def test_streamed_listing_errors_and_held_layouts(tmp_path):

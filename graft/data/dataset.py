@@ -374,6 +374,21 @@ class DatasetStream:
                 seen += 1
         return chosen
 
+    def only(self, split: str) -> DatasetStream:
+        """The images of one split, as a stream (counted by one more listing)."""
+        size = sum(1 for sample in self if sample.split == split)
+        return replace(
+            self, size=size, _rule=None,
+            _source=lambda: (sample for sample in self if sample.split == split))
+
+    def unsplit(self) -> DatasetStream:
+        """The same images with only the splits the data gives (pre-split folders; none for
+        class folders), as :func:`scan_dataset` lists them."""
+        if not self.streamed:
+            raise ValueError("unsplit() needs a folder listed as it is read (stream_dataset)")
+        return replace(self, _rule=None, split_params={},
+                                   split_source="folders" if self.layout == "presplit" else "")
+
     @classmethod
     def of(cls, dataset: ImageDataset) -> DatasetStream:
         """A dataset already listed, as a stream (its samples held, as they are)."""
@@ -399,15 +414,31 @@ def stream_dataset(path: str | os.PathLike, *, test_size: float = 0.2, val_size:
     listed as it is read, one folder at a time, so memory does not grow with the number of
     images. A CSV file and remote storage are listed whole, as :func:`scan_dataset` does.
     """
-    if not storage.is_uri(path):
-        folder = _local_source(path, cache_dir=cache_dir, progress=progress)
-        if folder.is_dir():
-            return _stream_folder(folder.resolve(), test_size=test_size, val_size=val_size,
-                                  seed=seed, group_regex=group_regex)
+    folder = local_folder(path, cache_dir=cache_dir, progress=progress)
+    if folder is not None:
+        return _stream_folder(folder, test_size=test_size, val_size=val_size, seed=seed,
+                              group_regex=group_regex)
     dataset = assign_splits(scan_dataset(path, cache_dir=cache_dir, progress=progress),
                             test_size=test_size, val_size=val_size, seed=seed,
                             group_regex=group_regex)
     return DatasetStream.of(dataset)
+
+
+def local_folder(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> Path | None:
+    """The local folder ``path`` is read from (arrays written into the cache first), resolved;
+    None for a CSV file or remote storage, which are listed whole."""
+    if storage.is_uri(path):
+        return None
+    folder = _local_source(path, cache_dir=cache_dir, progress=progress)
+    return folder.resolve() if folder.is_dir() else None
+
+
+def folder_layout(folder: Path) -> str:
+    """``presplit`` when ``folder`` holds split folders (``train/<class>/...``), else
+    ``folders``: from its sub-folders' names, without listing the images."""
+    return "presplit" if _split_folders(folder, [p.name for p in _class_dirs(folder)]) else (
+        "folders")
 
 
 def _stream_folder(root: Path, **split_options: Any) -> DatasetStream:

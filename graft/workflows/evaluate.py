@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from graft.data import ImageDataset, assign_splits, scan_dataset
+from graft.data import assign_splits, scan_dataset
+from graft.data.dataset import DatasetStream, folder_layout, local_folder, stream_dataset
 from graft.data.fingerprint import content_fingerprints, read_fingerprints
 from graft.data.storage import basename, is_uri, join
 from graft.errors import ConfigError, DataError
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, extract_feature_set
+from graft.features.store import in_chunks
 from graft.inference.predictor import Predictor, load
 from graft.workflows._common import Log, silent
 
@@ -80,24 +82,24 @@ def evaluate(
 
         require("report", "matplotlib", "evaluate --report")  # before any work, not after
     predictor = load(model_dir, threads=threads, batch_size=batch_size)
-    dataset = scan_dataset(data, cache_dir=cache_dir, progress=progress)
-    dataset, split, note = _choose_split(dataset, data if is_uri(data) else Path(data),
-                                         predictor.config, split)
+    dataset, split, note = _choose_split(data, predictor.config, split, cache_dir=cache_dir,
+                                         progress=progress)
     log(note)
     _check_classes(dataset, predictor, data)
-    dataset.classes = list(predictor.labels)
+    dataset = replace(dataset, classes=list(predictor.labels))
+    # the features stay in the cache: the head reads them a chunk at a time
     features, extraction = extract_feature_set(
         dataset, predictor.engines, predictor.config["backbones"], cache_dir=cache_dir,
         batch_size=batch_size, workers=predictor.threads.decode, progress=progress,
-        min_per_class=0, engine=engine, address=address,
+        min_per_class=0, engine=engine, address=address, out_of_core=True,
     )
     if len(features.labels) == 0:
         raise DataError(
-            f"None of the {len(dataset.samples)} images to score could be read "
+            f"None of the {len(dataset)} images to score could be read "
             f"({len(extraction.failures)} skipped, e.g. {extraction.failures[0][0]}: "
             f"{extraction.failures[0][1]})." if extraction.failures else
             f"No images to score in {data}.")
-    probabilities = predictor.probabilities_from_features(features.features)
+    probabilities = in_chunks(predictor.probabilities_from_features, features.features)
     metrics = compute_metrics(features.labels, probabilities, predictor.labels)
     metrics["split"] = split
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in extraction.failures]
@@ -115,7 +117,7 @@ def evaluate(
                           extraction=extraction, split=split, note=note)
 
 
-def _same_data(data: Path | str, training: dict[str, Any], dataset: ImageDataset) -> bool:
+def _same_data(data: Path | str, training: dict[str, Any], root: Path | str) -> bool:
     """Is ``data`` what the model was trained on (the same folder, CSV or URI)?"""
     source = training.get("source")
     if source and (is_uri(source) or Path(source).suffix.lower() not in (".h5", ".hdf5")):
@@ -126,50 +128,69 @@ def _same_data(data: Path | str, training: dict[str, Any], dataset: ImageDataset
     recorded = training.get("data")
     if not recorded:
         return False
-    if is_uri(recorded) or is_uri(dataset.root):
-        return str(recorded).rstrip("/") == str(dataset.root).rstrip("/")
-    return Path(recorded) == dataset.root
+    if is_uri(recorded) or is_uri(root):
+        return str(recorded).rstrip("/") == str(root).rstrip("/")
+    return Path(recorded) == root
 
 
-def _choose_split(dataset: ImageDataset, data: Path | str, config: dict[str, Any],
-                  split: str | None) -> tuple[ImageDataset, str, str]:
+def _choose_split(data: str | os.PathLike, config: dict[str, Any], split: str | None, *,
+                  cache_dir: str | os.PathLike | None, progress: bool
+                  ) -> tuple[DatasetStream, str, str]:
+    """The images to score: a folder is listed as it is read (again for each step), a CSV or
+    remote storage once, whole."""
+    where_from = data if is_uri(data) else Path(data)
+    folder = local_folder(data, cache_dir=cache_dir, progress=progress)
+    held = None if folder is not None else scan_dataset(data, cache_dir=cache_dir,
+                                                        progress=progress)
+
+    def listing(params: dict[str, Any] | None) -> DatasetStream:
+        """The data split by ``params`` (None: only the splits the data itself gives)."""
+        if held is not None:
+            return DatasetStream.of(held if params is None else assign_splits(held, **params))
+        stream = stream_dataset(folder, **(params or {}))
+        return stream.unsplit() if params is None else stream
+
+    # where the data is and whether it has split folders: no listing needed for a folder
+    if held is not None:
+        root, presplit = held.root, held.split_source == "folders"
+    else:
+        root, presplit = folder, folder_layout(folder) == "presplit"
     training = config.get("training", {})
-    same = _same_data(data, training, dataset)
+    same = _same_data(where_from, training, root)
     if split is None:
-        split = "test" if same or dataset.split_source == "folders" else "all"
-    total = len(dataset.samples)
+        split = "test" if same or presplit else "all"
     if split == "all":
-        note = f"Scoring all {total} images of {data}"
+        dataset = listing(None)
+        note = f"Scoring all {len(dataset)} images of {data}"
         if same:
             note += (" - this is the model's training data, so training images are scored too "
                      "and the score is inflated; the default, --split test, scores only the "
                      "held-out ones")
         return dataset, split, note + "."
     if same:
-        params = dict(training.get("split_params") or {})
-        dataset = assign_splits(dataset, **params)
+        dataset = listing(dict(training.get("split_params") or {}))
         where = ("the model's held-out split of its training data, recomputed from the split "
                  "parameters in graft.json")
-    elif dataset.split_source == "folders":
-        dataset = assign_splits(dataset)
+    elif presplit:
+        dataset = listing({})
         where = "from the data's split folders (with only train/val folders, val is the test)"
     else:
         raise ConfigError(
             f"{data} has no split folders and is not the data this model was trained on, so it "
             f"has no {split!r} split. Score it whole with --split all (the default for it)."
         )
-    samples = [s for s in dataset.samples if s.split == split]
-    if not samples:
+    total, chosen = len(dataset), dataset.only(split)
+    if not len(chosen):
         hint = (" With only train/val folders, the val folder is scored as 'test'."
                 if split == "val" and not same else "")
         raise DataError(f"The {split!r} split of {data} holds no images. Choose another "
                         f"--split.{hint}")
-    note = (f"Scoring the {split} split: {len(samples)} of {total} images ({where}); "
+    note = (f"Scoring the {split} split: {len(chosen)} of {total} images ({where}); "
             f"--split all|train|val|test chooses.")
-    return replace(dataset, samples=samples), split, note
+    return chosen, split, note
 
 
-def _check_classes(dataset: ImageDataset, predictor: Predictor, data: Any) -> None:
+def _check_classes(dataset: DatasetStream, predictor: Predictor, data: Any) -> None:
     unknown = sorted(set(dataset.classes) - set(predictor.labels))
     if unknown:
         raise DataError(
@@ -189,7 +210,7 @@ def _overlap(predictor: Predictor, root: Path | str, relpaths: list[str],
     return int(np.count_nonzero(np.isin(scored, seen)))
 
 
-def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: ImageDataset,
+def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: DatasetStream,
                   features: Any, probabilities: np.ndarray, metrics: dict[str, Any],
                   model_dir: str | os.PathLike) -> None:
     from graft.bundle.model import write_metrics
