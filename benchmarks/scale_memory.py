@@ -1,4 +1,4 @@
-"""Peak memory and throughput of listing, extract, train and predict as the images grow.
+"""Peak memory and throughput of listing, extract, train, evaluate and predict as images grow.
 
 Synthetic JPEGs of varied sizes (48-480 px a side, 10 classes of noisy colour fields close
 enough that the head has work to do) are generated on the fly into a temporary folder (nothing is
@@ -6,13 +6,15 @@ committed); each command then runs as its own process under /usr/bin/time, which
 peak RSS. The default backbone (EfficientNet-Lite0) and head (logreg) throughout, and with
 ``--out-of-core`` also ``graft train --out-of-core`` (the ``train-ooc`` row: the head fitted from
 the cache a chunk at a time); the feature cache starts empty for each size. The ``list`` row is
-graft's listing and split of the folder alone, twice: streamed, as ``graft extract`` reads it
-(the most memory it takes at any time), and held whole, as ``graft train`` keeps it (tracemalloc).
-The ``extract-py`` row runs ``graft extract`` again (the features now cached: listing, cache
-lookups and writing the file) in a process that traces Python's allocations, and gives their peak.
+graft's listing and split of the folder alone, twice: streamed, as ``graft extract``, ``train``
+and ``evaluate`` read it (the most memory it takes at any time), and held whole, as
+``graft finetune``, a CSV and remote storage keep it (tracemalloc). The ``extract-py`` row runs
+``graft extract`` again (the features now cached: listing, cache lookups and writing the file)
+in a process that traces Python's allocations, and gives their peak. The ``evaluate`` row scores
+the trained model on every image (``--split all``; the features cached by then).
 
 Usage: python benchmarks/scale_memory.py [--sizes 10000,100000] [--keep DIR] [--out-of-core]
-       [--steps list,extract,extract-py,train,predict]
+       [--steps list,extract,extract-py,train,evaluate,predict]
 With --keep, a folder kept from an earlier run (the same images: generation is deterministic) and
 its cache are reused, so ``--keep DIR --steps train`` times training alone.
 A million images: python benchmarks/scale_memory.py --sizes 1000000 (about 3 hours of
@@ -105,7 +107,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="generate into (and keep) this folder")
     parser.add_argument("--out-of-core", action="store_true",
                         help="also time 'graft train --out-of-core' (the train-ooc row)")
-    parser.add_argument("--steps", default="list,extract,extract-py,train,predict",
+    parser.add_argument("--steps", default="list,extract,extract-py,train,evaluate,predict",
                         help="the steps to time (train-ooc comes with --out-of-core)")
     args = parser.parse_args()
     graft = [sys.executable, "-m", "graft"]
@@ -130,6 +132,8 @@ def main() -> None:
                 ("extract-py", [sys.executable, "-c", EXTRACT_TRACED, "extract", str(data),
                                 "--out", str(work / "f.h5"), "-q"]),
                 ("train", [*graft, "train", str(data), "--out", str(work / "model"), "-q"]),
+                ("evaluate", [*graft, "evaluate", str(work / "model"), str(data), "--split",
+                              "all", "-q"]),
                 ("predict", [*graft, "predict", str(work / "model"), str(data), "--csv",
                              str(work / "p.csv"), "-q"]),
             ]

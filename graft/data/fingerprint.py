@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,20 @@ def content_fingerprint(path: str | os.PathLike) -> int:
     return int.from_bytes(digest.digest()[:8], "little") or 1
 
 
-def content_fingerprints(paths: Sequence[str | os.PathLike], workers: int = 4) -> np.ndarray:
-    """Fingerprints of many files (``uint64``), read in threads (hashing releases the GIL)."""
+_BLOCK = 1024  # files handed to the threads at a time
+
+
+def content_fingerprints(paths: Iterable[str | os.PathLike], workers: int = 4) -> np.ndarray:
+    """Fingerprints of many files (``uint64``), in their order, read in threads (hashing
+    releases the GIL) a block at a time: the queued work does not grow with the number of files
+    (``ThreadPoolExecutor.map`` queues a task per file at once, about 1.5 KB each)."""
+    paths = iter(paths)
+    blocks = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        values = list(pool.map(content_fingerprint, paths, chunksize=64))
-    return np.array(values, dtype=np.uint64)
+        while block := list(islice(paths, _BLOCK)):
+            blocks.append(np.fromiter(pool.map(content_fingerprint, block), dtype=np.uint64,
+                                      count=len(block)))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.uint64)
 
 
 def write_fingerprints(path: str | os.PathLike, fingerprints: np.ndarray) -> Path:

@@ -206,7 +206,7 @@ def _overlap(predictor: Predictor, root: Path | str, relpaths: list[str],
     if entry is None:
         return None
     seen = read_fingerprints(predictor.model_dir / entry["path"])
-    scored = content_fingerprints([join(root, p) for p in relpaths], workers=workers)
+    scored = content_fingerprints((join(root, p) for p in relpaths), workers=workers)
     return int(np.count_nonzero(np.isin(scored, seen)))
 
 

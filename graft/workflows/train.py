@@ -429,7 +429,7 @@ def _check_leaks(run: _Run) -> None:
 
     features = run.features
     root = features.root or "."
-    run.fingerprints = content_fingerprints([join(root, p) for p in features.paths],
+    run.fingerprints = content_fingerprints((join(root, p) for p in features.paths),
                                             workers=run.plan.cpus)
     found = split_leaks(features.paths, list(features.split),
                         [features.label_names[i] for i in features.labels], run.fingerprints)
