@@ -249,13 +249,29 @@ def test_streamed_listing_equals_the_held_one(tmp_path, presplit, options):
             [s.path for s in held.samples if s.split == "train"], limit)
     # graft evaluate's listings: the data's own splits only, and one split at a time
     raw = scan_dataset(tmp_path)
-    unsplit = stream.unsplit()
+    unsplit = stream_dataset(tmp_path, assign=False)
     assert list(unsplit) == raw.samples and len(unsplit) == len(raw.samples)
-    assert (unsplit.split_source, unsplit.split_params) == (raw.split_source, raw.split_params)
+    assert (unsplit.classes, unsplit.layout, unsplit.split_source, unsplit.split_params) == (
+        raw.classes, raw.layout, raw.split_source, raw.split_params)
     for split in ("train", "val", "test"):
         chosen = stream.only(split)
         assert list(chosen) == [s for s in held.samples if s.split == split] == list(chosen)
         assert len(chosen) == sum(s.split == split for s in held.samples)
+
+
+def test_a_listing_without_splits_drawn_needs_no_training_split(tmp_path):
+    """graft evaluate --split all lists a pre-split folder as the data gives it: a folder with
+    no training images (a test set) is listed, where drawing splits refuses it."""
+    for name in ("val/a/1.jpg", "val/b/2.jpg", "test/a/3.jpg", "test/b/4.jpg"):
+        _touch(tmp_path / name)
+    for name in ("train/a", "train/b"):  # its class folders, without images
+        (tmp_path / name).mkdir(parents=True)
+    with pytest.raises(DataError, match="train"):
+        stream_dataset(tmp_path)
+    raw = stream_dataset(tmp_path, assign=False)
+    assert [(s.relpath, s.split) for s in raw] == [
+        (s.relpath, s.split) for s in scan_dataset(tmp_path).samples]
+    assert len(raw) == 4 and raw.split_source == "folders"
 
 
 def test_streamed_listing_errors_and_held_layouts(tmp_path):

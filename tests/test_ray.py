@@ -213,8 +213,8 @@ def test_the_cli_extracts_and_trains_on_ray(cluster, tmp_path, monkeypatch):
 
 def test_torch_actors_equal_local_torch_and_gpus_are_asked_for(cluster, tmp_path, capsys):
     """--device torch: the actors run the torch network itself (sent once through the object
-    store), the code path of --device cuda but on CPU; --device cuda on a cluster with no GPU
-    says so."""
+    store), as with --device cuda but on CPU (decoding in the actors); --device cuda on a
+    cluster with no GPU says so."""
     from graft.cli import main
 
     data = make_dataset(tmp_path / "data", n_per_class=6)
@@ -234,6 +234,39 @@ def test_torch_actors_equal_local_torch_and_gpus_are_asked_for(cluster, tmp_path
     assert main(["extract", str(data), "--out", str(tmp_path / "gpu.h5"), *gpu,
                  "--precision", "fp16"]) == 2
     assert "this cluster has none" in capsys.readouterr().err
+
+
+def test_decoding_tasks_that_feed_the_actors_give_the_same_features(cluster, tiny_backbone,
+                                                                    tmp_path):
+    """The pipeline of GPU actors (stateless tasks decode, the actors only run the network) run
+    with CPU actors here: the same features, in the same rows, as actors that decode."""
+    from pathlib import Path as _Path
+
+    from graft.scale import ray_engine
+
+    data = make_dataset(tmp_path / "data", n_per_class=5)
+    (data / "red" / "broken.jpg").write_bytes(b"not an image")
+    paths = [s.path for s in scan_dataset(data).samples]
+    engine = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path / "cache")
+    specs = [{"key": engine.key, "preprocess": engine.preprocess.to_dict(),
+              "num_features": engine.num_features, "kind": "onnx", "precision": "fp32"}]
+    graphs = [ray.put(_Path(engine.path).read_bytes())]
+    results = {}
+    for kind in ("gpu", "onnx"):  # decoding tasks, then decoding in the actors
+        manifest = ray.data.from_items(ray_engine._Manifest(paths), override_num_blocks=4)
+        dataset = ray_engine._pipeline(manifest, kind, specs, graphs, {}, 4, 1, 1,
+                                       {"num_cpus": 1})
+        rows, reasons = {}, {}
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for position, reason, features in zip(batch["position"], batch["reason"],
+                                                  batch["features_0"]):
+                rows[int(position)], reasons[int(position)] = features, str(reason)
+        assert sorted(rows) == list(range(len(paths)))
+        results[kind] = (np.stack([rows[i] for i in range(len(paths))]),
+                         [reasons[i] for i in range(len(paths))])
+    np.testing.assert_array_equal(results["gpu"][0], results["onnx"][0])
+    assert results["gpu"][1] == results["onnx"][1]
+    assert sum(bool(r) for r in results["gpu"][1]) == 1  # the broken file, in both
 
 
 def test_ray_devices_are_the_actors_not_the_drivers(tmp_path):

@@ -381,14 +381,6 @@ class DatasetStream:
             self, size=size, _rule=None,
             _source=lambda: (sample for sample in self if sample.split == split))
 
-    def unsplit(self) -> DatasetStream:
-        """The same images with only the splits the data gives (pre-split folders; none for
-        class folders), as :func:`scan_dataset` lists them."""
-        if not self.streamed:
-            raise ValueError("unsplit() needs a folder listed as it is read (stream_dataset)")
-        return replace(self, _rule=None, split_params={},
-                                   split_source="folders" if self.layout == "presplit" else "")
-
     @classmethod
     def of(cls, dataset: ImageDataset) -> DatasetStream:
         """A dataset already listed, as a stream (its samples held, as they are)."""
@@ -408,19 +400,21 @@ def spread_indices(count: int, limit: int) -> list[int]:
 def stream_dataset(path: str | os.PathLike, *, test_size: float = 0.2, val_size: float = 0.0,
                    seed: int = 0, group_regex: str | None = None,
                    cache_dir: str | os.PathLike | None = None,
-                   progress: bool = True) -> DatasetStream:
+                   progress: bool = True, assign: bool = True) -> DatasetStream:
     """:func:`assign_splits` of :func:`scan_dataset`, as a :class:`DatasetStream`: the same
     samples, splits and order, but a local folder of class folders (plain or pre-split) is
     listed as it is read, one folder at a time, so memory does not grow with the number of
     images. A CSV file and remote storage are listed whole, as :func:`scan_dataset` does.
+    ``assign=False``: :func:`scan_dataset` itself (only the splits the data gives, none drawn).
     """
     folder = local_folder(path, cache_dir=cache_dir, progress=progress)
     if folder is not None:
-        return _stream_folder(folder, test_size=test_size, val_size=val_size, seed=seed,
-                              group_regex=group_regex)
-    dataset = assign_splits(scan_dataset(path, cache_dir=cache_dir, progress=progress),
-                            test_size=test_size, val_size=val_size, seed=seed,
-                            group_regex=group_regex)
+        return _stream_folder(folder, assign=assign, test_size=test_size, val_size=val_size,
+                              seed=seed, group_regex=group_regex)
+    dataset = scan_dataset(path, cache_dir=cache_dir, progress=progress)
+    if assign:
+        dataset = assign_splits(dataset, test_size=test_size, val_size=val_size, seed=seed,
+                                group_regex=group_regex)
     return DatasetStream.of(dataset)
 
 
@@ -441,18 +435,19 @@ def folder_layout(folder: Path) -> str:
         "folders")
 
 
-def _stream_folder(root: Path, **split_options: Any) -> DatasetStream:
+def _stream_folder(root: Path, *, assign: bool, **split_options: Any) -> DatasetStream:
     splits = _split_folders(root, [p.name for p in _class_dirs(root)])
-    rule = SplitRule(presplit=bool(splits), **split_options)
+    rule = SplitRule(presplit=bool(splits), **split_options) if assign else None
     try:
-        rule._check()
+        if rule is not None:
+            rule._check()
         wrong = None
     except ConfigError as error:  # said after the listing's own errors, as assign_splits does
         wrong = error
     labels: set[str] = set()
     size = 0
     for size, sample in enumerate(_walk_layout(root, splits), start=1):  # the one look
-        if wrong is None:
+        if wrong is None and rule is not None:
             rule.observe(size - 1, sample.relpath, sample.label, sample.split)
         labels.add(sample.label)
     classes = sorted(labels)
@@ -460,12 +455,13 @@ def _stream_folder(root: Path, **split_options: Any) -> DatasetStream:
                  loose=not size and any(is_image_file(p) for p in root.iterdir()))
     if wrong is not None:
         raise wrong
-    rule.close()
+    if rule is not None:
+        rule.close()
     return DatasetStream(
         root=root, classes=classes, layout="presplit" if splits else "folders",
-        split_source="folders" if splits else "hash",
-        split_params={} if splits else rule.params(), size=size, streamed=True,
-        _source=lambda: _walk_layout(root, splits), _rule=rule)
+        split_source="folders" if splits else ("hash" if rule is not None else ""),
+        split_params=rule.params() if rule is not None and not splits else {}, size=size,
+        streamed=True, _source=lambda: _walk_layout(root, splits), _rule=rule)
 
 
 def _finish_scan(root: Path | str, samples: list[Sample], layout: str, split_source: str, *,

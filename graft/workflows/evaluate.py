@@ -147,8 +147,7 @@ def _choose_split(data: str | os.PathLike, config: dict[str, Any], split: str | 
         """The data split by ``params`` (None: only the splits the data itself gives)."""
         if held is not None:
             return DatasetStream.of(held if params is None else assign_splits(held, **params))
-        stream = stream_dataset(folder, **(params or {}))
-        return stream.unsplit() if params is None else stream
+        return stream_dataset(folder, assign=params is not None, **(params or {}))
 
     # where the data is and whether it has split folders: no listing needed for a folder
     if held is not None:
