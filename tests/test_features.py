@@ -149,10 +149,24 @@ def test_streamed_feature_file_equals_the_held_listing(tiny_backbone, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def _changed_on_second_listing(stream, removed: str, rewritten: str, listings: list):
+    """``stream``, whose second listing finds ``removed`` gone and ``rewritten`` with a new
+    modification time (each listing appended to ``listings``)."""
+    import dataclasses
+
+    def source():
+        listings.append(1)
+        if len(listings) == 2:
+            (stream.root / removed).unlink()
+            os.utime(stream.root / rewritten, ns=(1, 1))
+        return stream._source()
+
+    return dataclasses.replace(stream, _source=source)
+
+
 def test_files_changed_while_extracting_are_reported_and_leave_no_gap(tiny_backbone, tmp_path):
     """A file removed, and one rewritten, after the extraction pass listed them but before the
     rows are written: both reported, and the rows after them moved up (no empty rows)."""
-    import dataclasses
 
     from graft.data.dataset import stream_dataset
 
@@ -164,17 +178,10 @@ def test_files_changed_while_extracting_are_reported_and_leave_no_gap(tiny_backb
     splits = {s.relpath: s.split for s in stream}
     removed = next(p for p in sorted(splits) if splits[p] == "train")
     rewritten = next(p for p in sorted(splits) if splits[p] == "test")
-    listings = []
-
-    def source():  # the second listing is the writing pass: change two files before it
-        listings.append(1)
-        if len(listings) == 2:
-            (root / removed).unlink()
-            os.utime(root / rewritten, ns=(1, 1))
-        return stream._source()
-
-    path, report = extract_to_file(dataclasses.replace(stream, _source=source), engine,
-                                   [tiny_backbone.config()], tmp_path / "f.h5", progress=False)
+    listings = []  # the second listing is the writing pass: two files change before it
+    path, report = extract_to_file(_changed_on_second_listing(stream, removed, rewritten, listings),
+                                   engine, [tiny_backbone.config()], tmp_path / "f.h5",
+                                   progress=False)
     loaded = load_feature_file(path)
     # the rewritten file is listed with another key: reported by name; the removed one is no
     # longer listed, so only counted
@@ -195,7 +202,6 @@ def test_streamed_feature_set_equals_the_held_listing(tiny_backbone, tmp_path, m
     split into memory (or, out of core, their keys): the same FeatureSet as the listing held
     whole; a file removed and one rewritten between the two listings are left out, the rows
     after them moved up; a class left with one usable image is refused."""
-    import dataclasses
 
     import graft.features.extract as extract_module
     from graft.data.dataset import stream_dataset
@@ -229,18 +235,11 @@ def test_streamed_feature_set_equals_the_held_listing(tiny_backbone, tmp_path, m
     splits = {s.relpath: s.split for s in stream}
     removed = next(p for p in held.paths if splits[p] == "train")
     rewritten = next(p for p in held.paths if splits[p] == "test")
-    listings = []
-
-    def source():  # the second listing gathers the rows: change two files before it
-        listings.append(1)
-        if len(listings) == 2:
-            (root / removed).unlink()
-            os.utime(root / rewritten, ns=(1, 1))
-        return stream._source()
-
-    changed, report = extract_feature_set(dataclasses.replace(stream, _source=source), engine,
-                                          [tiny_backbone.config()], progress=False,
-                                          out_of_core=out_of_core)
+    listings = []  # the second listing gathers the rows: two files change before it
+    changed, report = extract_feature_set(
+        _changed_on_second_listing(stream, removed, rewritten, listings), engine,
+        [tiny_backbone.config()], progress=False, out_of_core=out_of_core)
+    assert len(listings) == 2
     keep = [i for i, p in enumerate(held.paths) if p not in (removed, rewritten)]
     assert changed.paths == [held.paths[i] for i in keep] and report.n_vanished == 1
     np.testing.assert_array_equal(rows(changed.features), held.features[keep])
