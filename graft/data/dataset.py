@@ -262,7 +262,7 @@ def scan_dataset(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None
     if path.is_file():
         return _read_csv(path)
     root = path.resolve()
-    splits = _split_folders(root, [p.name for p in _class_dirs(root)])
+    splits = _splits_of(root)
     samples = list(_walk_layout(root, splits))  # the streamed listing, held
     layout, split_source = ("presplit", "folders") if splits else ("folders", "")
     loose = not samples and any(is_image_file(p) for p in root.iterdir())
@@ -431,12 +431,15 @@ def local_folder(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None
 def folder_layout(folder: Path) -> str:
     """``presplit`` when ``folder`` holds split folders (``train/<class>/...``), else
     ``folders``: from its sub-folders' names, without listing the images."""
-    return "presplit" if _split_folders(folder, [p.name for p in _class_dirs(folder)]) else (
-        "folders")
+    return "presplit" if _splits_of(folder) else "folders"
+
+
+def _splits_of(root: Path) -> dict[str, str] | None:
+    return _split_folders(root, [p.name for p in _class_dirs(root)])
 
 
 def _stream_folder(root: Path, *, assign: bool, **split_options: Any) -> DatasetStream:
-    splits = _split_folders(root, [p.name for p in _class_dirs(root)])
+    splits = _splits_of(root)
     rule = SplitRule(presplit=bool(splits), **split_options) if assign else None
     try:
         if rule is not None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from graft.data.dataset import DatasetStream
 from graft.errors import ConfigError
 
 Log = Callable[[str], None]
@@ -91,13 +92,16 @@ def build_backbones(
 
 
 def set_precision(engines: list[Any], configs: list[dict[str, Any]], precision: str,
-                  train_paths: Sequence[Any], *, cache_dir: str | os.PathLike | None,
+                  train_paths: Sequence[Any] | DatasetStream, *,
+                  cache_dir: str | os.PathLike | None,
                   log: Log = silent) -> tuple[list[Any], list[dict[str, Any]]]:
     """The engines and configs for ``--precision``: unchanged for fp32; for int8, each backbone
-    quantized, calibrated on up to 200 of ``train_paths``; for fp16/bf16 (``graft extract`` on
-    CUDA), the torch engines autocast, their features cached apart from fp32 ones."""
+    quantized, calibrated on up to 200 of ``train_paths`` (of a :class:`DatasetStream`'s train
+    split, listed for int8 only); for fp16/bf16 (``graft extract`` on CUDA), the torch engines
+    autocast, their features cached apart from fp32 ones."""
     from graft.features.engine import AUTOCAST
     from graft.features.quantize import (
+        CALIBRATION_IMAGES,
         calibration_identity,
         calibration_images,
         quantize_engine,
@@ -115,7 +119,8 @@ def set_precision(engines: list[Any], configs: list[dict[str, Any]], precision: 
                                   f"with --device cuda (on a CPU: fp32, or int8).")
             engine.set_precision(precision)
         return engines, [{**config, "precision": precision} for config in configs]
-    images = calibration_images(train_paths)
+    images = (train_paths.spread("train", CALIBRATION_IMAGES)
+              if isinstance(train_paths, DatasetStream) else calibration_images(train_paths))
     identity = calibration_identity(images)  # read the images once, however many backbones
     engines = [quantize_engine(engine, images, identity=identity, cache_dir=cache_dir, log=log)
                for engine in engines]

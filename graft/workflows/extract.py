@@ -11,7 +11,6 @@ from graft.data.dataset import stream_dataset
 from graft.data.storage import check_local
 from graft.errors import ConfigError
 from graft.features import ExtractionReport, extract_to_file
-from graft.features.quantize import CALIBRATION_IMAGES
 from graft.inference.threads import plan_threads
 from graft.workflows._common import build_backbones, set_precision
 
@@ -66,10 +65,7 @@ def extract(
     _, engines, configs = build_backbones(backbone, layer=layer, weights=weights, pool=pool,
                                           image_size=image_size, device=device,
                                           cache_dir=cache_dir, threads=plan.onnx, engine=engine)
-    engines, configs = set_precision(
-        engines, configs, precision,
-        dataset.spread("train", CALIBRATION_IMAGES) if precision != "fp32" else [],
-        cache_dir=cache_dir)
+    engines, configs = set_precision(engines, configs, precision, dataset, cache_dir=cache_dir)
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray. Got {engine!r}.")
     return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,

@@ -23,14 +23,13 @@ from graft.bundle.model import check_replaceable, staged_model_dir, write_metric
 from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD, STREAMING_HEADS
 from graft.data import check_output_dir, compute_splits
 from graft.data.augment import parse_augment
-from graft.data.dataset import stream_dataset
+from graft.data.dataset import DatasetStream, stream_dataset
 from graft.data.fingerprint import content_fingerprints
 from graft.data.storage import is_file, is_uri, join
 from graft.errors import ConfigError, DataError, ModelError
 from graft.evaluation.background import ReportWriter
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, FeatureSet, fused_key
-from graft.features.quantize import CALIBRATION_IMAGES
 from graft.features.store import in_chunks
 from graft.inference.predictor import Predictor, load
 from graft.inference.threads import ThreadPlan, available_memory, plan_threads
@@ -287,8 +286,7 @@ def _load_features(run: _Run) -> None:
         cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
         threads=plan.onnx, engine=cfg.engine)
-    _set_precision(run, run.dataset.spread("train", CALIBRATION_IMAGES)
-                   if cfg.precision != "fp32" else [])
+    _set_precision(run, run.dataset)
     run.out_of_core = _out_of_core(run)
     run.features, run.extraction = extract_feature_set(
         run.dataset, run.engines, run.backbones, cache_dir=cfg.cache_dir,
@@ -318,7 +316,7 @@ def _out_of_core(run: _Run) -> bool:
     return True
 
 
-def _set_precision(run: _Run, train_paths: list) -> None:
+def _set_precision(run: _Run, train_paths: list | DatasetStream) -> None:
     """``--precision int8``: each backbone's graph quantized, calibrated on training images."""
     run.engines, run.backbones = set_precision(run.engines, run.backbones, run.config.precision,
                                                train_paths, cache_dir=run.config.cache_dir,
