@@ -49,7 +49,7 @@ def create_session(path: str | os.PathLike, *, threads: int = 1,
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # No spinning between runs: decode threads use the CPUs while the network waits for them
-    # (measured 107 vs 103 img/s, decode and network in turns on 2 CPUs).
+    # (benchmarks/extract_speed.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if pinned_batch is not None:
         options.add_free_dimension_override_by_name(BATCH_AXIS, int(pinned_batch))
@@ -68,17 +68,15 @@ class OnnxEngine(FeatureEngine):
     two). On CPU the session's batch dimension is pinned to ``micro_batch`` images
     (``add_free_dimension_override_by_name``) and larger batches run in slices: with every shape
     static, ONNX Runtime folds the shape arithmetic of TF-"same" padding and plans memory once.
-    Measured for EfficientNet-Lite0 on 2 cores: pinned to 1 image, 149 img/s; pinned to 32, 157;
-    a dynamic batch of 32, 122. Pinning to 1 keeps nearly all of the gain, never pads, and makes
-    one image cost one image, so it is the CPU default.
+    Pinned to 1 image it runs nearly as fast as pinned to 32 (``benchmarks/onnx_threads.py
+    --batch``), never pads, and one image costs one image, so it is the CPU default.
 
     On CPU the session runs each slice on one thread and a batch's slices are shared among
     ``threads`` callers (the calling thread and ``threads - 1`` workers), each calling the one
     session (``InferenceSession.run`` is thread-safe): a convolution split over threads waits at
-    every layer for the slowest, whole images do not. Measured for EfficientNet-Lite0 on 2
-    cores, one image per slice (``benchmarks/onnx_threads.py``): 169.5 img/s two slices at a
-    time, one thread each, against 149.2 img/s one slice at a time over two intra-op threads. One image alone then runs on one thread
-    (11 ms instead of 6.4 ms). On CUDA the batch stays dynamic and runs as one call.
+    every layer for the slowest, whole images do not (``benchmarks/onnx_threads.py``); one image
+    alone is slower on one thread, batches and servers gain. On CUDA the batch stays dynamic and
+    runs as one call.
     """
 
     name = "onnxruntime"
