@@ -67,8 +67,8 @@ def connect(address: str | None = None) -> Any:
                               f"('ray start --head') or leave --address out for a local "
                               f"one.") from None
         # Leave it when this process ends, before Ray's own exit handler (atexit runs the
-        # last registered first), which waits 0.5 s for log lines that log_to_driver=False
-        # never sends: 0.3 s against 1.5 s from the last result to the end of the process.
+        # last registered first), which waits for log lines that log_to_driver=False never
+        # sends (the fixed cost in benchmarks/ray_extract.py).
         atexit.register(ray.shutdown)
     _quiet()
     ray.data.DataContext.get_current().enable_progress_bars = False  # graft shows its own
@@ -194,10 +194,8 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     else:
         # One actor per CPU, each decoding its own batches and running its graph on one thread:
         # no decoded image crosses the object store, and nothing else needs a CPU (the manifest
-        # is in the object store already; the driver writes the cache), so none starves. With
-        # tasks of 0.5 CPU decoding for one actor of two threads, 2,000 images went through at
-        # 75-99 img/s from the first result to the last on 2 CPUs; this way at 105-114
-        # (whole processes: benchmarks/ray_extract.py).
+        # is in the object store already; the driver writes the cache), so none starves; it
+        # beats CPU tasks decoding for fewer, multi-threaded actors: benchmarks/ray_extract.py.
         actors, threads, resources = cpus, 1, {"num_cpus": 1}
     # (a torch engine's key on the actor is its fp32 one: the precision is applied there again)
     specs = [{"key": getattr(e, "fp32_key", e.key), "preprocess": e.preprocess.to_dict(),
@@ -214,11 +212,9 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     preserved = context.execution_options.preserve_order
     # The manifest (path, position) as blocks of at most a batch each (more past 4,096
     # batches), built and put in the object store by this process: results (and cache shards)
-    # arrive while the run goes on, and every node can read it. (A Parquet file in this
-    # process's temporary folder is not there on the other nodes; Ray deprecates `local://`;
-    # reading it back, then repartitioning it, added tasks and an all-to-all step before the
-    # first image was decoded. `from_arrow` ran a task per block for its metadata, on worker
-    # processes still starting: 2.5-2.8 s over 2,000 paths against 0.3 s here.)
+    # arrive while the run goes on, and every node can read it (a file in this process's
+    # temporary folder is not on the other nodes). `from_items`: `from_arrow` runs a task per
+    # block for its metadata on workers still starting (benchmarks/ray_extract.py).
     count = max(1, min(-(-len(paths) // batch_size), 4096))
     context.execution_options.preserve_order = ordered  # read when the dataset is built
     try:
@@ -228,9 +224,8 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
     finally:
         context.execution_options.preserve_order = preserved
     _quiet()  # Ray Data configures its loggers when first used: quiet them again
-    # the actors' batches as they come: no further operator (a select_columns step ran as
-    # tasks of 1 CPU each, which found no free CPU until decoding was over, so nothing
-    # reached this process, or the cache, before then)
+    # the actors' batches as they come, with no operator after them: its tasks of 1 CPU would
+    # find no free CPU until decoding is over, and hold back every result (and the cache)
     batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
     while True:
         try:
@@ -288,8 +283,8 @@ def _pipeline(manifest: Any, kind: str, specs: list[dict], graphs: list[Any],
         dataset = dataset.map_batches(_decode, fn_kwargs=decoding, batch_size=batch_size,
                                       batch_format="numpy", num_cpus=0.5)
     with warnings.catch_warnings():
-        # Ray 2.5x-2.63 warn that extra remote args will go in 2.64 (the ray extra pins
-        # below it); no named parameter sets the restarts yet.
+        # Ray 2.5x-2.63 warn that extra remote args are deprecated (2.64 drops them; the ray
+        # extra pins below it), and no named parameter sets the restarts.
         warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
         dataset = dataset.map_batches(_Embed, fn_constructor_kwargs={
             "graphs": graphs, "engines": specs, "threads": threads,
