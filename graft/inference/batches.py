@@ -1,10 +1,7 @@
 """Decoding in worker threads, in order, in batches: in turns with the network on CPU, or a few
 batches ahead of it on a GPU, there in worker processes when there are CPUs to feed it. Decoding
-in threads holds the GIL too often to scale: on 16-CPU GPU machines, graft's 16 threads decoded
-606-1,073 img/s where a plain pool of 16 processes reached 3,976-4,658, and `graft extract
---device cuda` ran 563 img/s beyond its fixed cost with threads, 2,039 with processes that sent
-their arrays back through the pool's pipe (benchmarks/gpu_extract.py; different machines); they
-now write them into shared memory (see :class:`_Slots`)."""
+in threads holds the GIL too often to feed a GPU (benchmarks/gpu_extract.py); the processes
+write their images into shared memory (see :class:`_Slots`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The one inference pipeline over a model directory: ``preprocess -> forward -> postprocess``.
 
-``graft predict``, ``graft evaluate`` and the final scores of ``graft train`` and
-``graft finetune`` go through :class:`Predictor` (the HTTP server and the Ray workers will too),
-and it needs only numpy, Pillow and onnxruntime.
+``graft predict``, ``graft evaluate``, ``graft serve`` and the final scores of ``graft train``
+and ``graft finetune`` go through :class:`Predictor` (``--engine ray`` runs its backbones on the
+cluster), and it needs only numpy, Pillow and onnxruntime.
 """
 
 from __future__ import annotations

@@ -112,10 +112,8 @@ def plan_threads(threads: int | None = None) -> ThreadPlan:
     """The threads for ``threads`` CPUs (default: all this process may use).
 
     Decoding and the network alternate, batch by batch, so each gets every CPU in its turn and
-    they never compete: at most ``cpus`` threads are busy at once. Measured on 2 CPUs with
-    EfficientNet-Lite0 (544 photos): 104-108 img/s in turns, 102 img/s overlapping 2 decode and 2
-    network threads (4 busy threads on 2 cores), 82 img/s overlapping 1 and 1. The plan is
-    logged once per process.
+    they never compete: at most ``cpus`` threads are busy at once, which beat overlapping them
+    (``benchmarks/extract_speed.py``). The plan is logged once per process.
     """
     cpus = available_cpus()
     if threads is not None:
