@@ -1,14 +1,13 @@
 """Fitting heads fast and visibly: deliberate thread pools, timing, and a progress bar.
 
 A head on cached features is small matrix work. With BLAS's default of one thread per core, the
-threads of a few-hundred-row product fight each other (and anything else on the machine) for two
-cores: the default ``logreg`` grid search on flowers17 took 13.8 s that way and 2.2 s with BLAS
-single-threaded and the grid's fits run in parallel threads instead (same fits, same result).
+threads of a few-hundred-row product fight each other (and anything else on the machine) for the
+cores, so BLAS runs single-threaded and the grid's fits run in parallel threads instead (same
+fits, same result; ``benchmarks/head_speed.py --before`` fits with the library defaults).
 
-Large grid searches run their fits in forked processes instead of threads: SciPy's L-BFGS-B
-step (about a third of a logistic-regression fit) holds the GIL, so two threads wait on each
-other; on 2,040 x 1,280 features with 102 classes the grid took 10.7 s in threads and 9.6 s in
-processes. Small ones stay in threads, where starting processes would cost more than it saves.
+Large grid searches run their fits in forked processes: SciPy's L-BFGS-B step (about a third of
+a logistic-regression fit) holds the GIL, so two threads wait on each other. Small ones stay in
+threads, where starting processes would cost more than it saves.
 """
 
 from __future__ import annotations

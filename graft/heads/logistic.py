@@ -7,16 +7,13 @@ intercept unpenalized), so the same optimum (``coef_``, ``intercept_`` and ``pre
 to the solvers' tolerance), and the same ONNX graph. Only the way to the optimum changes.
 
 On CNN features scikit-learn's L-BFGS is slow to get there: the features are non-negative
-(post-ReLU averages) and strongly correlated, so the Hessian ``X^T D X / n`` is badly conditioned.
-On 6,668 EfficientNet-Lite0 feature rows of 10 hard-to-separate classes it took 1,472 iterations
-at ``C=1``, 1,701 at ``C=10`` and did not converge in 3,000 at ``C=100`` (25-47 s per fit on one
-thread); the grid search at 100,000 images took most of the 674 s the head needed. Here the
-weights are written ``W = V P`` and ``b = c - W mu``, with ``mu`` the features' mean and
-``P = (Sigma + lambda I)^(-1/2)`` from their covariance ``Sigma``: in ``(V, c)`` the data term's
-Hessian is close to the identity (``lambda = 4 / (C n)`` matches the penalty's curvature to the
-softmax's at most 1/4). The same fits take 115, 246 and 427 iterations (4-13 s), stop by
-scikit-learn's rule, and end 8-31 times closer to the optimum (in loss) than scikit-learn's
-(``benchmarks/logreg_solver.py``). ``mu`` and ``Sigma`` are estimated from at most
+(post-ReLU averages) and strongly correlated, so the Hessian ``X^T D X / n`` is badly conditioned
+and a fit takes thousands of iterations. Here the weights are written ``W = V P`` and
+``b = c - W mu``, with ``mu`` the features' mean and ``P = (Sigma + lambda I)^(-1/2)`` from their
+covariance ``Sigma``: in ``(V, c)`` the data term's Hessian is close to the identity
+(``lambda = 4 / (C n)`` matches the penalty's curvature to the softmax's at most 1/4). The same
+fits take several times fewer iterations, stop by scikit-learn's rule, and end closer to the
+optimum (``benchmarks/logreg_solver.py``). ``mu`` and ``Sigma`` are estimated from at most
 :data:`PRECONDITION_ROWS` evenly spaced rows: any ``P`` gives the same optimum, a rough one just
 more iterations.
 
@@ -58,19 +55,18 @@ __all__ = [
     "warn_unconverged",
 ]
 
-# Rows the preconditioner's mean and covariance are estimated from, at most. More rows, fewer
-# iterations: a fit on 6,668 x 1,280 features took 486 iterations with the covariance of 2,048 rows,
-# 359 with 4,096 and 241 with all; on 80,000 rows, 282 with 10,000 and 148 with all.
+# Rows the preconditioner's mean and covariance are estimated from, at most: more rows give a
+# closer P and fewer iterations.
 PRECONDITION_ROWS = 100_000
 
-# The smallest tol float32 products reach (the loss's rounding stops L-BFGS first below it:
-# at tol 1e-6 a fit stopped with a gradient of 3e-5); tighter ones compute in float64.
+# The smallest tol float32 products reach (below it the loss's rounding stops L-BFGS first);
+# tighter ones compute in float64.
 FLOAT32_TOL = 1e-5
 
 # Whitening pays where the rows far outnumber the features: each evaluation's cost grows by about
 # features / rows, and the covariance and its eigendecomposition cost a few evaluations more.
-# Below this many rows per feature scikit-learn's own L-BFGS fits (few iterations there: 29-105
-# on flowers17-, Flowers-102- and synth-5-sized problems, where whitening took 2-6x longer).
+# Below this many rows per feature scikit-learn's own L-BFGS fits: it needs few iterations there
+# and whitening is slower (the small sets of benchmarks/head_speed.py).
 MIN_ROWS_PER_FEATURE = 4
 # Above this many features the d x d covariance is too large to decompose (VGG-16's pool5 has
 # 25,088): the features are only centred.

@@ -42,12 +42,11 @@ def _cv(n_splits: int, y: np.ndarray | None, seed: int) -> StratifiedKFold:
 
 
 def _logreg(seed: int, y: np.ndarray | None = None) -> BaseEstimator:
-    # The seed's train_model.py: grid-searched C, 3-fold CV, on the raw features. (Standardizing
-    # CNN features first scored 3 points lower on flowers17 and the same on hymenoptera.)
-    # scikit-learn's default tolerance stays: fits at tol 1e-3 took half the time but picked
-    # another C on flowers17 and hymenoptera (held-out 0.978 and 0.941 instead of 0.970 and 0.948).
-    # scikit-learn's model, fitted in whitened coordinates where that pays (graft.heads.logistic):
-    # the same optimum in 7-13 times fewer iterations on 6,668 rows of CNN features.
+    # Grid-searched C, 3-fold CV, on the raw features (standardizing CNN features scored lower).
+    # scikit-learn's default tolerance stays: a looser one picked another C on flowers17 and
+    # hymenoptera.
+    # scikit-learn's model, fitted in whitened coordinates where that pays (graft.heads.logistic;
+    # benchmarks/logreg_solver.py).
     return GridSearchCV(
         WhitenedLogisticRegression(max_iter=3000),
         {"C": [0.01, 0.1, 1.0, 10.0, 100.0]},
@@ -97,8 +96,8 @@ HEADS: dict[str, tuple[str, Callable[..., BaseEstimator]]] = {
 }
 
 # Candidates for --head auto: the heads that are both strong and quick on CNN features.
-# Not linear-svm: LinearSVC's one-vs-rest fits took 236 s on 2,040 x 1,280 features with 102
-# classes (logreg: 9 s) and scored below logreg on every set benchmarks/head_speed.py measures.
+# Not linear-svm: its one-vs-rest fits are slow with many classes and score below logreg on
+# every set benchmarks/head_speed.py measures.
 _AUTO_CANDIDATES = ("logreg", "svm", "knn", "softmax")
 
 
