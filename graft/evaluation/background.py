@@ -1,7 +1,7 @@
 """Write the report in a forked process that imports matplotlib while training goes on.
 
-Importing matplotlib and drawing five figures is about 1.4 s of a 4 s warm ``graft train``,
-all of it on one core while the other waits. A :class:`ReportWriter` forks one worker when
+Importing matplotlib and drawing the figures is a large part of a warm ``graft train``
+(``benchmarks/retrain_warm.py``), all of it on one core while the others wait. A :class:`ReportWriter` forks one worker when
 training starts (Linux, and only while this process runs a single thread, so the fork copies
 no lock another thread holds); the worker imports the report module during feature loading and
 the head fit, then draws when :meth:`ReportWriter.write` hands it the results. Elsewhere, or if

@@ -1,5 +1,5 @@
-"""Feature engines for training: ONNX Runtime on CPU (3-5x faster than eager PyTorch there), torch
-on CUDA, and the ONNX export of a backbone.
+"""Feature engines for training: ONNX Runtime on CPU (faster than eager PyTorch there:
+``benchmarks/extract_speed.py``), torch on CUDA, and the ONNX export of a backbone.
 
 Both take ``uint8`` NHWC batches (normalization is inside the graph) and return float32 features.
 The ONNX engine itself is the inference one (:class:`graft.inference.OnnxEngine`).

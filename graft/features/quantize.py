@@ -3,11 +3,9 @@
 ``--precision int8`` quantizes the exported fp32 graph once per backbone and calibration set
 (cached by key like the fp32 graph), and the features, the model directory and prediction all use
 that one int8 graph. What stays in float: the in-graph normalization (cast, subtract, divide), the
-first convolution (it sees raw pixels, where 8 bits lose the most), and the final pooling. Measured
-on this 2-core CPU (AVX2, no VNNI) with EfficientNet-Lite0, MinMax calibration on 200 training
-images: extraction 129-132 img/s against 99-103 in fp32; held-out accuracy with the logreg head
-0.974 vs 0.970 (flowers17) and 0.941 vs 0.948 (hymenoptera); feature cosine to fp32 0.98 on
-average. Percentile calibration scored the same or lower and took 6x longer to calibrate.
+first convolution (it sees raw pixels, where 8 bits lose the most), and the final pooling. On an
+AVX2 CPU int8 extracts faster with held-out accuracy within a point of fp32; MinMax calibration,
+because Percentile scored no better and calibrates far slower (``benchmarks/int8_accuracy.py``).
 """
 
 from __future__ import annotations

@@ -29,10 +29,9 @@ MAX_IMAGES = 1024  # per request; the queue limit applies as well
 # closing a connection with unread data resets it, and most clients then lose the answer.
 DRAIN_BYTES = 64 * 1024 * 1024
 # Bodies larger than this are parsed (JSON and base64, v2 requests, inflated) in the decoding
-# pool, not on the event loop: parsing 20 MB of JSON base64 held the loop, and every other
-# request, for 109-180 ms; in the pool the loop waited 29-43 ms (benchmarks/serve_parse.py: the
-# parsers hold the GIL while in C, so the loop still waits for the longest single step,
-# json.loads; base64 is decoded in chunks for that reason).
+# pool, not on the event loop, which a large body holds, and every other request with it
+# (benchmarks/serve_parse.py). The parsers hold the GIL while in C, so the loop still waits for
+# the longest single step (json.loads); base64 is decoded in chunks for that reason.
 OFF_LOOP_BYTES = 1024 * 1024
 _BASE64_CHUNK = 1024 * 1024  # characters (a multiple of 4) decoded per call
 
@@ -160,7 +159,7 @@ async def native_images(request: Request, body: bytes, pool: Executor | None = N
     """The encoded images of a native predict request, in order (a large body parsed in
     ``pool``, off the event loop)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":  # stays on the loop: 15 MB held it 6-7 ms at most
+    if kind == "multipart/form-data":  # stays on the loop, briefly: benchmarks/serve_parse.py
         images = await _multipart(request, body)
     elif kind == "application/json" or kind.endswith("+json"):
         images = await off_loop(pool, len(body), _json_images, body)
