@@ -125,7 +125,7 @@ def decoding(data: Path, batch: int) -> None:
 
     from graft.backbones import create_backbone
     from graft.inference.batches import iter_decoded_batches
-    from graft.inference.threads import plan_threads
+    from graft.system import plan_threads
 
     config = create_backbone("tf_efficientnet_lite0").preprocess
     paths = sorted(data.rglob("*.jpg"))

@@ -1,6 +1,9 @@
-"""How many threads graft runs: never more busy threads than the CPUs this process may use (its
-affinity mask and its cgroup's CPU quota, not the machine's core count). Decode workers and the
-network's threads take turns, so the two never fight for the same cores.
+"""What this process may use: its CPUs (affinity mask and cgroup CPU quota, not the machine's core
+count), its memory (under the cgroup's limit), and the threads graft runs on them. Decode workers
+and the network's threads take turns, so the two never fight for the same cores.
+
+A base module (the standard library and graft.errors only): data, features, heads, training and serving all size their
+pools from it.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from graft.inference import (
     plan_threads,
     preprocess,
 )
-from graft.inference.threads import available_cpus
+from graft.system import available_cpus
 
 
 def _odd_images(folder) -> dict[str, object]:

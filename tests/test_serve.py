@@ -447,7 +447,7 @@ def test_several_models_side_by_side_and_a_graceful_stop(model):
         # uvicorn re-raises the signal once it has drained: the conventional exit status
         assert process.wait(30) in (0, -signal.SIGTERM)
         log = "".join(process.log)
-        from graft.inference.threads import available_cpus
+        from graft.system import available_cpus
 
         cpus = available_cpus()  # sized to the CPUs this process may use
         for setting in (f"{cpus} CPU(s): {cpus} decoding thread(s)", f"{cpus} image(s) at a time",

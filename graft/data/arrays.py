@@ -23,7 +23,7 @@ import numpy as np
 
 from graft.config import resolve_cache_dir
 from graft.errors import DataError
-from graft.inference.threads import available_cpus
+from graft.system import available_cpus
 
 __all__ = ["ArrayData", "array_folder", "array_images", "is_cifar10_binary", "load_npz",
            "read_cifar10_binary"]

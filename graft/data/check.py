@@ -32,7 +32,7 @@ from graft.data.download import sha256_of
 from graft.data.storage import basename, is_uri, join, read_bytes
 from graft.errors import ImageError
 from graft.inference.images import decode_image
-from graft.inference.threads import available_cpus
+from graft.system import available_cpus
 
 __all__ = ["NEAR_BITS", "CheckReport", "check_dataset", "difference_hash", "split_leaks",
            "write_check_page"]

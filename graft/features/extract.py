@@ -38,7 +38,7 @@ from graft.features.store import (
 from graft.inference.batches import iter_decoded_batches, use_processes
 from graft.inference.fusion import FUSION
 from graft.inference.images import decode_image, draft_size, preprocess
-from graft.inference.threads import plan_threads
+from graft.system import plan_threads
 
 __all__ = [
     "ExtractionReport",

@@ -50,7 +50,7 @@ from graft.finetune.data import TrainingImages
 from graft.finetune.model import FinetuneModel
 from graft.heads import module_to_onnx
 from graft.inference.images import decode_image, draft_size
-from graft.inference.threads import plan_threads
+from graft.system import plan_threads
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 

@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from graft.errors import ConfigError
-from graft.inference.threads import available_cpus
+from graft.system import available_cpus
 
 __all__ = ["fit_head", "fitting_threads"]
 

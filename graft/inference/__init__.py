@@ -22,7 +22,7 @@ from graft.inference.predictor import (
     load,
     top_k_predictions,
 )
-from graft.inference.threads import ThreadPlan, available_cpus, plan_threads
+from graft.system import ThreadPlan, available_cpus, plan_threads
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

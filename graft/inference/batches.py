@@ -160,7 +160,7 @@ def iter_decoded_batches(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1. Got {batch_size!r} instead.")
     if workers is None:
-        from graft.inference.threads import plan_threads
+        from graft.system import plan_threads
 
         workers = plan_threads().decode
     if processes and (load is not None or workers < 1

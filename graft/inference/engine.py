@@ -98,7 +98,7 @@ class OnnxEngine(FeatureEngine):
         self.preprocess = preprocess
         self.num_features = int(num_features)
         if threads is None:
-            from graft.inference.threads import plan_threads
+            from graft.system import plan_threads
 
             threads = plan_threads().onnx
         self.threads = int(threads)

@@ -22,7 +22,7 @@ from graft.inference.batches import iter_decoded_batches
 from graft.inference.engine import OnnxEngine, create_session
 from graft.inference.fusion import fuse_features
 from graft.inference.images import ImageSource, describe_source, preprocess
-from graft.inference.threads import plan_threads
+from graft.system import plan_threads
 
 __all__ = ["PROBABILITIES", "Prediction", "Predictor", "load", "top_k_predictions"]
 

@@ -22,7 +22,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graft import __version__
-from graft.inference.threads import plan_threads
 from graft.serving import v2
 from graft.serving.config import ServeConfig
 from graft.serving.errors import ServeError
@@ -30,6 +29,7 @@ from graft.serving.inputs import native_images, off_loop, read_body
 from graft.serving.metrics import ServerMetrics
 from graft.serving.models import ServedModel, Timing
 from graft.serving.page import PAGE
+from graft.system import plan_threads
 
 __all__ = ["ServerState", "create_app"]
 

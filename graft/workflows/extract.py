@@ -11,7 +11,7 @@ from graft.data.dataset import stream_dataset
 from graft.data.storage import check_local
 from graft.errors import ConfigError
 from graft.features import ExtractionReport, extract_to_file
-from graft.inference.threads import plan_threads
+from graft.system import plan_threads
 from graft.workflows._common import build_backbones, set_precision
 
 __all__ = ["extract"]

@@ -32,7 +32,7 @@ from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, FeatureSet, fused_key
 from graft.features.store import in_chunks
 from graft.inference.predictor import Predictor, load
-from graft.inference.threads import ThreadPlan, available_memory, plan_threads
+from graft.system import ThreadPlan, available_memory, plan_threads
 from graft.workflows._common import (
     Log,
     build_backbones,
