@@ -460,14 +460,17 @@ def test_out_of_core_training_reads_the_cache_a_chunk_at_a_time(tiny_backbone, t
     for classes in ([0, 1], [0, 1, 2]):  # binary and multinomial
         rows = np.isin(y, classes)
         keys = [k for k, keep in zip(X.keys, rows) if keep]
-        expected = LogisticRegression(C=0.5, tol=1e-9, max_iter=5000).fit(X_memory[rows], y[rows])
+        # The reference in float64: scikit-learn fits float32 input in float32, about 1e-4 off
+        # the optimum, while the out-of-core fit reaches it within its gradient tolerance.
+        expected = LogisticRegression(C=0.5, tol=1e-9, max_iter=5000).fit(
+            X_memory[rows].astype(np.float64), y[rows])
         start = LogisticRegression(C=0.5, tol=1e-9, max_iter=5000).fit(X_memory[rows][::3],
                                                                      y[rows][::3])
         reads.clear()
         model = refit_in_chunks(start, Counted(X.caches, keys), y[rows], chunk_rows=5)
         assert max(reads) == 5 and len(reads) > 2  # never more than a chunk at once
         np.testing.assert_allclose(model.predict_proba(X_memory[rows]),
-                                   expected.predict_proba(X_memory[rows]), atol=1e-4)
+                                   expected.predict_proba(X_memory[rows]), atol=1e-6)
     search, _ = fit_head(create_head("logreg"), X, y, max_search_rows=12)
     assert search.search_rows_ <= 12 and search.predict(X.rows()).shape == y.shape
     with pytest.raises(graft.ConfigError, match="must be one of logreg"):
