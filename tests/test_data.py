@@ -53,6 +53,59 @@ def test_presplit_with_test_keeps_val(tmp_path):
     assert set(counts) == {"train", "val", "test"}
 
 
+@pytest.mark.parametrize("extra", ["splits", "annotations/deep", "meta"])
+def test_presplit_with_a_folder_of_no_images_is_still_presplit(tmp_path, extra, caplog):
+    make_dataset(tmp_path / "train", n_per_class=3, classes=("red", "blue"))
+    make_dataset(tmp_path / "test", n_per_class=2, classes=("red", "blue"), start=10)
+    (tmp_path / extra).mkdir(parents=True)
+    (tmp_path / extra / "train.txt").write_text("red/red_000.jpg\n")
+    with caplog.at_level("INFO", logger="graft"):
+        held = assign_splits(scan_dataset(tmp_path))
+    streamed = stream_dataset(tmp_path)
+    for dataset in (held, streamed):
+        assert dataset.layout == "presplit"
+        assert dataset.classes == ["blue", "red"]
+    assert held.counts() == {"train": {"blue": 3, "red": 3}, "test": {"blue": 2, "red": 2}}
+    assert [s.relpath for s in streamed] == [s.relpath for s in held.samples]
+    top = extra.split("/")[0]
+    assert any(f"'{top}' (no images)" in r.getMessage() for r in caplog.records)
+
+
+def test_presplit_with_a_folder_of_images_warns_and_ignores_it(tmp_path, caplog):
+    make_dataset(tmp_path / "train", n_per_class=3, classes=("red", "blue"))
+    make_dataset(tmp_path / "val", n_per_class=2, classes=("red", "blue"), start=10)
+    make_dataset(tmp_path / "unlabeled", n_per_class=2, classes=("green",))
+    with caplog.at_level("WARNING", logger="graft"):
+        dataset = scan_dataset(tmp_path)
+    assert dataset.layout == "presplit" and dataset.classes == ["blue", "red"]
+    assert not any(s.relpath.startswith("unlabeled/") for s in dataset.samples)
+    assert any("'unlabeled'" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+
+
+def test_split_names_as_classes_are_refused(tmp_path, caplog):
+    # images directly in train/ and test/: read as classes, which name splits
+    for split in ("train", "test"):
+        for i in range(3):
+            make_image(tmp_path / split / f"{split}_{i}.jpg", (200, 0, 0), i)
+    with pytest.raises(DataError, match="split names"):
+        scan_dataset(tmp_path)
+    with pytest.raises(DataError, match="split names"):
+        stream_dataset(tmp_path)
+    (tmp_path / "list.csv").write_text("path,label\ntrain/train_0.jpg,train\n"
+                                       "test/test_0.jpg,test\n")
+    with pytest.raises(DataError, match="split names"):
+        scan_dataset(tmp_path / "list.csv")
+    # one class named like a split (a 'train' among vehicles) is a warning, not an error
+    single = tmp_path / "vehicles"
+    make_dataset(single, n_per_class=2, classes=("red", "blue"))
+    for i in range(2):
+        make_image(single / "train" / f"t{i}.jpg", (0, 0, 200), i)
+    with caplog.at_level("WARNING", logger="graft"):
+        assert scan_dataset(single).classes == ["blue", "red", "train"]
+    assert any("named like a split" in r.getMessage() for r in caplog.records)
+
+
 def test_csv_layout(tmp_path):
     make_dataset(tmp_path / "imgs", n_per_class=2, classes=("red", "blue"))
     rows = ["path,label"] + [f"imgs/{c}/{c}_{i:03d}.jpg,{c}" for c in ("red", "blue") for i in (0, 1)]
@@ -105,8 +158,9 @@ def test_every_class_keeps_a_training_image(tmp_path):
 
 def test_split_parameter_errors(tmp_path):
     make_dataset(tmp_path, n_per_class=2, classes=("red", "blue"))
-    with pytest.raises(ConfigError, match="test-size"):
+    with pytest.raises(ConfigError, match="^test_size must be in") as error:
         assign_splits(scan_dataset(tmp_path), test_size=1.5)
+    assert error.value.parameters == ("test_size",)
     with pytest.raises(ConfigError, match="below 1"):
         assign_splits(scan_dataset(tmp_path), test_size=0.6, val_size=0.5)
 

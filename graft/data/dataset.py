@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ IMAGE_EXTENSIONS = frozenset(
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 _NOHASH = re.compile(r"_nohash_.*$")
+_log = logging.getLogger("graft.data")
+_told: set[tuple[str, str]] = set()  # (root, folder) of the ignored folders already named
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +154,19 @@ def _class_dirs(folder: Path) -> list[Path]:
                   and not (p / MODEL_MARKER).is_file())
 
 
-def _split_folders(root: str | Path, names: Iterable[str]) -> dict[str, str] | None:
-    """``{split: folder name}`` when the folders ``names`` under ``root`` are train/val/test
-    folders (pre-split data), else None."""
-    mapped = {name: _SPLIT_ALIASES.get(name.lower()) for name in sorted(names)}
-    if not mapped or any(v is None for v in mapped.values()) or "train" not in mapped.values():
+def _split_folders(root: str | Path, names: Iterable[str],
+                   holds_images: Callable[[str], bool]) -> dict[str, str] | None:
+    """``{split: folder name}`` when the folders ``names`` under ``root`` include a train folder
+    whose images lie in class folders (pre-split data), else None.
+
+    The layout is decided by where the images are: beside the split folders, a folder holding no
+    images (``splits/``, ``annotations/``) is ignored (named with ``-v``), and one holding images
+    is ignored with a warning. ``holds_images(name)``: whether folder ``name`` holds any image.
+    """
+    names = sorted(names)
+    mapped = {name: _SPLIT_ALIASES[name.lower()] for name in names
+              if name.lower() in _SPLIT_ALIASES}
+    if "train" not in mapped.values():
         return None
     result: dict[str, str] = {}
     for folder, split in mapped.items():
@@ -165,6 +176,16 @@ def _split_folders(root: str | Path, names: Iterable[str]) -> dict[str, str] | N
                 f"{folder}). Keep one, or merge them."
             )
         result[split] = folder
+    for name in names:
+        if name in mapped or (str(root), name) in _told:
+            continue
+        _told.add((str(root), name))  # said once, however often the folder is listed
+        if holds_images(name):
+            _log.warning("%s: ignoring the folder %r: the data is split into %s folders, and "
+                         "%r is none of them. Move its images into a split folder to use them.",
+                         root, name, "/".join(result.values()), name)
+        else:
+            _log.info("%s: ignoring the folder %r (no images)", root, name)
     return result
 
 
@@ -180,7 +201,12 @@ def _scan_remote(uri: str) -> ImageDataset:
     models = {f.relpath.rpartition("/")[0] for f in files
               if f.relpath.rpartition("/")[2] == MODEL_MARKER}
     top = {f.relpath.split("/", 1)[0] for f in files if f.relpath.count("/") >= 1} - models
-    splits = _split_folders(root, top)
+    with_images = {f.relpath.split("/", 1)[0] for f in files
+                   if "/" in f.relpath and is_image_file(f.relpath)}
+    direct = {f.relpath.split("/", 1)[0] for f in files
+              if f.relpath.count("/") == 1 and is_image_file(f.relpath)}
+    splits = None if direct & {n for n in top if _SPLIT_ALIASES.get(n.lower()) == "train"} \
+        else _split_folders(root, top, with_images.__contains__)
     depth = 2 if splits else 1  # the class folder's level: split/class/... or class/...
     split_of = {folder: split for split, folder in (splits or {}).items()}
     samples = []
@@ -237,6 +263,7 @@ def _read_csv(csv_path: Path) -> ImageDataset:
     if given != {""} and "" in given:
         raise DataError(f"{csv_path}: give a split for every row, or for none.")
     classes = sorted({s.label for s in samples})
+    _check_class_names(csv_path, classes)
     return ImageDataset(
         root=root, samples=samples, classes=classes, layout="csv",
         split_source="folders" if given != {""} else "",
@@ -435,7 +462,18 @@ def folder_layout(folder: Path) -> str:
 
 
 def _splits_of(root: Path) -> dict[str, str] | None:
-    return _split_folders(root, [p.name for p in _class_dirs(root)])
+    folders = {p.name: p for p in _class_dirs(root)}
+    train = [p for name, p in folders.items() if _SPLIT_ALIASES.get(name.lower()) == "train"]
+    if any(_holds_images(p, direct=True) for p in train):
+        return None  # images directly in train/: a class named train (refused as such)
+    return _split_folders(root, folders, lambda name: _holds_images(folders[name]))
+
+
+def _holds_images(folder: Path, *, direct: bool = False) -> bool:
+    """Whether ``folder`` holds an image file (directly in it, or anywhere below)."""
+    if direct:
+        return any(is_image_file(p.name) and p.is_file() for p in folder.iterdir())
+    return next(_sorted_files(os.fspath(folder), ""), None) is not None
 
 
 def _stream_folder(root: Path, *, assign: bool, **split_options: Any) -> DatasetStream:
@@ -493,6 +531,22 @@ def _check_found(root: Path | str, count: int, classes: list[str], *, loose: boo
         raise DataError(
             f"{root} has one class ({classes[0]!r}); a classifier needs at least two class folders."
         )
+    _check_class_names(root, classes)
+
+
+def _check_class_names(root: Path | str, classes: Sequence[str]) -> None:
+    """Refuse classes that are split names (``train`` and ``test``: a split folder read as a
+    class); warn about one (a real class may be called ``train``)."""
+    named = [c for c in classes if c.lower() in _SPLIT_ALIASES]
+    if len(named) > 1:
+        raise DataError(
+            f"{root}: the classes {named} are split names, so this would train a model telling "
+            f"the splits apart. Pre-split data is read as DATA/train/<class>/<image> (and "
+            f"test/, val/ likewise); otherwise rename those class folders."
+        )
+    if named:
+        _log.warning("%s: the class %r is named like a split folder; pre-split data is read "
+                     "as DATA/train/<class>/<image>.", root, named[0])
 
 
 def split_fraction(relpath: str, seed: int = 0, group_regex: str | None = None) -> float:
@@ -540,19 +594,19 @@ class SplitRule:
         test_size, val_size, group_regex = self.test_size, self.val_size, self.group_regex
         for name, value in (("test_size", test_size), ("val_size", val_size)):
             if not 0.0 <= float(value) < 1.0:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} must be in [0, 1). Got {value!r} instead.")
+                raise ConfigError(f"{name} must be in [0, 1). Got {value!r} instead.",
+                                  parameter=name)
         if test_size + val_size >= 1.0:
             raise ConfigError(
-                f"--test-size + --val-size must be below 1 to leave training data. "
-                f"Got {test_size} + {val_size}."
+                f"test_size + val_size must be below 1 to leave training data. "
+                f"Got {test_size} + {val_size}.", parameter=("test_size", "val_size")
             )
         if group_regex:
             try:
                 re.compile(group_regex)
             except re.error as exc:
-                raise ConfigError(f"--group-regex {group_regex!r} is not a valid regex: "
-                                  f"{exc}") from exc
+                raise ConfigError(f"group_regex {group_regex!r} is not a valid regex: "
+                                  f"{exc}", parameter="group_regex") from exc
 
     def _fraction(self, relpath: str) -> float:
         return split_fraction(relpath, seed=self.seed, group_regex=self.group_regex)
