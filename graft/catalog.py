@@ -6,12 +6,38 @@ scikit-learn just to print ``--help``.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_BACKBONE", "DEFAULT_HEAD", "HEAD_DESCRIPTIONS", "POOLS", "STREAMING_HEADS"]
+__all__ = [
+    "AUGMENTATIONS",
+    "CLASS_WEIGHTS",
+    "DEFAULT_AUGMENT",
+    "DEFAULT_BACKBONE",
+    "DEFAULT_HEAD",
+    "DEFAULT_MAX_PIXELS",
+    "DEVICES",
+    "ENGINES",
+    "EVALUATE_SPLITS",
+    "HEAD_DESCRIPTIONS",
+    "MODEL_PRECISIONS",
+    "POOLS",
+    "PRECISIONS",
+    "STREAMING_HEADS",
+    "one_of",
+]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # ImageNet weights ship with pip: works offline
 DEFAULT_HEAD = "logreg"
+AUGMENTATIONS = ("flip", "rotate", "crop", "color")
+DEFAULT_AUGMENT = "flip,rotate,crop"
 STREAMING_HEADS = ("logreg",)  # the heads that train out of core (graft.heads.streaming)
 POOLS = ("avg", "max", "avgmax", "flatten")
+# fp16/bf16 are torch autocast on CUDA; a model directory ships an fp32 or int8 graph
+PRECISIONS = ("fp32", "int8", "fp16", "bf16")
+MODEL_PRECISIONS = ("fp32", "int8")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "torch")  # cuda:N: any device index
+ENGINES = ("local", "ray")
+EVALUATE_SPLITS = ("all", "train", "val", "test")
+CLASS_WEIGHTS = ("auto", "none")
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
 
 HEAD_DESCRIPTIONS = {
     "logreg": "Logistic regression, C grid-searched by 3-fold CV (default); trains out of core",
@@ -24,3 +50,19 @@ HEAD_DESCRIPTIONS = {
     "mlp": "Multi-layer perceptron in PyTorch (the seed's DNN)",
     "auto": "Pick the head with the best cross-validated accuracy on the training split",
 }
+
+
+def one_of(parameter: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Refuse ``value`` unless it is in ``allowed`` (``cuda:N`` stands for any device index)."""
+    import difflib
+
+    from graft.errors import ConfigError
+
+    text = str(value)
+    if value in allowed or ("cuda:N" in allowed and text[5:].isdigit()
+                            and text.startswith("cuda:")):
+        return
+    close = difflib.get_close_matches(text, allowed, n=3)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(f"{parameter} must be one of {', '.join(allowed)}. Got {value!r}.{hint}",
+                      parameter=parameter)

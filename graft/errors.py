@@ -6,6 +6,9 @@ one type. Errors from third-party libraries are translated at the boundary with 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
+
 __all__ = [
     "BackboneError",
     "ClusterError",
@@ -20,7 +23,36 @@ __all__ = [
 
 
 class GraftError(Exception):
-    """Base class of every error graft raises on purpose."""
+    """Base class of every error graft raises on purpose.
+
+    A message speaks the library's language: it names a parameter as Python spells it
+    (``top_k must be >= 1``), and lists it in ``parameter`` so that a door with other names for
+    it (the CLI's ``--top-k``) can say it in its own words with :meth:`naming`.
+
+    Attributes:
+        parameters: The parameters the message names, as spelled in Python.
+    """
+
+    def __init__(self, *args: object, parameter: str | Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.parameters = (parameter,) if isinstance(parameter, str) else tuple(parameter)
+
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The message with each of its parameters spelled as ``names`` spells it.
+
+        ``parameter=value`` becomes ``NAME value`` (a suggestion to type); a parameter without a
+        name there keeps its Python spelling.
+        """
+        message = str(self)
+        for parameter in self.parameters:
+            name = names.get(parameter)
+            if name is None:
+                continue
+            # not part of a longer word, path, flag or quoted value
+            word = rf"(?<![\w'\"./-]){re.escape(parameter)}"
+            message = re.sub(word + "=", name + " ", message)
+            message = re.sub(word + r"(?![\w'\"/-])", name, message)
+        return message
 
 
 class ConfigError(GraftError, ValueError):

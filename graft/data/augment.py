@@ -10,12 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from graft.catalog import AUGMENTATIONS
 from graft.data.preprocess import _INTERPOLATIONS, PreprocessConfig, resize_and_crop
 from graft.errors import ConfigError
 
 __all__ = ["AUGMENTATIONS", "augment_for_network", "parse_augment"]
-
-AUGMENTATIONS = ("flip", "rotate", "crop", "color")
 
 
 def parse_augment(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -27,8 +26,8 @@ def parse_augment(value: str | Sequence[str] | None) -> tuple[str, ...]:
     unknown = [p for p in parts if p not in AUGMENTATIONS]
     if unknown:
         raise ConfigError(
-            f"Unknown augmentation(s) {unknown}. Expected a comma-separated list of "
-            f"{', '.join(AUGMENTATIONS)} (or 'none')."
+            f"Unknown augmentation(s) {unknown} in augment {value!r}. Expected a "
+            f"comma-separated list of {', '.join(AUGMENTATIONS)} (or 'none').", parameter="augment"
         )
     return tuple(dict.fromkeys(parts))
 

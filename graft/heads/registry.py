@@ -112,7 +112,8 @@ def check_head_scales(name: str, n_rows: int) -> None:
         raise ConfigError(
             f"The {name!r} head grows with the square of the training images: {n_rows:,} is over "
             f"its limit of {QUADRATIC_LIMIT:,}. Use 'logreg' (the default, which also trains out "
-            f"of core: --out-of-core), 'softmax' or 'mlp', which grow linearly.")
+            f"of core: out_of_core), 'softmax' or 'mlp', which grow linearly.",
+            parameter="out_of_core")
 
 
 def list_heads() -> dict[str, str]:

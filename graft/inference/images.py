@@ -22,6 +22,8 @@ from typing import IO, Any, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+# PIL's own default pixel limit, in the catalog so settings are read without Pillow.
+from graft.catalog import DEFAULT_MAX_PIXELS
 from graft.data.preprocess import PreprocessConfig, resize_and_crop
 from graft.data.storage import is_uri, read_bytes
 from graft.errors import ImageError
@@ -37,8 +39,6 @@ __all__ = [
     "to_rgb",
 ]
 
-# PIL's own default (about 89.5 megapixels: a 1024x1024x24-bit image decompressed 85x over).
-DEFAULT_MAX_PIXELS = 89_478_485
 _ROWS_PER_BLOCK = 256  # rows converted at a time from 16/32-bit images
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image,

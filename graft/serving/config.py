@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graft.catalog import DEFAULT_MAX_PIXELS
 from graft.errors import ConfigError
-from graft.inference.images import DEFAULT_MAX_PIXELS
 
 __all__ = ["ServeConfig", "parse_models"]
 
@@ -47,17 +47,16 @@ class ServeConfig:
     def validate(self) -> ServeConfig:
         if not self.models:
             raise ConfigError("graft serve needs at least one model directory.")
-        checks = [("--max-batch-size", self.max_batch_size, 1), ("--max-queue", self.max_queue, 1),
-                  ("--port", self.port, 0), ("--max-delay-ms", self.max_delay_ms, 0),
-                  ("--timeout-s", self.timeout_s, 1e-3), ("--max-body-mb", self.max_body_mb, 1e-3),
-                  ("--max-pixels", self.max_pixels, 1)]
-        for flag, value, lowest in checks:
-            if not math.isfinite(value) or value < lowest:
-                raise ConfigError(f"{flag} must be >= {lowest}. Got {value!r}.")
+        lowest = {"max_batch_size": 1, "max_queue": 1, "port": 0, "max_delay_ms": 0,
+                  "timeout_s": 1e-3, "max_body_mb": 1e-3, "max_pixels": 1}
+        if self.threads is not None:
+            lowest["threads"] = 1
+        for name, low in lowest.items():
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < low:
+                raise ConfigError(f"{name} must be >= {low}. Got {value!r}.", parameter=name)
         if self.port > 65535:
-            raise ConfigError(f"--port must be <= 65535. Got {self.port!r}.")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1. Got {self.threads!r}.")
+            raise ConfigError(f"port must be <= 65535. Got {self.port!r}.", parameter="port")
         return self
 
     @property
