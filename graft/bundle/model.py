@@ -10,7 +10,7 @@
       backbone.onnx  uint8 NHWC images -> features (normalization inside the graph); fused
                      backbones have one graph each, backbone-0-NAME.onnx, backbone-1-NAME.onnx...
       head.onnx      features (fused backbones: each rescaled, then side by side; see
-                     graft.inference.fusion) -> class probabilities
+                     graft.bundle.fusion) -> class probabilities
 
 Why separate ONNX graphs and not one: the feature cache is keyed by each backbone graph, so
 ``graft evaluate`` reuses cached features, and one backbone file can serve many heads. All are
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from graft.bundle.fusion import FUSION
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import ConfigError, ModelError
 
@@ -169,8 +170,6 @@ def save_model(
             (:mod:`graft.data.fingerprint`), kept so evaluation can detect overlap.
     """
     import onnx
-
-    from graft.inference.fusion import FUSION
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)

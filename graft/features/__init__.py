@@ -1,5 +1,6 @@
 """Features: fast engines (ONNX Runtime / torch), the crash-safe HDF5 cache, and feature files."""
 
+from graft.bundle.fusion import FUSION, fuse_features
 from graft.features.engine import (
     FeatureEngine,
     OnnxEngine,
@@ -26,7 +27,6 @@ from graft.features.store import (
     load_feature_file,
     write_feature_file,
 )
-from graft.inference.fusion import FUSION, fuse_features
 
 __all__ = [
     "FUSION",

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from graft.bundle.fusion import FUSION
 from graft.config import resolve_cache_dir
 from graft.data.augment import augment_for_network
 from graft.data.dataset import SPLITS, DatasetStream, ImageDataset, Sample
@@ -36,7 +37,6 @@ from graft.features.store import (
     forget_folders,
 )
 from graft.inference.batches import iter_decoded_batches, use_processes
-from graft.inference.fusion import FUSION
 from graft.inference.images import decode_image, draft_size, preprocess
 from graft.system import plan_threads
 

@@ -331,7 +331,7 @@ class CachedFeatures:
 
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` read from the cache, the backbones' features side by side."""
-        from graft.inference.fusion import fuse_features
+        from graft.bundle.fusion import fuse_features
 
         keys = self.keys[start:stop]
         return fuse_features([cache.get(keys) for cache in self.caches])

@@ -3,9 +3,9 @@
 Imports only numpy, Pillow and onnxruntime, so a deployment installs the base package alone.
 """
 
+from graft.bundle.fusion import FUSION, fuse_features
 from graft.inference.batches import DecodedBatch, iter_decoded_batches
 from graft.inference.engine import FeatureEngine, OnnxEngine, create_session
-from graft.inference.fusion import FUSION, fuse_features
 from graft.inference.images import (
     DEFAULT_MAX_PIXELS,
     ImageSource,

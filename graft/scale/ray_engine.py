@@ -324,7 +324,7 @@ def ray_predictions(predictor: Any, paths: Iterable[str | os.PathLike], *, top_k
 
 def _predict_part(predictor: Any, names: list[str], top_k: int, address: str | None,
                   on_result: Any) -> Iterator[Any]:
-    from graft.inference.fusion import fuse_features
+    from graft.bundle.fusion import fuse_features
     from graft.inference.predictor import Prediction
 
     waiting: dict[int, Any] = {}  # results that arrived before an earlier one
