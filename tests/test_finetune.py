@@ -235,9 +235,9 @@ def test_options_are_checked(colors, tmp_path):
     assert parse_augment("flip, Rotate,crop,color") == ("flip", "rotate", "crop", "color")
     with pytest.raises(ConfigError, match="Unknown augmentation"):
         parse_augment("flip,blur")
-    with pytest.raises(ConfigError, match="--unfreeze"):
+    with pytest.raises(ConfigError, match="^unfreeze"):
         finetune(colors, out=tmp_path / "x", config=_config(unfreeze="top"), progress=False)
-    with pytest.raises(ConfigError, match="--epochs and --fine-tune-epochs are both 0"):
+    with pytest.raises(ConfigError, match="^epochs and fine_tune_epochs are both 0"):
         finetune(colors, out=tmp_path / "x", config=_config(epochs=0, fine_tune_epochs=0),
                  progress=False)
 

@@ -67,7 +67,8 @@ class FinetuneModel(nn.Module):
         else:
             count = int(blocks)
             if count < 0:
-                raise ConfigError(f"--unfreeze must be 'all' or a count >= 0. Got {blocks!r}.")
+                raise ConfigError(f"unfreeze must be 'all' or a count >= 0. Got {blocks!r}.",
+                                  parameter="unfreeze")
             chosen = self.groups[len(self.groups) - count:] if count else []
         params = dict(self.backbone.model.named_parameters())
         for group in chosen:

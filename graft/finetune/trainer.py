@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from graft import inference
-from graft.backbones import DEFAULT_BACKBONE, create_backbone, state_dict_sha256
+from graft.backbones import create_backbone, state_dict_sha256
 from graft.bundle import save_model
 from graft.bundle.model import (
     CHECKPOINT_FILE,
@@ -34,6 +34,7 @@ from graft.data import (
     count_by_split,
     scan_dataset,
 )
+from graft.config import FinetuneConfig
 from graft.data.augment import parse_augment
 from graft.data.fingerprint import content_fingerprints
 from graft.data.preprocess import PreprocessConfig
@@ -57,55 +58,6 @@ __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 CHECKPOINT = CHECKPOINT_FILE
 # The largest difference allowed between the trained network's and the saved model's probabilities.
 PARITY_TOLERANCE = 1e-4
-
-
-@dataclass
-class FinetuneConfig:
-    """Every option of ``graft finetune`` (the CLI maps onto these fields)."""
-
-    backbone: str = DEFAULT_BACKBONE
-    weights: str | None = None
-    image_size: int | None = None
-    epochs: int = 10
-    fine_tune_epochs: int = 10
-    unfreeze: str = "2"
-    lr: float = 1e-3
-    fine_tune_lr: float = 1e-5
-    batch_size: int = 32
-    augment: str = "flip,rotate,crop"
-    dropout: float = 0.2
-    class_weights: str | None = None
-    patience: int = 3
-    seed: int = 0
-    test_size: float = 0.2
-    val_size: float = 0.1
-    group_regex: str | None = None
-    device: str = "auto"
-    workers: int | None = None
-
-    def validate(self) -> None:
-        for name in ("epochs", "fine_tune_epochs", "patience"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be an int >= 0. "
-                                  f"Got {getattr(self, name)!r}.")
-        if self.epochs == 0 and self.fine_tune_epochs == 0:
-            raise ConfigError("--epochs and --fine-tune-epochs are both 0, so nothing would be "
-                              "trained. Give at least one of them a number of epochs.")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size!r}.")
-        for name in ("lr", "fine_tune_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0. "
-                                  f"Got {getattr(self, name)!r}.")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"--dropout must be in [0, 1). Got {self.dropout!r}.")
-        if self.class_weights not in (None, "auto", "none"):
-            raise ConfigError(f"--class-weights must be 'auto' or 'none'. "
-                              f"Got {self.class_weights!r}.")
-        if self.unfreeze != "all" and not str(self.unfreeze).isdigit():
-            raise ConfigError(f"--unfreeze must be a number of blocks or 'all'. "
-                              f"Got {self.unfreeze!r}.")
-        parse_augment(self.augment)
 
 
 @dataclass
@@ -294,8 +246,8 @@ def finetune(
         raise DataError(
             f"Fine-tuning needs training images of every class (missing: {missing or 'none'}), a "
             f"validation split ({len(by_split['val'])} images) and a test split "
-            f"({len(by_split['test'])} images). Add images or adjust --test-size/--val-size."
-        )
+            f"({len(by_split['test'])} images). Add images or adjust test_size/val_size.",
+            parameter=("test_size", "val_size"))
 
     model = FinetuneModel(backbone, len(dataset.classes), dropout=config.dropout).to(device)
     if device.type == "cuda":
@@ -336,7 +288,7 @@ def finetune(
         if saved["config"] != config_json:
             raise ConfigError(
                 f"{checkpoint_path} was written with other options; resume with the same "
-                f"options, or start afresh without --resume."
+                f"options, or start afresh without resume.", parameter="resume"
             )
         if saved["stage"] == 2:
             model.unfreeze(config.unfreeze)
@@ -524,8 +476,8 @@ def _score_saved_model(model_dir: Path, out: Path, test_paths: list[Path],
             f"The saved model does not reproduce the trained network: their test probabilities "
             f"differ by up to {difference:.2e} (tolerance {PARITY_TOLERANCE:g}; worst image: "
             f"{worst}). The model was not saved to {out}, because its scores would not be the "
-            f"shipped model's; the checkpoint there is kept. Try another --backbone, or report "
-            f"this with the command you ran."
+            f"shipped model's; the checkpoint there is kept. Try another backbone, or report "
+            f"this with the command you ran.", parameter="backbone"
         )
     return probabilities, difference
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from graft.bundle.model import check_replaceable, staged_model_dir, write_metrics
-from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD, STREAMING_HEADS
+from graft.catalog import STREAMING_HEADS
+from graft.config import TrainConfig
 from graft.data import check_output_dir, compute_splits
-from graft.data.augment import parse_augment
 from graft.data.dataset import DatasetStream, stream_dataset
 from graft.data.fingerprint import content_fingerprints
 from graft.data.storage import is_file, is_uri, join
@@ -47,87 +46,6 @@ __all__ = ["TrainConfig", "TrainResult", "train"]
 PARITY_TOLERANCE = 1e-4
 # Test images also run end to end (file -> saved graphs) to check decoding did not drift.
 END_TO_END_SAMPLE = 16
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``graft train`` (the CLI flags map onto these fields).
-
-    Attributes:
-        backbone: Registry or timm name; ``"a+b"`` or a list fuses several.
-        layer: Where to cut (``NAME=LAYER`` per fused backbone).
-        weights: Local file, URL, or None for the offline/hub default (``NAME=PATH`` per backbone).
-        pool: Reduction of a spatial map: ``avg``, ``max``, ``avgmax``, ``flatten``.
-        image_size: Input resolution override.
-        head: A head from ``graft heads``, or ``auto``.
-        test_size, val_size, seed, group_regex: The split of unsplit data (see
-            :func:`graft.data.assign_splits`); pre-split folders keep theirs.
-        batch_size: Images per forward pass.
-        device: ``auto``, ``cpu`` (ONNX Runtime), ``cuda``, ``torch``.
-        cache_dir: Feature and ONNX cache (default ``$GRAFT_CACHE_DIR`` or the user cache).
-        augment_views: Also extract this many augmented views of every training image (cached).
-        augment: The transformations for ``augment_views``.
-        threads: CPUs to use, split between decoding and the network (default: all available).
-        precision: ``fp32``, or ``int8``: the backbone quantized (calibrated on up to 200
-            training images); the model directory then ships the int8 graph.
-        engine: ``local``, or ``ray``: extraction decodes and runs the graphs on a Ray
-            cluster (``address``: ``auto``, ``host:port``...; default ``$RAY_ADDRESS``, else a
-            local cluster).
-        out_of_core: Train from the feature cache a chunk at a time, never holding the whole
-            feature matrix (the ``logreg`` head). Default (None): only when the matrix would take
-            more than half of the memory available.
-    """
-
-    backbone: str | Sequence[str] | None = DEFAULT_BACKBONE
-    layer: str | Sequence[str] | None = None
-    weights: str | os.PathLike | Sequence[str] | None = None
-    pool: str = "avg"
-    image_size: int | None = None
-    head: str = DEFAULT_HEAD
-    test_size: float = 0.2
-    val_size: float = 0.0
-    seed: int = 0
-    group_regex: str | None = None
-    batch_size: int = 32
-    device: str = "auto"
-    cache_dir: str | os.PathLike | None = None
-    augment_views: int = 0
-    augment: str = "flip,rotate,crop"
-    threads: int | None = None
-    precision: str = "fp32"
-    engine: str = "local"
-    address: str | None = None
-    out_of_core: bool | None = None
-
-    def validate(self) -> tuple[str, ...]:
-        """Check the options that can be checked before any work; return the augmentations."""
-        augment = parse_augment(self.augment)
-        if self.augment_views < 0:
-            raise ConfigError(f"--augment-views must be >= 0. Got {self.augment_views!r}.")
-        if self.augment_views and not augment:
-            raise ConfigError("--augment-views needs at least one --augment transformation.")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size!r}.")
-        from graft.features.quantize import PRECISIONS
-
-        if self.engine not in ("local", "ray"):
-            raise ConfigError(f"--engine must be local or ray. Got {self.engine!r}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}. "
-                              f"Got {self.precision!r}.")
-        if self.out_of_core and self.augment_views:
-            raise ConfigError("--augment-views and --out-of-core do not go together: the views "
-                              "would multiply the rows that do not fit. Leave one out.")
-        if self.out_of_core and self.head not in STREAMING_HEADS:
-            raise ConfigError(f"The {self.head!r} head needs every feature in memory; out of "
-                              f"core, use --head {' or '.join(STREAMING_HEADS)} (or leave --head "
-                              f"out).")
-        return augment
-
-    @property
-    def split_params(self) -> dict[str, Any]:
-        return {"test_size": self.test_size, "val_size": self.val_size, "seed": self.seed,
-                "group_regex": self.group_regex}
 
 
 @dataclass
