@@ -1,7 +1,7 @@
 """Data: finding labeled images and splitting them stably.
 
-Decoding lives in :mod:`graft.inference.images` (the one decode function, shared with
-prediction); the preprocessing config in :mod:`graft.data.preprocess`.
+Decoding lives in :mod:`graft.data.images` (the one decode function, shared with prediction);
+the preprocessing config in :mod:`graft.data.preprocess`.
 """
 
 from graft.data.dataset import (

@@ -29,9 +29,10 @@ from PIL import Image, UnidentifiedImageError
 
 from graft.data.dataset import ImageDataset, Sample
 from graft.data.download import sha256_of
+from graft.data.images import decode_image
 from graft.data.storage import basename, is_uri, join, read_bytes
 from graft.errors import ImageError
-from graft.inference.images import decode_image
+from graft.page import CSS, table
 from graft.system import available_cpus
 
 __all__ = ["NEAR_BITS", "CheckReport", "check_dataset", "difference_hash", "split_leaks",
@@ -275,8 +276,6 @@ def _thumbnail(path: str) -> str:
 def write_check_page(report: CheckReport, path: str | os.PathLike) -> Path:
     """``report`` as one self-contained HTML page (thumbnails inline), in the report's style."""
     import html
-
-    from graft.evaluation.page import CSS, table
 
     root = report.root
     summary = report.summary_counts()

@@ -115,7 +115,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
 
 
 def _thumbnail(path: str | Path, size: int = 224) -> np.ndarray:
-    from graft.inference.images import load_image
+    from graft.data.images import load_image
 
     image = load_image(path, min_size=(size, size))
     image.thumbnail((size, size))

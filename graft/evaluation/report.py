@@ -15,8 +15,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from graft.evaluation.page import CSS as _CSS
-from graft.evaluation.page import table as _table
 from graft.evaluation.plots import (
     plot_confusion_matrix,
     plot_grid_search,
@@ -24,6 +22,8 @@ from graft.evaluation.plots import (
     plot_learning_curves,
     plot_misclassified,
 )
+from graft.page import CSS as _CSS
+from graft.page import table as _table
 
 __all__ = ["confused_pairs", "sample_images", "worst_mistakes", "write_report"]
 

@@ -25,6 +25,7 @@ from graft.bundle.fusion import FUSION
 from graft.config import resolve_cache_dir
 from graft.data.augment import augment_for_network
 from graft.data.dataset import SPLITS, DatasetStream, ImageDataset, Sample
+from graft.data.images import decode_image
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import DataError
 from graft.features.engine import FeatureEngine, fused_key
@@ -37,7 +38,7 @@ from graft.features.store import (
     forget_folders,
 )
 from graft.inference.batches import iter_decoded_batches, use_processes
-from graft.inference.images import decode_image, draft_size, preprocess
+from graft.inference.images import draft_size, preprocess
 from graft.system import plan_threads
 
 __all__ = [

@@ -10,8 +10,9 @@ import torch
 
 from graft.data.augment import augment_for_network
 from graft.data.dataset import Sample
+from graft.data.images import decode_image
 from graft.data.preprocess import PreprocessConfig
-from graft.inference.images import decode_image, draft_size, preprocess
+from graft.inference.images import draft_size, preprocess
 
 __all__ = ["TrainingImages"]
 
@@ -20,7 +21,7 @@ class TrainingImages(torch.utils.data.Dataset):
     """Labeled images as ``uint8`` (H, W, 3) tensors and class indices, for a DataLoader.
 
     Without augmentation an image goes through :func:`graft.inference.images.preprocess`, the
-    prediction path itself; with it, the same decode (:func:`~graft.inference.images.decode_image`
+    prediction path itself; with it, the same decode (:func:`~graft.data.images.decode_image`
     at the same JPEG draft size) feeds a random view. Random views draw from a generator seeded
     by torch's RNG, so ``torch.manual_seed`` (and the DataLoader's per-worker seeds) make an
     epoch's augmentations reproducible.

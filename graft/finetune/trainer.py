@@ -37,6 +37,7 @@ from graft.data import (
 from graft.config import FinetuneConfig
 from graft.data.augment import parse_augment
 from graft.data.fingerprint import content_fingerprints
+from graft.data.images import decode_image
 from graft.data.preprocess import PreprocessConfig
 from graft.data.storage import is_uri
 from graft.errors import ConfigError, DataError, ImageError, ModelError
@@ -50,7 +51,7 @@ from graft.features.engine import (
 from graft.finetune.data import TrainingImages
 from graft.finetune.model import FinetuneModel
 from graft.heads import module_to_onnx
-from graft.inference.images import decode_image, draft_size
+from graft.inference.images import draft_size
 from graft.system import plan_threads
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]

@@ -4,17 +4,16 @@ Imports only numpy, Pillow and onnxruntime, so a deployment installs the base pa
 """
 
 from graft.bundle.fusion import FUSION, fuse_features
-from graft.inference.batches import DecodedBatch, iter_decoded_batches
-from graft.inference.engine import FeatureEngine, OnnxEngine, create_session
-from graft.inference.images import (
+from graft.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageSource,
     decode_image,
-    draft_size,
     load_image,
-    preprocess,
     to_rgb,
 )
+from graft.inference.batches import DecodedBatch, iter_decoded_batches
+from graft.inference.engine import FeatureEngine, OnnxEngine, create_session
+from graft.inference.images import draft_size, preprocess
 from graft.inference.predictor import (
     PROBABILITIES,
     Prediction,

@@ -17,11 +17,12 @@ import numpy as np
 
 from graft.bundle.fusion import fuse_features
 from graft.bundle.model import load_model_config
+from graft.data.images import ImageSource, describe_source
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import ConfigError, ImageError
 from graft.inference.batches import iter_decoded_batches
 from graft.inference.engine import OnnxEngine, create_session
-from graft.inference.images import ImageSource, describe_source, preprocess
+from graft.inference.images import preprocess
 from graft.system import plan_threads
 
 __all__ = ["PROBABILITIES", "Prediction", "Predictor", "load", "top_k_predictions"]

@@ -1,5 +1,5 @@
 """The HTML pieces graft's pages share (the training report, the data check): a stylesheet and
-a table, with no plotting library behind them."""
+a table, with no plotting library behind them. A base module, so data and evaluation both reach it."""
 
 from __future__ import annotations
 
