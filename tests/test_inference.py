@@ -210,6 +210,47 @@ def test_a_batch_is_shared_among_threads_with_the_same_features(tiny_backbone, t
     assert shared._callers == 3
 
 
+def test_a_cpu_engine_never_gets_cuda(monkeypatch, tiny_backbone, tmp_path):
+    from graft.inference.engine import onnx_providers
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers("cpu", both) == ["CPUExecutionProvider"]
+    assert onnx_providers("auto", both) == both
+    assert onnx_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(graft.ConfigError, match="device must be one of auto, cpu"):
+        onnx_providers("gpu", both)
+    exported = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path)
+    assert exported.providers == ["CPUExecutionProvider"]
+    assert exported.session.get_providers() == ["CPUExecutionProvider"]
+
+    # With onnxruntime-gpu installed, the settings callers read before the first call already
+    # say what the session will do: decode ahead for the GPU, none of that on the CPU.
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: both)
+    common = dict(key=exported.key, preprocess=exported.preprocess,
+                  num_features=exported.num_features, threads=2)
+    cpu = OnnxEngine(exported.path, device="cpu", **common)
+    assert (cpu.providers, cpu.prefetch, cpu.micro_batch) == (["CPUExecutionProvider"], 0, 1)
+    gpu = OnnxEngine(exported.path, device="auto", **common)
+    assert (gpu.providers, gpu.prefetch, gpu.micro_batch) == (both, 2, None)
+    assert gpu._session is None
+
+
+def test_closing_an_engine_stops_its_threads_and_a_later_call_reloads(tiny_backbone, tmp_path):
+    exported = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path)
+    images = np.random.default_rng(2).integers(0, 255, (4, *tiny_backbone.preprocess.size, 3),
+                                               dtype=np.uint8)
+    with OnnxEngine(exported.path, key=exported.key, preprocess=exported.preprocess,
+                    num_features=exported.num_features, threads=2) as engine:
+        expected = engine(images)
+        pool = engine._pool
+        assert pool is not None
+    assert engine._pool is None and engine._session is None and pool._shutdown
+    np.testing.assert_array_equal(engine(images), expected)
+    engine.close()
+
+
 def test_thread_plan_is_logged_once():
     import logging
 

@@ -239,4 +239,4 @@ def create_engine(
     onnx_path = resolve_cache_dir(cache_dir) / "onnx" / f"{backbone.name}-{key}.onnx"
     if not onnx_path.is_file():
         export_backbone_onnx(backbone, onnx_path)
-    return OnnxEngine(onnx_path, threads=threads, **common)
+    return OnnxEngine(onnx_path, threads=threads, device="cpu", **common)

@@ -120,7 +120,8 @@ def find_known_engines(
             config = record["config"]
             engine = OnnxEngine(graph, key=record["key"],
                                 preprocess=PreprocessConfig.from_dict(config["preprocess"]),
-                                num_features=int(config["num_features"]), threads=threads)
+                                num_features=int(config["num_features"]), threads=threads,
+                                device="cpu")
         except (OSError, ValueError, KeyError, TypeError, GraftError):
             return None  # no record, or a damaged one: build the backbone
         if not graph.is_file():

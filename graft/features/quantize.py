@@ -138,4 +138,5 @@ def quantize_engine(engine: OnnxEngine, images: Sequence[Any], *,
                 f"({type(exc).__name__}: {exc}). Use --precision fp32 for this backbone."
             ) from exc
     return OnnxEngine(target, key=key, preprocess=engine.preprocess,
-                      num_features=engine.num_features, threads=engine.threads)
+                      num_features=engine.num_features, threads=engine.threads,
+                      device=engine.device)
