@@ -11,7 +11,8 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from graft.inference.batches import iter_decoded_batches
 from graft.inference.engine import OnnxEngine, create_session
 from graft.inference.images import preprocess
 from graft.system import plan_threads
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["PROBABILITIES", "Prediction", "Predictor", "load", "top_k_predictions"]
 
@@ -120,6 +124,18 @@ class Predictor:
         names = "+".join(b["name"] for b in self.config["backbones"])
         return (f"Predictor({os.fspath(self.model_dir)!r}, backbone={names!r}, "
                 f"head={self.config['head']['name']!r}, classes={len(self.labels)})")
+
+    def close(self) -> None:
+        """Stop the backbone engines' worker threads (a later call starts them again)."""
+        for engine in self.engines:
+            engine.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     # -- the three steps -------------------------------------------------------------------
     def preprocess(self, image: ImageSource) -> list[np.ndarray]:
