@@ -19,6 +19,8 @@ from graft.data import assign_splits, scan_dataset
 from graft.data.dataset import DatasetStream, folder_layout, local_folder, stream_dataset
 from graft.data.fingerprint import content_fingerprints, read_fingerprints
 from graft.data.storage import basename, is_uri, join
+from graft.catalog import EVALUATE_SPLITS
+from graft.config import EvaluateConfig, resolve_config
 from graft.errors import ConfigError, DataError
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, extract_feature_set
@@ -26,9 +28,7 @@ from graft.features.store import in_chunks
 from graft.inference.predictor import Predictor, load
 from graft.workflows._common import Log, silent
 
-__all__ = ["EVALUATE_SPLITS", "EvaluateResult", "evaluate"]
-
-EVALUATE_SPLITS = ("all", "train", "val", "test")
+__all__ = ["EVALUATE_SPLITS", "EvaluateConfig", "EvaluateResult", "evaluate"]
 
 
 @dataclass
@@ -45,53 +45,57 @@ class EvaluateResult:
 def evaluate(
     model_dir: str | os.PathLike,
     data: str | os.PathLike,
+    config: EvaluateConfig | None = None,
     *,
-    split: str | None = None,
-    batch_size: int = 32,
-    cache_dir: str | os.PathLike | None = None,
-    report: str | os.PathLike | None = None,
-    threads: int | None = None,
     progress: bool = True,
     log: Log = silent,
-    engine: str = "local",
-    address: str | None = None,
+    **options: Any,
 ) -> EvaluateResult:
     """Score a saved model on a labeled image folder (or CSV).
 
     Args:
         model_dir: A model directory from ``graft train`` or ``graft finetune``.
         data: Labeled images: class folders, pre-split folders or a CSV.
-        split: ``"test"``, ``"val"``, ``"train"`` or ``"all"``. Default: on the data the model was
-            trained on, its held-out ``test`` split (recomputed from ``graft.json``); on other
-            pre-split data, its test (else val) folder; on other unsplit data, ``all``.
-        report: Also write ``report.html``, its figures and ``metrics.json`` into this folder
-            (needs the report extra: matplotlib).
-        threads: CPUs to use, split between decoding and the network.
+        config: An :class:`EvaluateConfig` (the split to score, the report, how to run);
+            keyword ``options`` (its field names, e.g. ``split="all"``) override its fields.
+        progress: Show progress bars.
         log: Where the note on what is scored (and any overlap warning) goes.
-        engine: ``"local"``, or ``"ray"`` to run the backbones of the images not yet cached on
-            the Ray cluster at ``address``.
 
     Returns:
         Metrics (``overlap_with_training`` included), the printable report, the extraction
         summary, the split scored and a one-line note saying what was scored.
     """
-    if split is not None and split not in EVALUATE_SPLITS:
-        raise ConfigError(f"--split must be one of {', '.join(EVALUATE_SPLITS)}. Got {split!r}.")
-    if report is not None:
+    config = resolve_config(EvaluateConfig, config, options).validate()
+    if config.report is not None:
         from graft.extras import require
 
         require("report", "matplotlib", "evaluate --report")  # before any work, not after
-    predictor = load(model_dir, threads=threads, batch_size=batch_size)
-    dataset, split, note = _choose_split(data, predictor.config, split, cache_dir=cache_dir,
-                                         progress=progress)
+    predictor = load(model_dir, threads=config.threads, batch_size=config.batch_size)
+    dataset, split, note = _choose_split(data, predictor.config, config.split,
+                                         cache_dir=config.cache_dir, progress=progress)
     log(note)
     _check_classes(dataset, predictor, data)
     dataset = replace(dataset, classes=list(predictor.labels))
-    # the features stay in the cache: the head reads them a chunk at a time
+    features, extraction = _features(dataset, predictor, config, data, progress)
+    probabilities = in_chunks(predictor.probabilities_from_features, features.features)
+    metrics = _metrics(predictor, dataset, features, extraction, probabilities, split, log)
+    if config.report is not None:
+        _write_report(config.report, predictor, dataset, features, probabilities, metrics,
+                      model_dir)
+    return EvaluateResult(metrics=metrics,
+                          report=format_report(features.labels, probabilities, predictor.labels),
+                          extraction=extraction, split=split, note=note)
+
+
+def _features(dataset: DatasetStream, predictor: Predictor, config: EvaluateConfig, data: Any,
+              progress: bool) -> tuple[Any, ExtractionReport]:
+    """The features of the images to score; they stay in the cache, for the head to read a
+    chunk at a time."""
     features, extraction = extract_feature_set(
-        dataset, predictor.engines, predictor.config["backbones"], cache_dir=cache_dir,
-        batch_size=batch_size, workers=predictor.threads.decode, progress=progress,
-        min_per_class=0, engine=engine, address=address, out_of_core=True,
+        dataset, predictor.engines, predictor.config["backbones"],
+        cache_dir=config.cache_dir, batch_size=config.batch_size,
+        workers=predictor.threads.decode, progress=progress, min_per_class=0,
+        engine=config.engine, address=config.address, out_of_core=True,
     )
     if len(features.labels) == 0:
         raise DataError(
@@ -99,7 +103,13 @@ def evaluate(
             f"({len(extraction.failures)} skipped, e.g. {extraction.failures[0][0]}: "
             f"{extraction.failures[0][1]})." if extraction.failures else
             f"No images to score in {data}.")
-    probabilities = in_chunks(predictor.probabilities_from_features, features.features)
+    return features, extraction
+
+
+def _metrics(predictor: Predictor, dataset: DatasetStream, features: Any,
+             extraction: ExtractionReport, probabilities: np.ndarray, split: str,
+             log: Log) -> dict[str, Any]:
+    """The metrics, what was skipped, and how many scored images the model was trained on."""
     metrics = compute_metrics(features.labels, probabilities, predictor.labels)
     metrics["split"] = split
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in extraction.failures]
@@ -110,11 +120,7 @@ def evaluate(
     if overlap:
         log(f"Warning: {overlap} of the {len(features.paths)} scored images are also in the "
             f"model's training data (same file content): the score is inflated by them.")
-    if report is not None:
-        _write_report(report, predictor, dataset, features, probabilities, metrics, model_dir)
-    return EvaluateResult(metrics=metrics,
-                          report=format_report(features.labels, probabilities, predictor.labels),
-                          extraction=extraction, split=split, note=note)
+    return metrics
 
 
 def _same_data(data: Path | str, training: dict[str, Any], root: Path | str) -> bool:
@@ -175,15 +181,16 @@ def _choose_split(data: str | os.PathLike, config: dict[str, Any], split: str | 
         where = "from the data's split folders (with only train/val folders, val is the test)"
     else:
         raise ConfigError(
-            f"{data} has no split folders and is not the data this model was trained on, so it "
-            f"has no {split!r} split. Score it whole with --split all (the default for it)."
+            f"{data} has no train/val/test folders and is not the data this model was trained "
+            f"on, so it has no {split!r} images. Score it whole with split='all' (the default "
+            f"for it).", parameter="split"
         )
     total, chosen = len(dataset), dataset.only(split)
     if not len(chosen):
         hint = (" With only train/val folders, the val folder is scored as 'test'."
                 if split == "val" and not same else "")
-        raise DataError(f"The {split!r} split of {data} holds no images. Choose another "
-                        f"--split.{hint}")
+        raise DataError(f"{data} holds no {split!r} images. Choose another split.{hint}",
+                        parameter="split")
     note = (f"Scoring the {split} split: {len(chosen)} of {total} images ({where}); "
             f"--split all|train|val|test chooses.")
     return chosen, split, note
