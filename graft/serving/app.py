@@ -15,20 +15,18 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graft import __version__
-from graft.serving import v2
+from graft.serving import routes
 from graft.serving.config import ServeConfig
 from graft.serving.errors import ServeError
-from graft.serving.inputs import native_images, off_loop, read_body
 from graft.serving.metrics import ServerMetrics
 from graft.serving.models import ServedModel, Timing
-from graft.serving.page import PAGE
+from graft.serving.routes import error_response
 from graft.system import plan_threads
 
 __all__ = ["ServerState", "create_app"]
@@ -96,10 +94,6 @@ class ServerState:
                                   f"(the server is overloaded).", "timeout") from None
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 class _CountRequests:
     """Requests by endpoint, method and status, and their latency: plain ASGI middleware
     (Starlette's ``BaseHTTPMiddleware`` adds a task and a body stream to every request)."""
@@ -130,149 +124,57 @@ class _CountRequests:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServerState = app.state.graft
+    state.decode_pool = ThreadPoolExecutor(state.plan.decode, thread_name_prefix="graft-decode")
+    state.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="graft-infer")
+    loading = asyncio.get_running_loop().create_task(state.load())
+    try:
+        yield
+    finally:
+        state.draining = True
+        loading.cancel()
+        for model in state.models.values():
+            await model.stop()
+        state.decode_pool.shutdown(wait=False, cancel_futures=True)
+        state.infer_pool.shutdown(wait=True)
+        for model in state.models.values():  # no batch runs any more: free the graphs' threads
+            model.predictor.close()
+
+
+async def _serve_error(request: Request, error: ServeError) -> JSONResponse:
+    if error.reason not in ("queue_full", "timeout") and error.status < 500:
+        request.app.state.graft.metrics.rejected.labels(reason=error.reason).inc()
+    return error_response(error.status, error.message, error.headers)
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return error_response(400, f"Bad request: {problems}.")
+
+
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("internal error on %s", request.url.path)
+    return error_response(500, f"Internal server error ({type(error).__name__}).")
+
+
 def create_app(config: ServeConfig) -> FastAPI:
     """The ASGI app serving ``config.models`` (run it with uvicorn; see :func:`serve`)."""
     config.validate()
     state = ServerState(config)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.decode_pool = ThreadPoolExecutor(state.plan.decode, thread_name_prefix="graft-decode")
-        state.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="graft-infer")
-        loading = asyncio.get_running_loop().create_task(state.load())
-        try:
-            yield
-        finally:
-            state.draining = True
-            loading.cancel()
-            for model in state.models.values():
-                await model.stop()
-            state.decode_pool.shutdown(wait=False, cancel_futures=True)
-            state.infer_pool.shutdown(wait=True)
-
-    app = FastAPI(title="graft", version=__version__, lifespan=lifespan, docs_url="/docs",
+    app = FastAPI(title="graft", version=__version__, lifespan=_lifespan, docs_url="/docs",
                   redoc_url=None)
     app.state.graft = state
-
-    @app.exception_handler(ServeError)
-    async def _serve_error(request: Request, error: ServeError) -> JSONResponse:
-        if error.reason not in ("queue_full", "timeout") and error.status < 500:
-            state.metrics.rejected.labels(reason=error.reason).inc()
-        return _error(error.status, error.message, error.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        return _error(400, f"Bad request: {problems}.")
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, error: Exception) -> JSONResponse:
-        log.exception("internal error on %s", request.url.path)
-        return _error(500, f"Internal server error ({type(error).__name__}).")
-
+    app.add_exception_handler(ServeError, _serve_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(_CountRequests, metrics=state.metrics)
-
-    # -- native API and the page ----------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE)
-
-    @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"models": [_model_info(name) for name in config.models]}
-
-    @app.get("/v1/models/{name}")
-    async def model_info(name: str) -> dict[str, Any]:
-        return _model_info(name)
-
-    def _model_info(name: str) -> dict[str, Any]:
-        if name in state.models:
-            return {**state.models[name].info, "ready": state.models[name].ready}
-        if name in config.models:
-            return {"name": name, "ready": False, "error": state.failed.get(name)}
-        raise ServeError(404, f"Unknown model {name!r}. Served: {', '.join(config.models)}.",
-                         "unknown_model")
-
-    async def _predict(name: str, request: Request, top_k: int) -> Response:
-        model = state.model(name)
-        body = await read_body(request, config.max_body_bytes, state.decode_pool)
-        images = await native_images(request, body, state.decode_pool)
-        probabilities, timing = await state.run(model, images)
-        # the response as it is (plain floats and strings): FastAPI's validation and encoding
-        # of a returned dict would cost every request
-        return JSONResponse({"model": name,
-                             "predictions": model.predictor.postprocess(probabilities, top_k),
-                             "timing_ms": timing.to_ms()})
-
-    @app.post("/v1/models/{name}/predict")
-    async def predict(name: str, request: Request,
-                      top_k: int = Query(5, ge=1, le=1000)) -> Response:
-        return await _predict(name, request, top_k)
-
-    @app.post("/predict")
-    async def predict_only(request: Request,
-                           top_k: int = Query(5, ge=1, le=1000)) -> Response:
-        return await _predict(state.only_model(), request, top_k)
-
-    # -- Open Inference Protocol v2 -------------------------------------------------------
-    @app.get("/v2")
-    async def server_metadata() -> dict[str, Any]:
-        return {"name": "graft", "version": __version__,
-                "extensions": ["binary_tensor_data", "classification", "model_configuration"]}
-
-    @app.get("/v2/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready() -> Response:
-        if state.ready:
-            return JSONResponse({"ready": True})
-        waiting = [n for n in config.models if not (n in state.models and state.models[n].ready)]
-        reason = "shutting down" if state.draining else f"not ready: {', '.join(waiting)}"
-        return _error(503, f"Server {reason}.")
-
-    def _v2_model(name: str, version: str | None) -> ServedModel:
-        if version not in (None, "1"):
-            raise ServeError(404, f"Model {name!r} has one version, '1' (asked: {version!r}).",
-                             "unknown_model")
-        return state.model(name)
-
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def metadata(name: str, version: str | None = None) -> dict[str, Any]:
-        return v2.model_metadata(name, _v2_model(name, version).labels)
-
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str | None = None) -> Response:
-        _v2_model(name, version)
-        if state.draining:  # in-flight requests are still answered; new ones should go elsewhere
-            return _error(503, f"Model {name!r} is not ready: the server is shutting down.")
-        return JSONResponse({"name": name, "ready": True})
-
-    @app.get("/v2/models/{name}/config")
-    @app.get("/v2/models/{name}/versions/{version}/config")
-    async def model_config(name: str, version: str | None = None) -> dict[str, Any]:
-        model = _v2_model(name, version)
-        return v2.model_config(name, model.labels, config.max_batch_size, config.max_delay_ms)
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        model = _v2_model(name, version)
-        body = await read_body(request, config.max_body_bytes, state.decode_pool)
-        parsed = await off_loop(state.decode_pool, len(body), v2.parse_infer, body,
-                                request.headers.get(v2.HEADER_LENGTH), config.max_batch_size)
-        probabilities, _ = await state.run(model, parsed.images)
-        return v2.infer_response(name, parsed, probabilities, model.labels)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(routes.native)
+    app.include_router(routes.oip)
     return app
