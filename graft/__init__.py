@@ -42,12 +42,16 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "DataError",
+    "EvaluateConfig",
     "EvaluateResult",
+    "ExtractConfig",
+    "FinetuneConfig",
     "GraftError",
     "ImageClassifier",
     "ImageError",
     "MissingExtraError",
     "ModelError",
+    "PredictConfig",
     "Prediction",
     "Predictor",
     "TrainConfig",
@@ -70,11 +74,15 @@ _LAZY = {
     "EvaluateResult": "graft.workflows.evaluate",
     "extract": "graft.workflows.extract",
     "train": "graft.workflows.train",
-    "TrainConfig": "graft.workflows.train",
+    "TrainConfig": "graft.config",
+    "ExtractConfig": "graft.config",
+    "EvaluateConfig": "graft.config",
+    "PredictConfig": "graft.config",
+    "FinetuneConfig": "graft.config",
     "TrainResult": "graft.workflows.train",
     "ImageClassifier": "graft.estimator",
 }
-_NEEDS_TRAIN = {"extract", "train", "TrainConfig", "TrainResult", "ImageClassifier"}
+_NEEDS_TRAIN = {"extract", "train", "TrainResult", "ImageClassifier"}  # not the configs: lean
 
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "EvaluateConfig",
     "ExtractConfig",
     "FinetuneConfig",
+    "PredictConfig",
     "TrainConfig",
     "resolve_cache_dir",
     "resolve_config",
@@ -203,6 +204,31 @@ class EvaluateConfig:
         if self.split is not None:
             one_of("split", self.split, EVALUATE_SPLITS)
         for name in ("batch_size", "threads"):
+            _at_least(self, name)
+        one_of("engine", self.engine, ENGINES)
+        return self
+
+
+@dataclass
+class PredictConfig:
+    """Every option of ``graft predict``.
+
+    Attributes:
+        top_k: Labels per image.
+        batch_size: Images per forward pass.
+        threads: CPUs to use, split between decoding and the network.
+        engine: ``local`` (this process) or ``ray`` (the backbones run on the Ray cluster at
+            ``address``; the same predictions, in the same order).
+    """
+
+    top_k: int = 5
+    batch_size: int = 32
+    threads: int | None = None
+    engine: str = "local"
+    address: str | None = None
+
+    def validate(self) -> PredictConfig:
+        for name in ("top_k", "batch_size", "threads"):
             _at_least(self, name)
         one_of("engine", self.engine, ENGINES)
         return self

@@ -121,7 +121,7 @@ def plan_threads(threads: int | None = None) -> ThreadPlan:
     cpus = available_cpus()
     if threads is not None:
         if int(threads) < 1:
-            raise ConfigError(f"--threads must be >= 1. Got {threads!r}.")
+            raise ConfigError(f"threads must be >= 1. Got {threads!r}.", parameter="threads")
         cpus = int(threads)
     plan = ThreadPlan(decode=cpus, onnx=cpus, cpus=cpus)
     with _logged_lock:

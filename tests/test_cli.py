@@ -11,7 +11,9 @@ import signal
 import pytest
 from conftest import TINY, make_dataset, make_image
 
+import graft
 from graft.cli import main
+from graft.data import assign_splits, scan_dataset
 
 TINY_ARGS = ["--backbone", TINY, "--weights", "random", "-q"]
 
@@ -154,6 +156,32 @@ def test_user_errors_exit_2_with_message(tmp_path, capsys):
             assert main([*command, *tiny, "--device", "cuda"]) == 2
             err = capsys.readouterr().err
             assert "sees no CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+PARAMETER_MISTAKES = [  # (CLI arguments, the same mistake in Python, parameter, flag)
+    (["predict", "MODEL", "x.jpg", "--top-k", "0"],
+     lambda tmp: graft.predict(tmp, [], top_k=0), "top_k", "--top-k"),
+    (["evaluate", "MODEL", "DATA", "--batch-size", "0"],
+     lambda tmp: graft.evaluate(tmp, tmp, batch_size=0), "batch_size",
+     "--batch-size"),
+    (["data", "check", "DATA", "--test-size", "0.6", "--val-size", "0.5"],
+     lambda tmp: assign_splits(scan_dataset(tmp / "colors"), test_size=0.6, val_size=0.5),
+     "test_size + val_size", "--test-size + --val-size"),
+]
+
+
+@pytest.mark.parametrize("argv, call, parameter, flag", PARAMETER_MISTAKES)
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys, argv, call,
+                                                                parameter, flag):
+    make_dataset(tmp_path / "colors", n_per_class=3)
+    with pytest.raises(graft.ConfigError) as error:
+        call(tmp_path)
+    assert str(error.value).startswith(parameter + " must") and "--" not in str(error.value)
+    names = {"MODEL": str(tmp_path), "DATA": str(tmp_path / "colors")}
+    assert main([names.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"graft: error: {flag} must") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_tampered_model_is_refused(trained, capsys):

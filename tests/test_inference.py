@@ -276,7 +276,7 @@ def test_thread_plan_uses_the_available_cpus():
         plan = plan_threads(cpus)
         assert plan.decode == plan.onnx == plan.cpus == cpus
     assert plan_threads().cpus == available_cpus()
-    with pytest.raises(graft.ConfigError, match="--threads"):
+    with pytest.raises(graft.ConfigError, match="^threads must be >= 1"):
         plan_threads(0)
 
 

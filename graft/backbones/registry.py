@@ -175,7 +175,8 @@ def create_backbone(
             back to random weights on its own.
     """
     if pool not in POOLS:
-        raise ConfigError(f"--pool must be one of {', '.join(POOLS)}. Got {pool!r} instead.")
+        raise ConfigError(f"pool must be one of {', '.join(POOLS)}. Got {pool!r} instead.",
+                          parameter="pool")
     spec = _spec(name)
     weights_str = os.fspath(weights) if weights is not None else None
     if weights_str == "random":

@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from graft import __version__
-from graft.catalog import DEFAULT_BACKBONE, DEFAULT_HEAD, HEAD_DESCRIPTIONS, POOLS
+from graft.catalog import (
+    AUGMENTATIONS,
+    CLASS_WEIGHTS,
+    DEFAULT_BACKBONE,
+    ENGINES,
+    EVALUATE_SPLITS,
+    HEAD_DESCRIPTIONS,
+    MODEL_PRECISIONS,
+    POOLS,
+    PRECISIONS,
+)
+from graft.config import (
+    EvaluateConfig,
+    ExtractConfig,
+    FinetuneConfig,
+    PredictConfig,
+    TrainConfig,
+)
 from graft.errors import ConfigError, GraftError
+from graft.serving.config import ServeConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -30,13 +50,38 @@ def _require_train(command: str) -> None:
     require("train", command=command)
 
 
-def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
+def _defaults(config: type) -> dict[str, Any]:
+    """A config dataclass's field defaults: what the CLI offers, never restated here."""
+    return {f.name: f.default for f in dataclasses.fields(config)}
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{parameter: flag}`` of a command, from its options' destinations (``top_k: --top-k``),
+    so a library error naming a parameter names the flag here."""
+    return {action.dest: max(action.option_strings, key=len)
+            for action in parser._actions
+            if action.option_strings and action.dest != argparse.SUPPRESS}
+
+
+def _finish(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
+    parser.set_defaults(func=func, flags=_flags(parser))
+
+
+def _add_threads_arg(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPUs to use, split between image decoding and ONNX Runtime "
                              "(default: all this process may use, affinity/cgroup aware)")
 
 
-def _add_backbone_args(parser: argparse.ArgumentParser, *, mixed: bool = False) -> None:
+def _add_cache_arg(parser, what: str) -> None:
+    parser.add_argument("--cache-dir", default=None,
+                        help=f"{what} (default: $GRAFT_CACHE_DIR, else the user cache dir)")
+
+
+def _add_backbone_args(parser: argparse.ArgumentParser, config: type, *,
+                       mixed: bool = False) -> None:
+    """The backbone options of ``extract`` (``mixed``: fp16/bf16 too) and ``train``."""
+    defaults = _defaults(config)
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", action="append", default=None, metavar="NAME",
                        help=f"registry or timm model name (default: {DEFAULT_BACKBONE}; see "
@@ -44,33 +89,34 @@ def _add_backbone_args(parser: argparse.ArgumentParser, *, mixed: bool = False) 
     group.add_argument("--layer", action="append", default=None, metavar="LAYER",
                        help="where to cut: 'pool' (default for most), 'logits', a stage, or a "
                             "named cut (vgg16: fc6, fc7, pool5); NAME=LAYER per fused backbone")
-    group.add_argument("--pool", default="avg", choices=POOLS,
-                       help="reduction of a spatial map (stages, or 'pool' with max/avgmax/flatten)")
+    group.add_argument("--pool", default=defaults["pool"], choices=POOLS,
+                       help="reduction of a spatial map (stages, or 'pool' with "
+                            "max/avgmax/flatten)")
     group.add_argument("--weights", action="append", default=None, metavar="PATH",
                        help="local .pth/.safetensors/Keras .h5 file or http(s) URL; NAME=PATH per "
                             "fused backbone; default: offline weights shipped with graft, else "
                             "the model hub; 'random' for tests")
-    group.add_argument("--image-size", type=int, default=None,
+    group.add_argument("--image-size", type=int, default=defaults["image_size"],
                        help="input resolution (default: the backbone's)")
-    group.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    group.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                       help=f"images per forward pass (default: {defaults['batch_size']})")
     _add_threads_arg(group)
-    group.add_argument("--precision", default="fp32",
-                       choices=("fp32", "int8", "fp16", "bf16") if mixed else ("fp32", "int8"),
+    group.add_argument("--precision", default=defaults["precision"],
+                       choices=PRECISIONS if mixed else MODEL_PRECISIONS,
                        help="fp32 (default), or int8: the backbone quantized with ONNX Runtime, "
                             "calibrated on up to 200 training images (about 1.3x faster "
                             "extraction on an AVX2 CPU; accuracy within a point, measured)"
                             + ("; fp16/bf16: autocast on CUDA (--device cuda), cached apart "
                                "from fp32 features" if mixed else ""))
-    group.add_argument("--device", default="auto",
+    group.add_argument("--device", default=defaults["device"],
                        help="auto (CUDA if present, else ONNX Runtime on CPU), cpu, cuda, torch; "
                             "with --engine ray the actors' (cuda: one per GPU of the cluster)")
-    _add_engine_args(group)
-    group.add_argument("--cache-dir", default=None,
-                       help="feature/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
+    _add_engine_args(group, config)
+    _add_cache_arg(group, "feature/ONNX cache")
 
 
-def _add_engine_args(group) -> None:
-    group.add_argument("--engine", default="local", choices=("local", "ray"),
+def _add_engine_args(group, config: type) -> None:
+    group.add_argument("--engine", default=_defaults(config)["engine"], choices=ENGINES,
                        help="local (this process), or ray: decode and run the backbone on a Ray "
                             "cluster (needs graft[ray]); only this process writes the cache")
     group.add_argument("--address", default=None,
@@ -78,144 +124,145 @@ def _add_engine_args(group) -> None:
                             "(default: $RAY_ADDRESS, else a local cluster)")
 
 
-def _add_split_args(parser: argparse.ArgumentParser) -> None:
+def _add_split_args(parser: argparse.ArgumentParser, config: type = ExtractConfig,
+                    val_help: str = "share of the images held out for validation") -> None:
+    defaults = _defaults(config)
     group = parser.add_argument_group("splits (unsplit data; pre-split folders keep theirs)")
-    _add_split_flags(group, val_size=0.0, val_help="share of the images held out for "
-                     "validation (default: 0)")
-
-
-def _add_split_flags(group, *, val_size: float, val_help: str) -> None:
-    group.add_argument("--test-size", type=float, default=0.2,
-                       help="share of the images held out for the test split (default: 0.2); "
-                            "an image's split depends only on its path and --seed")
-    group.add_argument("--val-size", type=float, default=val_size, help=val_help)
-    group.add_argument("--seed", type=int, default=0,
-                       help="seed of the hash split (default: 0); the same seed gives the same "
-                            "split every run")
+    group.add_argument("--test-size", type=float, default=defaults["test_size"],
+                       help=f"share of the images held out for the test split (default: "
+                            f"{defaults['test_size']}); an image's split depends only on its "
+                            f"path and --seed")
+    group.add_argument("--val-size", type=float, default=defaults["val_size"],
+                       help=f"{val_help} (default: {defaults['val_size']})")
+    group.add_argument("--seed", type=int, default=defaults["seed"],
+                       help=f"seed of the hash split (default: {defaults['seed']}); the same "
+                            f"seed gives the same split every run")
     group.add_argument("--group-regex", default=None, metavar="RE",
                        help="images whose relative paths give the same match (first group, else "
                             "the whole match) stay in one split")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="graft",
-        description="Transfer learning for image classification: pretrained CNN features, "
-                    "trained heads, honest evaluation.",
-    )
-    parser.add_argument("--version", action="version", version=f"graft {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    common.add_argument("--verbose", "-v", action="store_true",
-                        help="also log how many threads decode and run the network")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("extract", parents=[common], help="extract features of an image folder into an HDF5 file")
+def _extract_parser(sub, common) -> None:
+    p = sub.add_parser("extract", parents=[common],
+                       help="extract features of an image folder into an HDF5 file")
     p.add_argument("data", help="DATA/<class>/<image>, pre-split DATA/{train,val,test}/..., CSV, "
                                 "or s3://BUCKET/DATA")
     p.add_argument("--out", required=True, help="the feature file to write (.h5)")
-    _add_backbone_args(p, mixed=True)
+    _add_backbone_args(p, ExtractConfig, mixed=True)
     _add_split_args(p)
-    p.set_defaults(func=_cmd_extract)
+    _finish(p, _cmd_extract)
 
-    p = sub.add_parser("train", parents=[common], help="train and evaluate a classifier; write a model directory")
+
+def _train_parser(sub, common) -> None:
+    defaults = _defaults(TrainConfig)
+    p = sub.add_parser("train", parents=[common],
+                       help="train and evaluate a classifier; write a model directory")
     p.add_argument("data", help="image folder (or s3://BUCKET/DATA), CSV of path,label, or a .h5 "
                                 "from 'graft extract'")
     p.add_argument("--out", default="graft-model", help="model directory (default: graft-model)")
-    p.add_argument("--head", default=DEFAULT_HEAD, choices=list(HEAD_DESCRIPTIONS),
-                   help=f"classifier on the features (default: {DEFAULT_HEAD})")
-    p.add_argument("--augment-views", type=int, default=0, metavar="K",
+    p.add_argument("--head", default=defaults["head"], choices=list(HEAD_DESCRIPTIONS),
+                   help=f"classifier on the features (default: {defaults['head']})")
+    p.add_argument("--augment-views", type=int, default=defaults["augment_views"], metavar="K",
                    help="also extract K random augmented views of every training image (cached)")
-    p.add_argument("--augment", default="flip,rotate,crop",
-                   help="transformations for --augment-views: flip, rotate, crop, color")
+    p.add_argument("--augment", default=defaults["augment"],
+                   help=f"transformations for --augment-views: {', '.join(AUGMENTATIONS)} "
+                        f"(default: {defaults['augment']})")
     memory = p.add_mutually_exclusive_group()
     memory.add_argument("--out-of-core", dest="out_of_core", action="store_const", const=True,
-                        default=None,
+                        default=defaults["out_of_core"],
                         help="train the head from the feature cache a chunk at a time (logreg), "
                              "never holding every feature in memory (default: only when they "
                              "would take more than half of the memory available)")
     memory.add_argument("--in-memory", dest="out_of_core", action="store_const", const=False,
                         help="always hold the features in memory")
-    _add_backbone_args(p)
-    _add_split_args(p)
-    p.set_defaults(func=_cmd_train)
+    _add_backbone_args(p, TrainConfig)
+    _add_split_args(p, TrainConfig)
+    _finish(p, _cmd_train)
 
+
+def _finetune_parser(sub, common) -> None:
+    d = _defaults(FinetuneConfig)
     p = sub.add_parser("finetune", parents=[common],
                        help="fine-tune a pretrained network end to end; write a model directory")
     p.add_argument("data", help="image folder, s3://BUCKET/DATA or CSV (pre-split folders keep "
                                 "their splits)")
     p.add_argument("--out", default="graft-finetuned",
                    help="model directory (default: graft-finetuned)")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help=f"registry or timm name (default: {DEFAULT_BACKBONE}, whose weights ship "
-                        f"with graft)")
+    p.add_argument("--backbone", default=d["backbone"],
+                   help=f"registry or timm name (default: {d['backbone']})")
     p.add_argument("--weights", default=None, help="local weights file or URL (see 'train')")
-    p.add_argument("--epochs", type=int, default=10,
-                   help="stage 1: frozen backbone, new head (default: 10)")
-    p.add_argument("--fine-tune-epochs", type=int, default=10,
-                   help="stage 2: top blocks unfrozen (default: 10; 0 skips it)")
-    p.add_argument("--unfreeze", default="2",
-                   help="blocks to unfreeze in stage 2, or 'all' (default: 2)")
-    p.add_argument("--lr", type=float, default=1e-3, help="stage-1 learning rate (default: 1e-3)")
-    p.add_argument("--fine-tune-lr", type=float, default=1e-5,
-                   help="stage-2 learning rate (default: 1e-5)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input resolution (default: the backbone's)")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="images per training step (default: 32)")
-    p.add_argument("--augment", default="flip,rotate,crop",
-                   help="comma-separated: flip, rotate, crop, color; or 'none' (default: "
-                        "flip,rotate,crop)")
-    p.add_argument("--dropout", type=float, default=0.2,
-                   help="dropout before the new dense layer (default: 0.2)")
-    p.add_argument("--class-weights", default=None, choices=("auto", "none"),
+    options = [  # (flag, type, help): each default is FinetuneConfig's
+        ("--epochs", int, "stage 1: frozen backbone, new head"),
+        ("--fine-tune-epochs", int, "stage 2: top blocks unfrozen; 0 skips it"),
+        ("--unfreeze", str, "blocks to unfreeze in stage 2, or 'all'"),
+        ("--lr", float, "stage-1 learning rate"),
+        ("--fine-tune-lr", float, "stage-2 learning rate"),
+        ("--image-size", int, "input resolution (default: the backbone's)"),
+        ("--batch-size", int, "images per training step"),
+        ("--augment", str, f"comma-separated: {', '.join(AUGMENTATIONS)}; or 'none'"),
+        ("--dropout", float, "dropout before the new dense layer"),
+        ("--patience", int, "early stopping, in epochs without a better validation loss"),
+        ("--workers", int, "image loading processes (default: up to 2)"),
+        ("--device", str, "auto (CUDA if present, else CPU), cpu, cuda"),
+    ]
+    for flag, kind, text in options:
+        default = d[flag[2:].replace("-", "_")]
+        shown = "" if default is None else f" (default: {default})"
+        p.add_argument(flag, type=kind, default=default, help=text + shown)
+    p.add_argument("--class-weights", default=d["class_weights"], choices=CLASS_WEIGHTS,
                    help="'auto' weights the loss by inverse class frequency (default: none)")
-    p.add_argument("--patience", type=int, default=3,
-                   help="early stopping, in epochs without a better validation loss (default: 3)")
-    group = p.add_argument_group("splits (unsplit data; pre-split folders keep theirs)")
-    _add_split_flags(group, val_size=0.1, val_help="share of the training images held out for "
-                     "validation when there is no val split (default: 0.1)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda")
-    p.add_argument("--workers", type=int, default=None,
-                   help="image loading processes (default: up to 2)")
+    _add_split_args(p, FinetuneConfig, val_help="share of the training images held out for "
+                    "validation when there is no val split")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--cache-dir", default=None,
-                   help="weights/ONNX cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
-    p.set_defaults(func=_cmd_finetune)
+    _add_cache_arg(p, "weights/ONNX cache")
+    _finish(p, _cmd_finetune)
 
+
+def _predict_parser(sub, common) -> None:
+    d = _defaults(PredictConfig)
     p = sub.add_parser(
         "predict", parents=[common], help="top-k predictions for images and folders",
         epilog="Exit status: 0 when every image was predicted, 1 when some could not be read "
                "(each is reported with its reason), 2 on an error (bad model, no images found, "
                "bad option), 130 when interrupted.")
     p.add_argument("model", help="model directory written by 'graft train'")
-    p.add_argument("paths", nargs="+", help="image files or folders, local or s3:// (walked recursively)")
-    p.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("paths", nargs="+",
+                   help="image files or folders, local or s3:// (walked recursively)")
+    p.add_argument("--top-k", type=int, default=d["top_k"],
+                   help=f"labels per image (default: {d['top_k']})")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help=f"images per forward pass (default: {d['batch_size']})")
     _add_threads_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="write path, label, score and the top-k to FILE")
-    _add_engine_args(p)
-    p.set_defaults(func=_cmd_predict)
+    _add_engine_args(p, PredictConfig)
+    _finish(p, _cmd_predict)
 
-    p = sub.add_parser("evaluate", parents=[common], help="score a saved model on a labeled image folder")
+
+def _evaluate_parser(sub, common) -> None:
+    d = _defaults(EvaluateConfig)
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="score a saved model on a labeled image folder")
     p.add_argument("model", help="model directory written by 'graft train'")
     p.add_argument("data", help="labeled image folder, s3://BUCKET/DATA or CSV")
-    p.add_argument("--split", default=None, choices=("all", "train", "val", "test"),
+    p.add_argument("--split", default=d["split"], choices=EVALUATE_SPLITS,
                    help="what to score (default: on the model's own training data, its "
                         "held-out test split, recomputed from graft.json; on other pre-split "
                         "data, its test (else val) folder; on other unsplit data, all)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help=f"images per forward pass (default: {d['batch_size']})")
     _add_threads_arg(p)
-    p.add_argument("--cache-dir", default=None,
-                   help="feature cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
+    _add_cache_arg(p, "feature cache")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
-    p.add_argument("--report", default=None, metavar="DIR",
+    p.add_argument("--report", default=d["report"], metavar="DIR",
                    help="write report.html, its figures and metrics.json into DIR")
-    _add_engine_args(p)
-    p.set_defaults(func=_cmd_evaluate)
+    _add_engine_args(p, EvaluateConfig)
+    _finish(p, _cmd_evaluate)
 
+
+def _serve_parser(sub, common) -> None:
+    d = _defaults(ServeConfig)
     p = sub.add_parser(
         "serve", parents=[common], help="serve models over HTTP (JSON API, KServe/Triton v2, "
         "Prometheus metrics, a web page)",
@@ -226,46 +273,45 @@ def build_parser() -> argparse.ArgumentParser:
                     "GET /metrics, and a web page at /.")
     p.add_argument("models", nargs="+", metavar="MODEL_DIR",
                    help="a model directory, served under its directory name, or NAME=DIR")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1, this machine only; "
-                        "0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free)")
-    p.add_argument("--max-batch-size", type=int, default=32,
-                   help="most images in one batch through the model (default: 32)")
-    p.add_argument("--max-delay-ms", type=float, default=5.0,
-                   help="longest a batch waits for images still being decoded (default: 5); a "
-                        "batch runs at once when nothing else is on the way")
-    p.add_argument("--max-queue", type=int, default=256,
-                   help="images admitted and not yet answered, per model; more get 503 with "
-                        "Retry-After (default: 256)")
-    p.add_argument("--timeout-s", type=float, default=30.0,
-                   help="requests not answered by then get 504 (default: 30)")
-    p.add_argument("--max-body-mb", type=float, default=20.0,
-                   help="largest request body in MB; larger gets 413 (default: 20)")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="largest image in pixels, checked before decoding; larger gets 413 "
-                        "(default: 89,478,485, PIL's decompression-bomb limit)")
+    p.add_argument("--host", default=d["host"],
+                   help=f"address to listen on (default: {d['host']}, this machine only; "
+                        f"0.0.0.0 for every interface)")
+    options = [  # (flag, type, help): each default is ServeConfig's
+        ("--port", int, "port (0: any free)"),
+        ("--max-batch-size", int, "most images in one batch through the model"),
+        ("--max-delay-ms", float, "longest a batch waits for images still being decoded; a "
+                                  "batch runs at once when nothing else is on the way"),
+        ("--max-queue", int, "images admitted and not yet answered, per model; more get 503 "
+                             "with Retry-After"),
+        ("--timeout-s", float, "requests not answered by then get 504"),
+        ("--max-body-mb", float, "largest request body in MB; larger gets 413"),
+        ("--max-pixels", int, "largest image in pixels (PIL's decompression-bomb limit), "
+                              "checked before decoding; larger gets 413"),
+    ]
+    for flag, kind, text in options:
+        default = d[flag[2:].replace("-", "_")]
+        shown = f"{default:g}" if kind is float else default
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {shown})")
     _add_threads_arg(p)
-    p.set_defaults(func=_cmd_serve)
+    _finish(p, _cmd_serve)
 
+
+def _cache_parser(sub, common) -> None:
     p = sub.add_parser("cache", parents=[common], help="show or trim the feature cache")
     p.add_argument("action", choices=("info", "prune"),
                    help="info: each backbone's cached images and size; prune: delete caches")
-    p.add_argument("--cache-dir", default=None,
-                   help="the cache (default: $GRAFT_CACHE_DIR, else the user cache dir)")
+    _add_cache_arg(p, "the cache")
     p.add_argument("--json", action="store_true", help="info as JSON")
-    p.add_argument("--older-than", type=float, default=None, metavar="DAYS",
-                   help="prune: caches not used for DAYS days")
-    p.add_argument("--key", action="append", default=None, metavar="KEY",
+    p.add_argument("--older-than", dest="older_than_days", type=float, default=None,
+                   metavar="DAYS", help="prune: caches not used for DAYS days")
+    p.add_argument("--key", dest="keys", action="append", default=None, metavar="KEY",
                    help="prune: the cache with this key (see info; repeatable)")
-    p.add_argument("--all", action="store_true", help="prune: every cache")
+    p.add_argument("--all", dest="everything", action="store_true", help="prune: every cache")
     p.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
-    p.set_defaults(func=_cmd_cache)
+    _finish(p, _cmd_cache)
 
-    p = sub.add_parser("data", parents=[common],
-                       help="fetch a tutorial dataset, or check one for leaks and duplicates")
-    data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,check}")
-    data_sub.required = True
+
+def _fetch_parser(data_sub, common) -> None:
     q = data_sub.add_parser(
         "fetch", parents=[common], help="download a dataset into the layout graft trains on",
         epilog="Offline: download the file(s) by hand and pass them with --from; the pinned "
@@ -285,10 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default=None, choices=("30-per-class",),
                    help="caltech101: 30 training images per class, the rest for testing")
     q.add_argument("--seed", type=int, default=0, help="seed of --split (default: 0)")
-    q.add_argument("--cache-dir", default=None,
-                   help="where downloads are kept (default: $GRAFT_CACHE_DIR, else the user "
-                        "cache dir)")
-    q.set_defaults(func=_cmd_data_fetch)
+    _add_cache_arg(q, "where downloads are kept")
+    _finish(q, _cmd_data_fetch)
+
+
+def _check_parser(data_sub, common) -> None:
     q = data_sub.add_parser(
         "check", parents=[common],
         help="counts, sizes, unreadable files, duplicates, leaks across splits, label conflicts",
@@ -303,29 +350,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip near duplicates (exact ones only)")
     q.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     _add_split_args(q)
-    q.set_defaults(func=_cmd_data_check)
+    _finish(q, _cmd_data_check)
 
+
+def _data_parser(sub, common) -> None:
+    p = sub.add_parser("data", parents=[common],
+                       help="fetch a tutorial dataset, or check one for leaks and duplicates")
+    data_sub = p.add_subparsers(dest="data_command", metavar="{fetch,check}")
+    data_sub.required = True
+    _fetch_parser(data_sub, common)
+    _check_parser(data_sub, common)
+
+
+def _listing_parsers(sub, common) -> None:
     p = sub.add_parser("backbones", parents=[common], help="list the registered backbones")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_backbones)
-
+    _finish(p, _cmd_backbones)
     p = sub.add_parser("heads", parents=[common], help="list the heads")
-    p.set_defaults(func=_cmd_heads)
+    _finish(p, _cmd_heads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graft",
+        description="Transfer learning for image classification: pretrained CNN features, "
+                    "trained heads, honest evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"graft {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    common.add_argument("--verbose", "-v", action="store_true",
+                        help="also log how many threads decode and run the network")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_extract_parser, _train_parser, _finetune_parser, _predict_parser,
+                _evaluate_parser, _serve_parser, _cache_parser, _data_parser, _listing_parsers):
+        add(sub, common)
     return parser
 
 
-def _backbone_kwargs(args: argparse.Namespace) -> dict:
-    return {
-        "backbone": args.backbone, "layer": args.layer, "pool": args.pool,
-        "weights": args.weights, "image_size": args.image_size, "batch_size": args.batch_size,
-        "device": args.device, "cache_dir": args.cache_dir, "threads": args.threads,
-        "precision": args.precision, "engine": args.engine, "address": args.address,
-    }
-
-
-def _split_kwargs(args: argparse.Namespace) -> dict:
-    return {"test_size": args.test_size, "val_size": args.val_size, "seed": args.seed,
-            "group_regex": args.group_regex}
+def _options(args: argparse.Namespace, config: type) -> dict[str, Any]:
+    """The parsed options that are fields of ``config``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config)
+            if hasattr(args, f.name)}
 
 
 def _print_skipped(failures: Sequence[tuple[str, str]]) -> None:
@@ -339,8 +405,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     _require_train("graft extract")
     from graft.workflows.extract import extract
 
-    path, report = extract(args.data, args.out, progress=not args.quiet,
-                           **_backbone_kwargs(args), **_split_kwargs(args))
+    path, report = extract(args.data, args.out, ExtractConfig(**_options(args, ExtractConfig)),
+                           progress=not args.quiet)
     _log(report.summary())
     _print_skipped(report.failures)
     _log(f"Features written to {path}")
@@ -349,11 +415,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _require_train("graft train")
-    from graft.workflows.train import TrainConfig, train
+    from graft.workflows.train import train
 
-    config = TrainConfig(head=args.head, augment_views=args.augment_views, augment=args.augment,
-                         out_of_core=args.out_of_core, **_backbone_kwargs(args),
-                         **_split_kwargs(args))
+    config = TrainConfig(**_options(args, TrainConfig))
     result = train(args.data, out=args.out, config=config, progress=not args.quiet, log=_log)
     metrics = result.metrics
     print(f"\nHeld-out test split: {metrics['n_test']} images "
@@ -367,12 +431,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     _require_train("graft finetune")
-    import dataclasses
+    from graft.finetune import finetune
 
-    from graft.finetune import FinetuneConfig, finetune
-
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = FinetuneConfig(**_options(args, FinetuneConfig))
     result = finetune(args.data, out=args.out, config=config, resume=args.resume,
                       cache_dir=args.cache_dir, progress=not args.quiet, log=_log)
     metrics = result.metrics
@@ -432,9 +493,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     bar = tqdm(unit="img", desc="Predicting", disable=args.quiet, delay=2.0, file=sys.stderr,
                dynamic_ncols=True, leave=False)
     try:  # the model loads first: a bad model leaves an existing --csv file untouched
-        predictions = predict(args.model, args.paths, top_k=args.top_k,
-                              batch_size=args.batch_size, threads=args.threads,
-                              on_result=bar.update, engine=args.engine, address=args.address)
+        predictions = predict(args.model, args.paths,
+                              PredictConfig(**_options(args, PredictConfig)), on_result=bar.update)
     except BaseException:
         bar.close()
         raise
@@ -459,10 +519,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from graft.workflows.evaluate import evaluate
 
-    result = evaluate(args.model, args.data, split=args.split, batch_size=args.batch_size,
-                      cache_dir=args.cache_dir, report=args.report, threads=args.threads,
-                      progress=not args.quiet, log=_log, engine=args.engine,
-                      address=args.address)
+    result = evaluate(args.model, args.data, EvaluateConfig(**_options(args, EvaluateConfig)),
+                      progress=not args.quiet, log=_log)
     metrics = result.metrics
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -480,13 +538,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     require("serve", command="graft serve")
     from graft.bundle.model import load_model_config
-    from graft.serving import ServeConfig, parse_models, serve
+    from graft.serving import parse_models, serve
 
-    options = {k: getattr(args, k) for k in ("host", "port", "max_batch_size", "max_delay_ms",
-                                             "max_queue", "timeout_s", "max_body_mb", "threads")}
-    if args.max_pixels is not None:
-        options["max_pixels"] = args.max_pixels
-    config = ServeConfig(models=parse_models(args.models), **options).validate()
+    options = _options(args, ServeConfig)
+    options["models"] = parse_models(args.models)
+    config = ServeConfig(**options).validate()
     for directory in config.models.values():
         load_model_config(directory)  # a bad directory is an error now, not after startup
     try:
@@ -529,7 +585,8 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from graft.data.check import check_dataset, write_check_page
 
     dataset = assign_splits(scan_dataset(args.data, cache_dir=args.cache_dir,
-                                         progress=not args.quiet), **_split_kwargs(args))
+                                         progress=not args.quiet),
+                             **ExtractConfig(**_options(args, ExtractConfig)).split_params)
     report = check_dataset(dataset, near=args.near, progress=not args.quiet)
     if args.html:
         _log(f"Page written to {write_check_page(report, args.html)}")
@@ -603,8 +660,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             print("?: not indexed yet (written by an older graft); the next run that uses it "
                   "indexes it.")
         return EXIT_OK
-    removed = prune_cache(args.cache_dir, older_than_days=args.older_than, keys=args.key,
-                          everything=args.all, dry_run=args.dry_run)
+    removed = prune_cache(args.cache_dir, older_than_days=args.older_than_days, keys=args.keys,
+                          everything=args.everything, dry_run=args.dry_run)
     verb = "Would delete" if args.dry_run else "Deleted"
     total = sum(e.bytes + e.graph_bytes for e in removed) if args.dry_run else None
     for e in removed:
@@ -655,12 +712,14 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``graft`` command; return its exit status (see ``graft predict --help``)."""
+    args = None
     try:
         args = build_parser().parse_args(argv)
         _setup_logging(args)
         return args.func(args)
     except GraftError as exc:
-        print(f"graft: error: {exc}", file=sys.stderr)
+        # the library names its parameters (top_k); here they are the flags typed (--top-k)
+        print(f"graft: error: {exc.naming(getattr(args, 'flags', {}))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("graft: interrupted (extracted features are kept; re-run to resume)",

@@ -103,9 +103,11 @@ def prune_cache(cache_dir: str | os.PathLike | None = None, *, older_than_days: 
     """Delete backbone caches (features and graphs): those unused for ``older_than_days``, those
     in ``keys``, or ``everything``. Returns what was (or, with ``dry_run``, would be) deleted."""
     if older_than_days is None and not keys and not everything:
-        raise ConfigError("Say what to prune: --older-than DAYS, --key KEY, or --all.")
+        raise ConfigError("Say what to prune: older_than_days, keys, or everything.",
+                          parameter=("older_than_days", "keys", "everything"))
     if older_than_days is not None and older_than_days < 0:
-        raise ConfigError(f"--older-than must be >= 0 days. Got {older_than_days!r}.")
+        raise ConfigError(f"older_than_days must be >= 0. Got {older_than_days!r}.",
+                          parameter="older_than_days")
     entries = cache_entries(cache_dir)
     if keys:
         unknown = sorted(set(keys) - {e.key for e in entries})

@@ -55,7 +55,7 @@ def top_k_predictions(probabilities: np.ndarray, labels: Sequence[str],
                       k: int) -> list[list[dict[str, Any]]]:
     """Postprocess: the ``k`` best ``{"label", "index", "score"}`` per row, best first."""
     if int(k) < 1:
-        raise ConfigError(f"--top-k must be >= 1. Got {k!r} instead.")
+        raise ConfigError(f"top_k must be >= 1. Got {k!r} instead.", parameter="top_k")
     k = min(int(k), len(labels))
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return [
@@ -98,7 +98,8 @@ class Predictor:
     def __init__(self, model_dir: str | os.PathLike, *, threads: int | None = None,
                  batch_size: int = 32, verify: bool = True) -> None:
         if batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1. Got {batch_size!r} instead.")
+            raise ConfigError(f"batch_size must be >= 1. Got {batch_size!r} instead.",
+                              parameter="batch_size")
         self.model_dir = Path(model_dir)
         self.config = load_model_config(self.model_dir, verify=verify)
         self.labels: list[str] = list(self.config["labels"])
@@ -206,7 +207,7 @@ class Predictor:
         ``batch_size``; ``on_result(n)`` is called after every ``n`` results (progress bars).
         """
         if int(top_k) < 1:
-            raise ConfigError(f"--top-k must be >= 1. Got {top_k!r} instead.")
+            raise ConfigError(f"top_k must be >= 1. Got {top_k!r} instead.", parameter="top_k")
         for batch in iter_decoded_batches(
             enumerate(paths), self.preprocess_configs, batch_size=self.batch_size,
             workers=self.threads.decode, prefetch=self.engines[0].prefetch,

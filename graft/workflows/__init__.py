@@ -10,7 +10,10 @@ from __future__ import annotations
 from graft._lazy import lazy_exports
 
 __all__ = [
+    "EvaluateConfig",
     "EvaluateResult",
+    "ExtractConfig",
+    "PredictConfig",
     "TrainConfig",
     "TrainResult",
     "evaluate",
@@ -25,7 +28,10 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "evaluate": "graft.workflows.evaluate",
     "predict": "graft.workflows.predict",
     "extract": "graft.workflows.extract",
-    "TrainConfig": "graft.workflows.train",
+    "TrainConfig": "graft.config",
+    "EvaluateConfig": "graft.config",
+    "ExtractConfig": "graft.config",
+    "PredictConfig": "graft.config",
     "TrainResult": "graft.workflows.train",
     "train": "graft.workflows.train",
 })
