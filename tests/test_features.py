@@ -131,7 +131,7 @@ def test_streamed_feature_file_equals_the_held_listing(tiny_backbone, tmp_path, 
         assert list(loaded.split) == sorted(loaded.split, key=["train", "val", "test"].index)
         # each unreadable file reported once, with its own reason
         assert [p for p, _ in report.failures] == ["blue/zero.jpg", "red/dangling.jpg"]
-        assert "cannot stat" in report.failures[1][1] and report.n_vanished == 0
+        assert "cannot stat" in report.failures[1][1]
         assert loaded.skipped == report.failures and report.n_images == 18
         assert (report.n_cached, report.n_computed) == (16, 0)  # the held run cached them
     # a dataset never split: its rows are written too (after any split ones), as before
@@ -149,24 +149,40 @@ def test_streamed_feature_file_equals_the_held_listing(tiny_backbone, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def _changed_on_second_listing(stream, removed: str, rewritten: str, listings: list):
-    """``stream``, whose second listing finds ``removed`` gone and ``rewritten`` with a new
-    modification time (each listing appended to ``listings``)."""
+def _changed_while_read(stream, removed: str, rewritten: str, listings: list):
+    """``stream``, where ``removed`` is deleted and ``rewritten`` gets a new modification time
+    once its listing has begun (each listing appended to ``listings``)."""
     import dataclasses
 
     def source():
         listings.append(1)
-        if len(listings) == 2:
-            (stream.root / removed).unlink()
-            os.utime(stream.root / rewritten, ns=(1, 1))
-        return stream._source()
+        for position, sample in enumerate(stream._source()):
+            if position == 0:
+                (stream.root / removed).unlink()
+                os.utime(stream.root / rewritten, ns=(1, 1))
+            yield sample
 
     return dataclasses.replace(stream, _source=source)
 
 
+def _check_changed_files(tiny_backbone, held, changed, report, removed, rewritten, listings,
+                         rows=lambda features: features):
+    """The folder was listed once; the removed file is reported, the rewritten one extracted
+    again (its key changed with its mtime), and every other row is where it belongs."""
+    assert len(listings) == 1
+    assert [p for p, _ in report.failures] == [removed]
+    assert "cannot stat" in report.failures[0][1] and report.n_computed == 1
+    keep = [i for i, p in enumerate(held.paths) if p != removed]
+    assert changed.paths == [held.paths[i] for i in keep]
+    np.testing.assert_array_equal(rows(changed.features), held.features[keep])
+    np.testing.assert_array_equal(changed.labels, held.labels[keep])
+    assert list(changed.split) == [held.split[i] for i in keep]
+    assert rewritten in changed.paths
+
+
 def test_files_changed_while_extracting_are_reported_and_leave_no_gap(tiny_backbone, tmp_path):
-    """A file removed, and one rewritten, after the extraction pass listed them but before the
-    rows are written: both reported, and the rows after them moved up (no empty rows)."""
+    """A file removed, and one rewritten, after graft listed them but before it read them: the
+    removed one reported, the rewritten one read again, no empty rows, one listing."""
 
     from graft.data.dataset import stream_dataset
 
@@ -176,23 +192,14 @@ def test_files_changed_while_extracting_are_reported_and_leave_no_gap(tiny_backb
                                   [tiny_backbone.config()], progress=False)
     stream = stream_dataset(root)
     splits = {s.relpath: s.split for s in stream}
-    removed = next(p for p in sorted(splits) if splits[p] == "train")
-    rewritten = next(p for p in sorted(splits) if splits[p] == "test")
-    listings = []  # the second listing is the writing pass: two files change before it
-    path, report = extract_to_file(_changed_on_second_listing(stream, removed, rewritten, listings),
+    removed = next(p for p in sorted(splits)[1:] if splits[p] == "train")
+    rewritten = next(p for p in sorted(splits)[1:] if splits[p] == "test")
+    listings = []
+    path, report = extract_to_file(_changed_while_read(stream, removed, rewritten, listings),
                                    engine, [tiny_backbone.config()], tmp_path / "f.h5",
                                    progress=False)
-    loaded = load_feature_file(path)
-    # the rewritten file is listed with another key: reported by name; the removed one is no
-    # longer listed, so only counted
-    assert len(listings) == 2 and dict(report.failures).keys() == {rewritten}
-    assert "changed or removed" in dict(report.failures)[rewritten]
-    assert report.n_vanished == 1 and "1 removed from the folders" in report.summary()
-    keep = [i for i, p in enumerate(held.paths) if p not in (removed, rewritten)]
-    assert loaded.paths == [held.paths[i] for i in keep]
-    np.testing.assert_array_equal(loaded.features, held.features[keep])
-    np.testing.assert_array_equal(loaded.labels, held.labels[keep])
-    assert list(loaded.split) == [held.split[i] for i in keep]
+    _check_changed_files(tiny_backbone, held, load_feature_file(path), report, removed,
+                         rewritten, listings)
 
 
 @pytest.mark.parametrize("out_of_core", [False, True])
@@ -200,8 +207,8 @@ def test_streamed_feature_set_equals_the_held_listing(tiny_backbone, tmp_path, m
                                                       out_of_core):
     """graft train's path: a stream extracted a part at a time and its rows gathered split by
     split into memory (or, out of core, their keys): the same FeatureSet as the listing held
-    whole; a file removed and one rewritten between the two listings are left out, the rows
-    after them moved up; a class left with one usable image is refused."""
+    whole, listed once; a file removed while it is read is left out, the rows after it moved
+    up; a class left with one usable image is refused."""
 
     import graft.features.extract as extract_module
     from graft.data.dataset import stream_dataset
@@ -233,18 +240,17 @@ def test_streamed_feature_set_equals_the_held_listing(tiny_backbone, tmp_path, m
 
     stream = stream_dataset(root)
     splits = {s.relpath: s.split for s in stream}
-    removed = next(p for p in held.paths if splits[p] == "train")
-    rewritten = next(p for p in held.paths if splits[p] == "test")
-    listings = []  # the second listing gathers the rows: two files change before it
+    removed = next(p for p in held.paths[1:] if splits[p] == "train")
+    rewritten = next(p for p in held.paths[1:] if splits[p] == "test")
+    listings = []
+    (root / "blue" / "zero.jpg").unlink()  # (failures are checked above)
+    held, _ = extract_feature_set(assign_splits(scan_dataset(root, progress=False)), engine,
+                                  [tiny_backbone.config()], progress=False)
     changed, report = extract_feature_set(
-        _changed_on_second_listing(stream, removed, rewritten, listings), engine,
+        _changed_while_read(stream_dataset(root), removed, rewritten, listings), engine,
         [tiny_backbone.config()], progress=False, out_of_core=out_of_core)
-    assert len(listings) == 2
-    keep = [i for i, p in enumerate(held.paths) if p not in (removed, rewritten)]
-    assert changed.paths == [held.paths[i] for i in keep] and report.n_vanished == 1
-    np.testing.assert_array_equal(rows(changed.features), held.features[keep])
-    np.testing.assert_array_equal(changed.labels, held.labels[keep])
-    assert list(changed.split) == [held.split[i] for i in keep]
+    _check_changed_files(tiny_backbone, held, changed, report, removed, rewritten, listings,
+                         rows)
     for file in (root / "green").iterdir():
         if file.name != "green_000.jpg":
             file.unlink()
@@ -502,3 +508,33 @@ def test_train_out_of_core_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["train", str(data), "--out", str(tmp_path / "m4"), "--out-of-core",
                  "--head", "svm", *args]) == 2
     assert "out of core, use --head logreg" in capsys.readouterr().err
+
+
+def test_content_hashes_come_from_extraction_and_a_warm_run_reads_no_image(
+        tiny_backbone, tmp_path, monkeypatch):
+    """Extraction hashes the bytes it decodes and keeps the hash beside the cache, so the
+    feature set (and file) carries each row's content hash, and a warm run opens no image."""
+    import graft.data.contents as contents
+    import graft.data.storage as storage
+    from graft.data.dataset import stream_dataset
+
+    root = make_dataset(tmp_path / "data", n_per_class=4)
+    engine = create_engine(tiny_backbone, device="cpu")
+    first, _ = extract_feature_set(stream_dataset(root), engine, [tiny_backbone.config()],
+                                   progress=False)
+    expected = contents.content_hashes(str(root / p) for p in first.paths)
+    assert (expected != 0).all()
+    np.testing.assert_array_equal(first.content_hashes, expected)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an image was read on a warm run")
+
+    monkeypatch.setattr(contents, "content_hash", no_reading)
+    monkeypatch.setattr(storage, "read_bytes", no_reading)
+    again, report = extract_feature_set(stream_dataset(root), engine, [tiny_backbone.config()],
+                                        progress=False)
+    assert report.n_computed == 0
+    np.testing.assert_array_equal(again.content_hashes, expected)
+    path, _ = extract_to_file(stream_dataset(root), engine, [tiny_backbone.config()],
+                              tmp_path / "f.h5", progress=False)
+    np.testing.assert_array_equal(load_feature_file(path).content_hashes, expected)

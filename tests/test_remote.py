@@ -14,7 +14,7 @@ from conftest import make_dataset, make_image
 from graft.data import assign_splits, iter_image_files, scan_dataset
 from graft.errors import DataError
 from graft.features import create_engine, extract_feature_set
-from graft.features.store import fingerprint
+from graft.features.store import cache_key
 
 pytest.importorskip("pyarrow")
 
@@ -40,7 +40,7 @@ def test_a_listing_on_s3_finds_what_a_local_scan_finds(s3, tmp_path):
     assert sample.path == f"{uri}/{sample.relpath}"
     assert sample.stamp[0] == os.path.getsize(data / sample.relpath)
     # the listing's size and time are what a request for the one object says: the same cache key
-    assert fingerprint(sample.path, sample.stamp) == fingerprint(sample.path)
+    assert cache_key(sample.path, sample.stamp) == cache_key(sample.path)
     assert list(iter_image_files(uri + "/green")) == [
         f"{uri}/green/deeper/nested.png", *(f"{uri}/green/green_{i:03d}.jpg" for i in range(3))]
 
@@ -72,7 +72,7 @@ def test_any_key_is_read_and_what_graft_cannot_read_says_so(s3, tmp_path):
     storage._FILESYSTEMS.clear()  # the odd key is the first this process sees of the bucket
     assert list(iter_image_files(uri)) == [uri]
     listed = next(s for s in scan_dataset("s3://graft-test/odd").samples if s.label == "red")
-    assert listed.path == uri and fingerprint(uri) == fingerprint(listed.path, listed.stamp)
+    assert listed.path == uri and cache_key(uri) == cache_key(listed.path, listed.stamp)
     assert storage.read_bytes(uri) == photo
     with pytest.raises(OSError, match="too large for an image file"):
         storage.read_bytes(uri, limit=1000)

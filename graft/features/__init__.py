@@ -23,9 +23,8 @@ from graft.features.store import (
     CachedFeatures,
     FeatureCache,
     FeatureSet,
-    fingerprint,
+    cache_key,
     load_feature_file,
-    write_feature_file,
 )
 
 __all__ = [
@@ -38,17 +37,16 @@ __all__ = [
     "OnnxEngine",
     "TorchEngine",
     "backbone_key",
+    "cache_key",
     "create_engine",
     "export_backbone_onnx",
     "extract_dataset",
     "extract_feature_set",
     "extract_to_file",
     "extract_views",
-    "fingerprint",
     "fuse_features",
     "fused_key",
     "load_feature_file",
     "open_cache",
     "view_key",
-    "write_feature_file",
 ]

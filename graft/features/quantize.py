@@ -49,9 +49,9 @@ def calibration_images(paths: Sequence[Any], limit: int = CALIBRATION_IMAGES) ->
 def calibration_identity(images: Sequence[Any]) -> str:
     """What the calibration set is, by content (the images' fingerprints): part of each int8
     graph's key. Computed once for all the backbones calibrated on the same images."""
-    from graft.data.fingerprint import content_fingerprints
+    from graft.data.contents import content_hashes
 
-    prints = content_fingerprints([p for p in images if isinstance(p, (str, os.PathLike))])
+    prints = content_hashes([p for p in images if isinstance(p, (str, os.PathLike))])
     return ",".join(map(str, sorted(prints.tolist())))
 
 

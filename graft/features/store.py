@@ -1,7 +1,7 @@
 """Feature storage in HDF5: a crash-safe per-backbone cache, and self-describing feature files.
 
 Cache (``<cache>/features/<backbone key>/shard-*.h5``): every image's features, keyed by a
-fingerprint of its file (resolved path, size, mtime). A shard is written to a temp file and renamed
+cache key of its file (resolved path, size, mtime). A shard is written to a temp file and renamed
 when complete, so killing extraction loses at most one shard of work and never leaves a corrupt
 file; the next run resumes from the shards that exist.
 
@@ -37,20 +37,19 @@ __all__ = [
     "FeatureCache",
     "FeatureFileWriter",
     "FeatureSet",
+    "cache_key",
     "chunk_bounds",
-    "fingerprint",
     "forget_folders",
     "in_chunks",
     "load_feature_file",
     "read_rows",
-    "write_feature_file",
 ]
 
 FEATURE_FILE_FORMAT = "graft-features"
 _STR = h5py.string_dtype("utf-8")
 
 
-def fingerprint(path: str | os.PathLike, stamp: tuple[int, int] | None = None) -> str:
+def cache_key(path: str | os.PathLike, stamp: tuple[int, int] | None = None) -> str:
     """Identity of an image file's content for caching: resolved path (or URI), size and mtime.
 
     ``stamp``: the ``(size, mtime_ns)`` a listing already gave (no second request for a remote
@@ -78,7 +77,7 @@ def _real_folder(folder: str) -> str:
 
 
 def forget_folders() -> None:
-    """Resolve folders again in :func:`fingerprint` (each extraction starts with this: a
+    """Resolve folders again in :func:`cache_key` (each extraction starts with this: a
     symlinked folder may point elsewhere since the last one)."""
     _real_folder.cache_clear()
 
@@ -354,6 +353,8 @@ class FeatureSet:
     split_source: str = ""
     split_params: dict[str, Any] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # one per row (see graft.data.contents; 0: unknown); None when the features came without
+    content_hashes: np.ndarray | None = None
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of one split: views, no copy, when its rows are contiguous
@@ -363,6 +364,21 @@ class FeatureSet:
             return self.features[rows[0]: rows[-1] + 1], self.labels[rows[0]: rows[-1] + 1]
         return self.features[rows], self.labels[rows]
 
+    def read_content_hashes(self, workers: int = 4) -> np.ndarray:
+        """Each row's content hash, reading the image only where none came with the features
+        (a feature file from an older graft)."""
+        from graft.data.contents import content_hashes
+        from graft.data.storage import join
+
+        known = (np.zeros(len(self.labels), np.uint64) if self.content_hashes is None
+                 else np.asarray(self.content_hashes, np.uint64).copy())
+        missing = np.flatnonzero(known == 0)
+        if len(missing):
+            root = self.root or "."
+            known[missing] = content_hashes((join(root, self.paths[i]) for i in missing),
+                                            workers=workers)
+        return known
+
     def counts(self) -> dict[str, dict[str, int]]:
         """``{split: {label: count}}``."""
         from graft.data.dataset import count_by_split
@@ -371,34 +387,27 @@ class FeatureSet:
 
 
 class FeatureFileWriter:
-    """A feature file written a block of rows at a time, so no more than a block is held; it
-    appears under its name only when :meth:`finish` is reached (a failure leaves nothing).
-
-    Rows are appended (:meth:`append`), or, with ``rows`` given, written where they belong
-    (:meth:`write`), the file's length then fixed by :meth:`keep`. Use as a context manager:
-    ``with FeatureFileWriter(out, ...) as writer: writer.append(...)`` then
-    ``writer.finish(attrs)``.
+    """A feature file of ``rows`` rows written a block at a time, so no more than a block is
+    held; it appears under its name only when :meth:`finish` is reached (a failure leaves
+    nothing). Use as a context manager: ``with FeatureFileWriter(out, ...) as writer:
+    writer.write(...)`` then ``writer.finish(attrs)``.
     """
 
     def __init__(self, path: str | os.PathLike, *, num_features: int, label_names: list[str],
-                 rows: int = 0) -> None:
+                 rows: int) -> None:
         self.path = Path(path)
         self.rows = rows
         self._tmp = _atomic_h5(self.path)
         self._file = h5py.File(self._tmp, "w")
         chunk_rows = max(1, (1 << 20) // max(1, 4 * num_features))  # about 1 MiB per chunk
-        chunk_rows = min(chunk_rows, rows) if rows else chunk_rows  # a small file stays small
-        self._columns = {
-            "features": self._file.create_dataset(
-                "features", shape=(rows, num_features), maxshape=(None, num_features),
-                dtype=np.float32, chunks=(chunk_rows, num_features)),
-            "labels": self._file.create_dataset("labels", shape=(rows,), maxshape=(None,),
-                                                dtype=np.int32, chunks=(16384,)),
-            "paths": self._file.create_dataset("paths", shape=(rows,), maxshape=(None,),
-                                               dtype=_STR, chunks=(4096,)),
-            "split": self._file.create_dataset("split", shape=(rows,), maxshape=(None,),
-                                               dtype=_STR, chunks=(4096,)),
-        }
+        chunk_rows = max(1, min(chunk_rows, rows))  # a small file stays small
+        columns = {"labels": np.int32, "paths": _STR, "split": _STR, "content_hashes": np.uint64}
+        self._columns = {"features": self._file.create_dataset(
+            "features", shape=(rows, num_features), dtype=np.float32,
+            chunks=(chunk_rows, num_features))}
+        for name, dtype in columns.items():
+            self._columns[name] = self._file.create_dataset(
+                name, shape=(rows,), dtype=dtype, chunks=(max(1, min(rows, 16384)),))
         self._file.create_dataset("label_names", data=list(label_names), dtype=_STR)
 
     def __enter__(self) -> FeatureFileWriter:
@@ -407,39 +416,24 @@ class FeatureFileWriter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def append(self, features: np.ndarray, labels: Sequence[int], paths: Sequence[str],
-               split: Sequence[str]) -> None:
-        """Rows after the ones written: features, class indices, relative paths and splits."""
-        self.write(self.rows, features, labels, paths, split)
-
     def write(self, start: int, features: np.ndarray | CachedFeatures, labels: Sequence[int],
-              paths: Sequence[str], split: Sequence[str]) -> None:
-        """Rows from ``start`` on (the file grows when they go past its end)."""
+              paths: Sequence[str], split: Sequence[str],
+              content_hashes: np.ndarray | None = None) -> None:
+        """Rows from ``start`` on: features, class indices, relative paths, splits and content
+        hashes (0, unknown, when not given)."""
         if isinstance(features, CachedFeatures):
             features = features.rows()
+        count = len(features)
         block = {"features": np.asarray(features, dtype=np.float32),
                  "labels": np.asarray(labels, dtype=np.int32), "paths": list(paths),
-                 "split": list(split)}
-        count = len(block["features"])
-        if any(len(values) != count for values in block.values()):
-            raise ValueError("FeatureFileWriter.write: columns of different lengths")
-        if start + count > self.rows:
-            self.keep(start + count)
+                 "split": list(split),
+                 "content_hashes": (np.zeros(count, np.uint64) if content_hashes is None
+                                    else np.asarray(content_hashes, dtype=np.uint64))}
+        if any(len(values) != count for values in block.values()) or start + count > self.rows:
+            raise ValueError("FeatureFileWriter.write: columns of different lengths, or rows "
+                             "past the file's end")
         for name, values in block.items():
             self._columns[name][start: start + count] = values
-
-    def move(self, start: int, stop: int, to: int) -> None:
-        """Copy rows ``start:stop`` to ``to`` (``to <= start``), a block at a time."""
-        for first in range(start, stop, 4096):
-            last = min(first + 4096, stop)
-            for column in self._columns.values():
-                column[to + first - start: to + last - start] = column[first:last]
-
-    def keep(self, rows: int) -> None:
-        """The file's length: ``rows`` (rows past it dropped, missing ones added empty)."""
-        for column in self._columns.values():
-            column.resize(rows, axis=0)
-        self.rows = rows
 
     def finish(self, attrs: dict[str, Any]) -> Path:
         """Write the file's attributes and move it into place."""
@@ -457,32 +451,6 @@ class FeatureFileWriter:
             self._file.close()
         if self._tmp.exists():
             self._tmp.unlink()
-
-
-def write_feature_file(
-    path: str | os.PathLike,
-    *,
-    chunks: Iterator[np.ndarray],
-    n_rows: int,
-    num_features: int,
-    labels: np.ndarray,
-    label_names: list[str],
-    paths: list[str],
-    split: list[str],
-    attrs: dict[str, Any],
-) -> Path:
-    """Write a feature file from an iterator of feature blocks (in row order), atomically."""
-    labels, paths, split = np.asarray(labels), list(paths), list(split)
-    with FeatureFileWriter(path, num_features=num_features, label_names=label_names,
-                           rows=n_rows) as writer:
-        start = 0
-        for block in chunks:
-            stop = start + len(block)
-            writer.write(start, block, labels[start:stop], paths[start:stop], split[start:stop])
-            start = stop
-        if start != n_rows:
-            raise RuntimeError(f"Wrote {start} feature rows, expected {n_rows}.")
-        return writer.finish(attrs)
 
 
 def _json_attr(handle: h5py.File, name: str, default: Any) -> Any:
@@ -529,4 +497,6 @@ def load_feature_file(path: str | os.PathLike) -> FeatureSet:
             split_source=str(handle.attrs.get("split_source", "")),
             split_params=_json_attr(handle, "split_params", {}),
             skipped=[tuple(x) for x in _json_attr(handle, "skipped", [])],
+            content_hashes=(handle["content_hashes"][:] if "content_hashes" in handle
+                            else None),
         )
