@@ -62,7 +62,7 @@ def test_results_reach_the_driver_while_the_job_runs(cluster, tiny_backbone, tmp
     decoding is over: decoding is made the slow step here, as with big photos on few CPUs."""
     import time
 
-    from graft.scale import ray_engine
+    from graft.features import ray_engine
 
     data = make_dataset(tmp_path / "data", n_per_class=80)
     paths = [s.path for s in scan_dataset(data).samples]
@@ -79,7 +79,7 @@ def test_results_reach_the_driver_while_the_job_runs(cluster, tiny_backbone, tmp
 
     monkeypatch.setattr(ray_engine, "_decode", slow_decode)
     arrived, rows = [], 0
-    for batch in ray_engine.ray_features(paths, [engine], batch_size=4):
+    for batch in ray_engine.ray_features(paths, [engine], kind="onnx", batch_size=4):
         arrived.append(time.time())
         rows += len(batch.positions)
     finished = sorted(float(line) for line in decoded.read_text().split())
@@ -110,7 +110,7 @@ KILLED = textwrap.dedent("""
     from graft.backbones import create_backbone
     from graft.data import scan_dataset
     from graft.features import create_engine, extract_dataset, open_cache
-    from graft.scale import ray_engine
+    from graft.features import ray_engine
 
     seen = {"n": 0}
     real = ray_engine.ray_features
@@ -152,7 +152,7 @@ DYING_ACTOR = textwrap.dedent("""
     from graft.data import scan_dataset
     from graft.errors import ClusterError
     from graft.features import create_engine, extract_dataset, open_cache
-    from graft.scale import ray_engine
+    from graft.features import ray_engine
 
     data, cache_dir, marker, mode = sys.argv[1:5]
 
@@ -242,7 +242,7 @@ def test_decoding_tasks_that_feed_the_actors_give_the_same_features(cluster, tin
     with CPU actors here: the same features, in the same rows, as actors that decode."""
     from pathlib import Path as _Path
 
-    from graft.scale import ray_engine
+    from graft.features import ray_engine
 
     data = make_dataset(tmp_path / "data", n_per_class=5)
     (data / "red" / "broken.jpg").write_bytes(b"not an image")
@@ -267,6 +267,21 @@ def test_decoding_tasks_that_feed_the_actors_give_the_same_features(cluster, tin
     np.testing.assert_array_equal(results["gpu"][0], results["onnx"][0])
     assert results["gpu"][1] == results["onnx"][1]
     assert sum(bool(r) for r in results["gpu"][1]) == 1  # the broken file, in both
+
+
+def test_the_engine_kind_is_given_and_checked(tiny_backbone, tmp_path):
+    from graft.errors import ConfigError
+    from graft.features import ray_engine
+
+    onnx = create_engine(tiny_backbone, device="cpu", cache_dir=tmp_path)
+    torch = create_engine(tiny_backbone, device="torch")
+    assert ray_engine.ray_kind([onnx]) == "onnx" and ray_engine.ray_kind([torch]) == "torch"
+    with pytest.raises(ConfigError, match="the same way"):
+        ray_engine.ray_kind([onnx, torch])
+    with pytest.raises(ConfigError, match="kind='torch' does not match engines"):
+        next(ray_engine.ray_features(["a.jpg"], [onnx], kind="torch"))
+    with pytest.raises(ConfigError, match="kind must be one of onnx, torch, gpu"):
+        next(ray_engine.ray_features(["a.jpg"], [onnx], kind="cuda"))
 
 
 def test_ray_devices_are_the_actors_not_the_drivers(tmp_path):
@@ -298,13 +313,15 @@ def test_predict_and_evaluate_on_ray_equal_local(cluster, tmp_path, monkeypatch)
     images = [data, data / "red" / "red_000.jpg"]  # a folder, then a file again: order is kept
     local = [p.to_dict() for p in predict(model, images, top_k=2, batch_size=5)]
     counted = []
-    from graft.scale import ray_engine
+    from graft.features import ray_engine
 
     monkeypatch.setattr(ray_engine, "PREDICT_PART", 10)  # Ray jobs of 10, 10 and 6 paths
     remote = [p.to_dict() for p in predict(model, images, top_k=2, batch_size=5, engine="ray",
                                            on_result=counted.append)]
     assert [r["path"] for r in remote] == [r["path"] for r in local] and len(local) == 26
     assert sum(counted) == 26
+    # the order was asked of those jobs' datasets, not of every later Ray Data job
+    assert not ray.data.DataContext.get_current().execution_options.preserve_order
     for mine, theirs in zip(remote, local):
         assert ("error" in mine) == ("error" in theirs)
         if "error" in theirs:

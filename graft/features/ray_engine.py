@@ -28,15 +28,24 @@ from typing import Any
 
 import numpy as np
 
+from graft.bundle.fusion import fuse_features
 from graft.data.preprocess import PreprocessConfig
-from graft.data.storage import filesystems_for
+from graft.data.storage import adopt, filesystems_for
 from graft.errors import ClusterError, ConfigError
+from graft.extras import require
+from graft.features.engine import TorchEngine
+from graft.inference.batches import iter_decoded_batches
+from graft.inference.engine import OnnxEngine
+from graft.inference.predictor import Prediction
 
-__all__ = ["ACTOR_RESTARTS", "RayBatch", "connect", "ray_features", "ray_predictions"]
+__all__ = ["ACTOR_RESTARTS", "KINDS", "RayBatch", "connect", "ray_features", "ray_kind",
+           "ray_predictions"]
 
 # An actor that dies (its node lost, the process killed) is restarted and its batch retried, this
 # many times; after that the job fails with a ClusterError instead of retrying for ever.
 ACTOR_RESTARTS = 3
+# How the actors run the backbones: exported ONNX graphs on CPU, eager torch on CPU, torch on GPU.
+KINDS = ("onnx", "torch", "gpu")
 
 
 @dataclass
@@ -51,8 +60,6 @@ class RayBatch:
 def connect(address: str | None = None) -> Any:
     """Join the cluster at ``address`` (``auto``, ``ray://...``, ``host:port``; default
     ``$RAY_ADDRESS``, else a local cluster on this machine's CPUs)."""
-    from graft.extras import require
-
     require("ray", command="--engine ray")
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines stay off stderr
     import ray
@@ -89,9 +96,6 @@ def _decode(batch: dict[str, np.ndarray], configs: list[dict],
     """One Ray Data batch of paths -> prepared images (zeros and a reason where one failed),
     through the same decoding loop as local extraction (remote paths read through the driver's
     filesystems)."""
-    from graft.data.storage import adopt
-    from graft.inference.batches import iter_decoded_batches
-
     adopt(filesystems)
     prepared = [PreprocessConfig.from_dict(c) for c in configs]
     n = len(batch["path"])
@@ -119,8 +123,6 @@ class _Embed:
     def __init__(self, graphs: list[Any], engines: list[dict], threads: int,
                  decode: tuple[Any, dict] | None = None) -> None:
         import ray
-
-        from graft.inference.engine import OnnxEngine
 
         self.decode = decode
         self._folder = tempfile.mkdtemp(prefix="graft-ray-")
@@ -153,8 +155,6 @@ def _torch_engine(model: Any, spec: dict, threads: int, common: dict) -> Any:
     """A torch network on this actor: its GPU for ``cuda``, else ``threads`` CPU threads."""
     import torch
 
-    from graft.features.engine import TorchEngine
-
     device = "cuda" if spec["kind"] == "gpu" else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ClusterError("A Ray actor given a GPU sees no CUDA device (torch "
@@ -165,67 +165,104 @@ def _torch_engine(model: Any, spec: dict, threads: int, common: dict) -> Any:
     return TorchEngine(model, device=device, precision=spec["precision"], **common)
 
 
-def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: int = 32,
-                 address: str | None = None, ordered: bool = False,
-                 resumable: bool = True) -> Iterator[RayBatch]:
-    """Features of ``paths`` for each engine (an ONNX graph on disk), computed on Ray.
+def ray_kind(engines: Sequence[Any]) -> str:
+    """How the actors run ``engines`` (one of :data:`KINDS`): ``onnx`` for exported graphs,
+    ``gpu`` for torch engines whose ``target`` is CUDA, ``torch`` for torch on CPU."""
+    kinds = set()
+    for engine in engines:
+        if isinstance(engine, OnnxEngine):
+            kinds.add("onnx")
+        elif isinstance(engine, TorchEngine):
+            kinds.add("gpu" if engine.target.startswith("cuda") else "torch")
+        else:
+            raise ConfigError(f"engines: the Ray engine runs an OnnxEngine or a TorchEngine, "
+                              f"not a {type(engine).__name__}.", parameter="engines")
+    if len(kinds) != 1:
+        raise ConfigError("engines: the Ray engine runs every backbone the same way; give them "
+                          f"one device (got {', '.join(sorted(kinds)) or 'none'}).",
+                          parameter="engines")
+    return kinds.pop()
 
-    Batches arrive as they are done, or (Ray Data's ``preserve_order``) in the order of
-    ``paths`` with ``ordered``. ``resumable``: the caller keeps what arrived (the cache), which
-    the error on a failed job then says.
+
+def ray_features(paths: Sequence[str], engines: Sequence[Any], *, kind: str,
+                 batch_size: int = 32, address: str | None = None, ordered: bool = False,
+                 resumable: bool = True) -> Iterator[RayBatch]:
+    """Features of ``paths`` for each engine, computed on Ray.
+
+    Args:
+        kind: How the actors run ``engines``, one of :data:`KINDS` (:func:`ray_kind` says):
+            ``onnx`` engines have their graph on disk, ``torch`` and ``gpu`` ones a network.
+        ordered: Batches in the order of ``paths`` (Ray Data's ``preserve_order``, set on this
+            job's dataset only), else as they are done.
+        resumable: The caller keeps what arrived (the cache), which the error on a failed job
+            then says.
     """
+    if kind not in KINDS:
+        raise ConfigError(f"kind must be one of {', '.join(KINDS)}. Got {kind!r}.",
+                          parameter="kind")
     if not paths:
         return
+    given = ray_kind(engines)
+    if given != kind:
+        raise ConfigError(f"kind={kind!r} does not match engines, which run as {given!r}.",
+                          parameter="kind")
     ray = connect(address)
-
-    kinds = {_kind(engine) for engine in engines}
-    if len(kinds) != 1:
-        raise ConfigError("--engine ray runs every backbone the same way: give them one --device.")
-    kind = kinds.pop()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    if kind == "gpu":
-        # one actor per GPU of the cluster, with a CPU to feed it
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        if gpus < 1:
-            raise ConfigError("--device cuda with --engine ray runs the backbone on the cluster's "
-                              "GPUs, and this cluster has none: leave --device out (CPU actors) "
-                              "or add GPU nodes.")
-        actors, threads, resources = gpus, 1, {"num_cpus": 1, "num_gpus": 1}
-    else:
-        # One actor per CPU, each decoding its own batches and running its graph on one thread:
-        # no decoded image crosses the object store, and nothing else needs a CPU (the manifest
-        # is in the object store already; the driver writes the cache), so none starves; it
-        # beats CPU tasks decoding for fewer, multi-threaded actors: benchmarks/ray_extract.py.
-        actors, threads, resources = cpus, 1, {"num_cpus": 1}
-    # (a torch engine's key on the actor is its fp32 one: the precision is applied there again)
-    specs = [{"key": getattr(e, "fp32_key", e.key), "preprocess": e.preprocess.to_dict(),
-              "num_features": e.num_features, "kind": kind,
-              "precision": getattr(e, "precision", "fp32")}
-             for e in engines]
+    actors, threads, resources = _actor_pool(ray, kind)
+    specs = [_spec(engine, kind) for engine in engines]
     # once, not per task: the ONNX graph's bytes, or the torch network (on this process's CPU)
     graphs = [ray.put(Path(e.path).read_bytes() if kind == "onnx" else e.model)
               for e in engines]
     # s3://... paths: the driver's filesystems (endpoint and options; credentials stay each
     # node's own), as Ray Data passes its `filesystem` argument
     filesystems = filesystems_for(paths)
-    context = ray.data.DataContext.get_current()
-    preserved = context.execution_options.preserve_order
-    # The manifest (path, position) as blocks of at most a batch each (more past 4,096
-    # batches), built and put in the object store by this process: results (and cache shards)
-    # arrive while the run goes on, and every node can read it (a file in this process's
-    # temporary folder is not on the other nodes). `from_items`: `from_arrow` runs a task per
-    # block for its metadata on workers still starting (benchmarks/ray_extract.py).
-    count = max(1, min(-(-len(paths) // batch_size), 4096))
-    context.execution_options.preserve_order = ordered  # read when the dataset is built
-    try:
-        manifest = ray.data.from_items(_Manifest(paths), override_num_blocks=count)
-        dataset = _pipeline(manifest, kind, specs, graphs, filesystems, batch_size, actors,
-                            threads, resources)
-    finally:
-        context.execution_options.preserve_order = preserved
+    dataset = _pipeline(_manifest(ray, paths, batch_size, ordered), kind, specs, graphs,
+                        filesystems, batch_size, actors, threads, resources)
     _quiet()  # Ray Data configures its loggers when first used: quiet them again
-    # the actors' batches as they come, with no operator after them: its tasks of 1 CPU would
-    # find no free CPU until decoding is over, and hold back every result (and the cache)
+    yield from _results(ray, dataset, len(engines), resumable)
+
+
+def _spec(engine: Any, kind: str) -> dict[str, Any]:
+    """What an actor needs to rebuild ``engine``. A torch engine goes with its fp32 key and its
+    precision, which the actor applies again (and so gets the same key as here)."""
+    torch = kind != "onnx"
+    return {"key": engine.fp32_key if torch else engine.key,
+            "preprocess": engine.preprocess.to_dict(), "num_features": engine.num_features,
+            "kind": kind, "precision": engine.precision if torch else "fp32"}
+
+
+def _actor_pool(ray: Any, kind: str) -> tuple[int, int, dict[str, float]]:
+    """The number of actors, each one's threads and each one's resources, for ``kind``."""
+    if kind != "gpu":
+        # One actor per CPU, each decoding its own batches and running its graph on one thread:
+        # no decoded image crosses the object store, and nothing else needs a CPU (the manifest
+        # is in the object store already; the driver writes the cache), so none starves
+        # (benchmarks/ray_extract.py).
+        return int(ray.cluster_resources().get("CPU", 1)), 1, {"num_cpus": 1}
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus < 1:
+        raise ConfigError("device='cuda' with engine='ray' runs the backbones on the cluster's "
+                          "GPUs, and this cluster has none: leave device out (CPU actors) or "
+                          "add GPU nodes.", parameter=("device", "engine"))
+    return gpus, 1, {"num_cpus": 1, "num_gpus": 1}  # one actor per GPU, with a CPU to feed it
+
+
+def _manifest(ray: Any, paths: Sequence[str], batch_size: int, ordered: bool) -> Any:
+    """The manifest (path, position) as blocks of at most a batch each (more past 4,096
+    batches), built and put in the object store by this process: results (and cache shards)
+    arrive while the run goes on, and every node can read it (a file in this process's
+    temporary folder is not on the other nodes)."""
+    count = max(1, min(-(-len(paths) // batch_size), 4096))
+    manifest = ray.data.from_items(_Manifest(paths), override_num_blocks=count)
+    # On the dataset's own context (from_items copies the current one; what is built on the
+    # manifest shares it): the order is this job's choice, and the process's setting stays.
+    manifest.context.execution_options.preserve_order = ordered
+    return manifest
+
+
+def _results(ray: Any, dataset: Any, n_engines: int, resumable: bool) -> Iterator[RayBatch]:
+    """The actors' batches as they come. No further operator: a select_columns step ran as
+    tasks of 1 CPU each, which found no free CPU until decoding was over, so nothing reached
+    this process, or the cache, before then."""
     batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
     while True:
         try:
@@ -241,20 +278,9 @@ def ray_features(paths: Sequence[str], engines: Sequence[Any], *, batch_size: in
         yield RayBatch(
             positions=batch["position"][ok],
             features=[np.asarray(batch[f"features_{j}"], np.float32)[ok]
-                      for j in range(len(engines))],
+                      for j in range(n_engines)],
             failures=[(int(p), str(r)) for p, r in zip(batch["position"][~ok],
                                                        reasons[~ok])])
-
-
-def _kind(engine: Any) -> str:
-    """How the actors run ``engine``: ``onnx`` (an exported graph on CPU), ``torch`` (eager on
-    CPU) or ``gpu`` (torch on CUDA)."""
-    if hasattr(engine, "path"):
-        return "onnx"
-    if getattr(engine, "name", "") == "torch":
-        return "gpu" if engine.target.startswith("cuda") else "torch"
-    raise ConfigError(f"--engine ray cannot run a {type(engine).__name__}: use --device cpu, "
-                      f"cuda or torch.")
 
 
 class _Manifest(Sequence):
@@ -324,13 +350,11 @@ def ray_predictions(predictor: Any, paths: Iterable[str | os.PathLike], *, top_k
 
 def _predict_part(predictor: Any, names: list[str], top_k: int, address: str | None,
                   on_result: Any) -> Iterator[Any]:
-    from graft.bundle.fusion import fuse_features
-    from graft.inference.predictor import Prediction
-
     waiting: dict[int, Any] = {}  # results that arrived before an earlier one
     following = 0  # the position to yield next
-    for batch in ray_features(names, predictor.engines, batch_size=predictor.batch_size,
-                              address=address, ordered=True, resumable=False):
+    for batch in ray_features(names, predictor.engines, kind="onnx",
+                              batch_size=predictor.batch_size, address=address, ordered=True,
+                              resumable=False):
         for position, reason in batch.failures:
             waiting[int(position)] = Prediction(names[position], error=reason)
         if len(batch.positions):
