@@ -16,6 +16,7 @@ from sklearn.metrics import classification_report, confusion_matrix, top_k_accur
 
 from graft.cli import main
 from graft.evaluation import (
+    ReportInputs,
     compute_metrics,
     plot_confusion_matrix,
     plot_grid_search,
@@ -101,9 +102,9 @@ def test_run_table_shows_settings_as_people_read_them(tmp_path):
     config = {"backbone": "tiny", "weights": None, "group regex": None, "augment": True,
               "balanced": False, "learning rate": 0.001, "image size": 224, "layers": ["a", "b"],
               "extra": {}}
-    report = write_report(tmp_path, title="run", metrics=compute_metrics(y, probabilities, labels),
-                          labels=labels, y_true=y, probabilities=probabilities,
-                          test_paths=[f"{i}.jpg" for i in range(6)], config=config)
+    report = write_report(tmp_path, ReportInputs(
+        title="run", metrics=compute_metrics(y, probabilities, labels), labels=labels, y_true=y,
+        probabilities=probabilities, test_paths=[f"{i}.jpg" for i in range(6)], config=config))
     page = report.read_text(encoding="utf-8")
     for raw in (">None<", ">True<", ">False<", ">[", ">{"):
         assert raw not in page
@@ -180,21 +181,22 @@ from graft.evaluation.background import ReportWriter
 
 y = np.repeat(np.arange(3), 10)
 p = (0.2 + np.eye(3)[y]) / 1.6  # every image right: no mistakes to show
-from graft.evaluation import compute_metrics
-options = dict(title="t", metrics=compute_metrics(y, p, ["a", "b", "c"]), labels=["a", "b", "c"],
-               y_true=y, probabilities=p, test_paths=[], config={"head": "logreg"},
-               cv_results=[{"params": {"C": c}, "mean_test_score": s, "std_test_score": 0.01}
-                           for c, s in ((0.1, 0.5), (1.0, 0.7))])
+from graft.evaluation import ReportInputs, compute_metrics
+inputs = ReportInputs(title="t", metrics=compute_metrics(y, p, ["a", "b", "c"]),
+                      labels=["a", "b", "c"], y_true=y, probabilities=p, test_paths=[],
+                      config={"head": "logreg"},
+                      cv_results=[{"params": {"C": c}, "mean_test_score": s, "std_test_score": 0.01}
+                                  for c, s in ((0.1, 0.5), (1.0, 0.7))])
 with ReportWriter() as forked:
     assert forked._executor is not None, "a single-threaded process forks its report worker"
-    forked.write(sys.argv[1] + "/forked", **options)
+    forked.write(sys.argv[1] + "/forked", inputs)
 with ReportWriter(enabled=False) as here:
     assert here._executor is None
-    here.write(sys.argv[1] + "/here", **options)
+    here.write(sys.argv[1] + "/here", inputs)
 with ReportWriter() as killed:
     for pid in list(killed._executor._processes):
         os.kill(pid, signal.SIGKILL)
-    killed.write(sys.argv[1] + "/killed", **options)  # drawn in this process instead
+    killed.write(sys.argv[1] + "/killed", inputs)  # drawn in this process instead
 """
 
 
@@ -232,9 +234,9 @@ def test_a_report_at_1000_classes_stays_readable(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "img.png")
-    report = write_report(tmp_path / "report", title="big", metrics=metrics, labels=labels,
-                          y_true=y, probabilities=probabilities,
-                          test_paths=[tmp_path / "img.png"] * 3000, config={})
+    report = write_report(tmp_path / "report", ReportInputs(
+        title="big", metrics=metrics, labels=labels, y_true=y, probabilities=probabilities,
+        test_paths=[tmp_path / "img.png"] * 3000, config={}))
     text = report.read_text(encoding="utf-8")
     assert "Most confused pairs" in text and "class0007" in text
     for name in ("confusion_matrix.png", "confusion_matrix_normalized.png"):

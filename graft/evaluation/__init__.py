@@ -19,9 +19,11 @@ if TYPE_CHECKING:
         plot_learning_curves,
         plot_misclassified,
     )
+    from graft.evaluation.inputs import ReportInputs
     from graft.evaluation.report import write_report
 
 __all__ = [
+    "ReportInputs",
     "compute_metrics",
     "format_report",
     "plot_confusion_matrix",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ReportInputs": "graft.evaluation.inputs",
     "plot_confusion_matrix": "graft.evaluation.plots",
     "plot_grid_search": "graft.evaluation.plots",
     "plot_image_grid": "graft.evaluation.plots",

@@ -19,10 +19,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from graft.evaluation.inputs import ReportInputs
 
 __all__ = ["ReportWriter"]
 
@@ -33,10 +35,10 @@ def _prepare() -> None:
     import graft.evaluation.report  # noqa: F401  (matplotlib's import is what takes the time)
 
 
-def _write(directory: str | os.PathLike, options: dict[str, Any]) -> Path:
+def _write(directory: str | os.PathLike, inputs: ReportInputs) -> Path:
     from graft.evaluation.report import write_report
 
-    return write_report(directory, **options)
+    return write_report(directory, inputs)
 
 
 class ReportWriter:
@@ -50,14 +52,14 @@ class ReportWriter:
                 initializer=_prepare)
             self._executor.submit(int)  # forks the worker now, so its imports start now
 
-    def write(self, directory: str | os.PathLike, **options: Any) -> Path:
-        """Write ``report.html`` and its figures (the arguments of ``write_report``)."""
+    def write(self, directory: str | os.PathLike, inputs: ReportInputs) -> Path:
+        """Write ``report.html`` and its figures (see ``write_report``)."""
         if self._executor is not None:
             try:
-                return self._executor.submit(_write, directory, options).result()
+                return self._executor.submit(_write, directory, inputs).result()
             except BrokenProcessPool:  # the worker was killed: draw here instead
                 self.close()
-        return _write(directory, options)
+        return _write(directory, inputs)
 
     def close(self) -> None:
         if self._executor is not None:

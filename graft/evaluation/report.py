@@ -15,6 +15,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from graft.evaluation.inputs import ReportInputs
 from graft.evaluation.plots import (
     plot_confusion_matrix,
     plot_grid_search,
@@ -25,7 +26,7 @@ from graft.evaluation.plots import (
 from graft.page import CSS as _CSS
 from graft.page import table as _table
 
-__all__ = ["confused_pairs", "sample_images", "worst_mistakes", "write_report"]
+__all__ = ["ReportInputs", "confused_pairs", "sample_images", "worst_mistakes", "write_report"]
 
 REPORT_FILE = "report.html"
 
@@ -104,90 +105,97 @@ def _figure(src: str, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def write_report(
-    directory: str | os.PathLike,
-    *,
-    title: str,
-    metrics: dict[str, Any],
-    labels: Sequence[str],
-    y_true: np.ndarray,
-    probabilities: np.ndarray,
-    test_paths: Sequence[str | Path],
-    config: dict[str, Any],
-    counts: dict[str, dict[str, int]] | None = None,
-    train_paths: Sequence[str | Path] = (),
-    train_labels: Sequence[int] = (),
-    history: Sequence[dict[str, Any]] | None = None,
-    cv_results: Sequence[dict[str, Any]] | None = None,
-) -> Path:
-    """Write ``report.html`` and its PNG figures into ``directory``; return the HTML path.
-
-    Args:
-        title: The heading (e.g. the model directory's name).
-        metrics: As :func:`graft.evaluation.compute_metrics` returns them.
-        y_true, probabilities, test_paths: The scored images (absolute paths or relative to
-            the current directory), for the confusion matrix and the gallery of mistakes.
-        config: What was run: shown as a table (backbone, cut, head, hyper-parameters...);
-            ``None`` shows as a dash, booleans as yes/no.
-        counts: ``{split: {class: images}}``.
-        train_paths, train_labels: Training images, for the 3x3 sample grid.
-        history: Epoch records, for learning curves (fine-tuning).
-        cv_results: Grid-search results (``logreg``), for the C vs CV score plot.
-    """
+def write_report(directory: str | os.PathLike, inputs: ReportInputs) -> Path:
+    """Write ``report.html`` and its PNG figures into ``directory``; return the HTML path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    labels = list(labels)
+    labels = list(inputs.labels)
+    files = _draw_figures(directory, inputs, labels)
+    sections = [*_summary_sections(inputs, labels), *_detail_sections(inputs, labels, files)]
+    title = inputs.title
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)} - graft report</title><style>{_CSS}</style></head>"
+            f"<body><main>{''.join(sections)}</main></body></html>\n")
+    path = directory / REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _draw_figures(directory: Path, inputs: ReportInputs, labels: list[str]) -> dict[str, str]:
+    """The PNG figures the page links, by section: ``{"cm": "confusion_matrix.png", ...}``."""
     files: dict[str, str] = {}
-    cm = metrics["confusion_matrix"]
+    cm = inputs.metrics["confusion_matrix"]
     files["cm"] = _save(plot_confusion_matrix(cm, labels), directory / "confusion_matrix.png")
     files["cmn"] = _save(plot_confusion_matrix(cm, labels, normalize=True),
                          directory / "confusion_matrix_normalized.png")
-    if history:
-        files["curves"] = _save(plot_learning_curves(history), directory / "learning_curves.png")
-    if len(train_paths):
-        paths, titles = sample_images(train_paths, train_labels, labels)
+    if inputs.history:
+        files["curves"] = _save(plot_learning_curves(inputs.history),
+                                directory / "learning_curves.png")
+    if len(inputs.train_paths):
+        paths, titles = sample_images(inputs.train_paths, inputs.train_labels, labels)
         files["samples"] = _save(plot_image_grid(paths, titles), directory / "samples.png")
-    mistakes = worst_mistakes(np.asarray(y_true), np.asarray(probabilities), test_paths, labels)
+    mistakes = worst_mistakes(np.asarray(inputs.y_true), np.asarray(inputs.probabilities),
+                              inputs.test_paths, labels)
     if mistakes:
         files["mistakes"] = _save(plot_misclassified(mistakes), directory / "misclassified.png")
-    if cv_results and len(cv_results) > 1:
-        files["grid"] = _save(plot_grid_search(cv_results), directory / "grid_search.png")
+    if inputs.cv_results and len(inputs.cv_results) > 1:
+        files["grid"] = _save(plot_grid_search(inputs.cv_results), directory / "grid_search.png")
+    return files
 
+
+def _cards(metrics: dict[str, Any]) -> str:
     cards = [("accuracy", metrics["accuracy"]), *(
         (f"top-{k} accuracy", metrics[f"top_{k}_accuracy"]) for k in (3, 5)
         if f"top_{k}_accuracy" in metrics), ("macro F1", metrics["macro_avg"]["f1"]),
         ("test images", metrics["n_test"])]
     if "n_train" in metrics:
         cards.append(("training images", metrics["n_train"]))
-    card_html = "".join(
+    return "".join(
         f'<div class="card"><div class="v">{v:.3f}</div><div class="k">{html.escape(k)}</div></div>'
         if isinstance(v, float) else
         f'<div class="card"><div class="v">{v}</div><div class="k">{html.escape(k)}</div></div>'
         for k, v in cards)
-    per_class = metrics["per_class"]
-    macro_f1 = metrics["macro_avg"]["f1"]
-    rows = [[name, m["precision"], m["recall"], m["f1"], m["support"]] for name, m in per_class.items()]
-    flags = ["low" if m["f1"] < macro_f1 - 0.1 else "" for m in per_class.values()]
-    rows += [["macro avg", *metrics["macro_avg"].values(), metrics["n_test"]],
-             ["weighted avg", *metrics["weighted_avg"].values(), metrics["n_test"]]]
-    flags += ["", ""]
+
+
+def _summary_sections(inputs: ReportInputs, labels: list[str]) -> list[str]:
+    """The heading, the score cards, the run's settings and the images per split."""
+    metrics, counts = inputs.metrics, inputs.counts
     sections = [
-        f"<h1>{html.escape(title)}</h1>",
+        f"<h1>{html.escape(inputs.title)}</h1>",
         (f'<p class="sub">Scored on {metrics["n_test"]} held-out images the model never saw in '
          f"training.</p>"),
-        f'<div class="cards">{card_html}</div>',
+        f'<div class="cards">{_cards(metrics)}</div>',
         "<h2>Run</h2>",
-        _table(["setting", "value"], [[k, _setting(v)] for k, v in config.items()], left=2),
+        _table(["setting", "value"], [[k, _setting(v)] for k, v in inputs.config.items()],
+               left=2),
     ]
     if counts:
         splits = [s for s in ("train", "val", "test") if s in counts]
         count_rows = [[c, *(counts[s].get(c, 0) for s in splits)] for c in labels]
         count_rows.append(["total", *(sum(counts[s].values()) for s in splits)])
         sections += ["<h2>Data</h2>", _table(["class", *splits], count_rows)]
-    sections += [
+    return sections
+
+
+def _per_class_table(metrics: dict[str, Any]) -> str:
+    """Precision, recall and F1 per class, then the averages; weak classes flagged."""
+    per_class = metrics["per_class"]
+    macro_f1 = metrics["macro_avg"]["f1"]
+    rows = [[name, m["precision"], m["recall"], m["f1"], m["support"]]
+            for name, m in per_class.items()]
+    flags = ["low" if m["f1"] < macro_f1 - 0.1 else "" for m in per_class.values()]
+    rows += [["macro avg", *metrics["macro_avg"].values(), metrics["n_test"]],
+             ["weighted avg", *metrics["weighted_avg"].values(), metrics["n_test"]]]
+    flags += ["", ""]
+    return _table(["class", "precision", "recall", "F1", "support"], rows, classes=flags)
+
+
+def _detail_sections(inputs: ReportInputs, labels: list[str], files: dict[str, str]) -> list[str]:
+    """Per-class scores, the confusion matrices, the figures drawn, the worst mistakes."""
+    sections = [
         "<h2>Per class</h2>",
         '<p class="sub">Rows in red: F1 more than 0.1 below the macro average.</p>',
-        _table(["class", "precision", "recall", "F1", "support"], rows, classes=flags),
+        _per_class_table(inputs.metrics),
         "<h2>Confusion matrix</h2>",
         # Side by side while small enough to read; one under the other for many classes.
         (f'<div class="{"row" if len(labels) <= 8 else ""}">'
@@ -195,7 +203,7 @@ def write_report(
          + _figure(files["cmn"], "row-normalized: the diagonal is each class's recall")
          + "</div>"),
     ]
-    pairs = confused_pairs(cm, labels)
+    pairs = confused_pairs(inputs.metrics["confusion_matrix"], labels)
     if pairs and len(labels) > 2:
         sections += [
             "<h2>Most confused pairs</h2>",
@@ -203,21 +211,18 @@ def write_report(
             _table(["true class", "predicted as", "images", "share"],
                    [[p["true"], p["predicted"], p["count"], p["share"]] for p in pairs],
                    left=2)]
-    if "curves" in files:
-        sections += ["<h2>Learning curves</h2>",
-                     _figure(files["curves"], "training and validation, per epoch")]
-    if "grid" in files:
-        sections += ["<h2>Hyper-parameter search</h2>",
-                     _figure(files["grid"], "mean cross-validated accuracy, +-1 std")]
-    if "samples" in files:
-        sections += ["<h2>Training images</h2>",
-                     _figure(files["samples"], "a sample of the training set with its labels")]
+    for key, heading, caption in _FIGURE_SECTIONS:
+        if key in files:
+            sections += [f"<h2>{heading}</h2>", _figure(files[key], caption)]
     sections.append("<h2>Worst mistakes</h2>")
     sections.append(_figure(files["mistakes"], "misclassified test images, most confident first")
                     if "mistakes" in files else '<p class="sub">No test image was misclassified.</p>')
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)} - graft report</title><style>{_CSS}</style></head>"
-            f"<body><main>{''.join(sections)}</main></body></html>\n")
-    path = directory / REPORT_FILE
-    path.write_text(page, encoding="utf-8")
-    return path
+    return sections
+
+
+# The optional figures, in page order: (file key, heading, caption).
+_FIGURE_SECTIONS = (
+    ("curves", "Learning curves", "training and validation, per epoch"),
+    ("grid", "Hyper-parameter search", "mean cross-validated accuracy, +-1 std"),
+    ("samples", "Training images", "a sample of the training set with its labels"),
+)

@@ -41,7 +41,7 @@ from graft.data.images import decode_image
 from graft.data.preprocess import PreprocessConfig
 from graft.data.storage import is_uri
 from graft.errors import ConfigError, DataError, ImageError, ModelError
-from graft.evaluation import compute_metrics, format_report, write_report
+from graft.evaluation import ReportInputs, compute_metrics, format_report, write_report
 from graft.features.engine import (
     backbone_key,
     check_cuda,
@@ -365,8 +365,8 @@ def finetune(
                    "scored_with": "saved model (graft.inference)",
                    "artifact_max_abs_difference": difference, **info}
         write_metrics(staging, metrics)
-        write_report(
-            staging, title=f"{out.name}: fine-tuned {backbone.name}", metrics=metrics,
+        write_report(staging, ReportInputs(
+            title=f"{out.name}: fine-tuned {backbone.name}", metrics=metrics,
             labels=dataset.classes, y_true=y_test, probabilities=probabilities,
             test_paths=test_paths,
             config={"data": str(dataset.root), "backbone": backbone.name, "weights": source,
@@ -376,7 +376,7 @@ def finetune(
             train_paths=[s.path for s in by_split["train"]],
             train_labels=[index[s.label] for s in by_split["train"]],
             history=state["history"],
-        )
+        ))
     return FinetuneResult(model_dir=out, metrics=metrics,
                           report=format_report(y_test, probabilities, dataset.classes),
                           history=state["history"])

@@ -220,11 +220,11 @@ def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: D
                   features: Any, probabilities: np.ndarray, metrics: dict[str, Any],
                   model_dir: str | os.PathLike) -> None:
     from graft.bundle.model import write_metrics
-    from graft.evaluation import write_report
+    from graft.evaluation import ReportInputs, write_report
 
     backbones = predictor.config["backbones"]
-    write_report(
-        directory, title=f"{Path(model_dir).name} on {basename(dataset.root)}", metrics=metrics,
+    write_report(directory, ReportInputs(
+        title=f"{Path(model_dir).name} on {basename(dataset.root)}", metrics=metrics,
         labels=predictor.labels, y_true=features.labels, probabilities=probabilities,
         test_paths=[join(dataset.root, p) for p in features.paths],
         config={"model": str(model_dir), "data": str(dataset.root),
@@ -232,5 +232,5 @@ def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: D
                 "backbone": " + ".join(f"{b['name']} ({b['layer']})" for b in backbones),
                 "head": predictor.config["head"]["name"]},
         counts=features.counts(),
-    )
+    ))
     write_metrics(directory, metrics)

@@ -27,6 +27,7 @@ from graft.data.fingerprint import content_fingerprints
 from graft.data.storage import is_file, is_uri, join
 from graft.errors import ConfigError, DataError, ModelError
 from graft.evaluation.background import ReportWriter
+from graft.evaluation.inputs import ReportInputs
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, FeatureSet, fused_key
 from graft.features.store import in_chunks
@@ -511,11 +512,11 @@ def _write_report(run: _Run, reports: ReportWriter, directory: Path, metrics: di
         "augmented views": cfg.augment_views,
     }
     _, y_test = features.subset("test")
-    reports.write(
-        directory, title=f"{run.out.name}: {head_info['name']} on "
-                         f"{'+'.join(c['name'] for c in run.backbones)}",
+    reports.write(directory, ReportInputs(
+        title=f"{run.out.name}: {head_info['name']} on "
+              f"{'+'.join(c['name'] for c in run.backbones)}",
         metrics=metrics, labels=features.label_names, y_true=y_test,
         probabilities=probabilities, test_paths=paths[features.split == "test"], config=config,
         counts=features.counts(), train_paths=paths[features.split == "train"],
         train_labels=features.subset("train")[1], cv_results=head_info.get("cv_results"),
-    )
+    ))
