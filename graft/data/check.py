@@ -9,7 +9,7 @@ same image under two classes (**label conflicts**).
 
 Unsplit folders are checked under the split ``graft train`` would make with the same options.
 :func:`split_leaks` is the cheap part (exact duplicates across splits and label conflicts, from
-the content fingerprints training computes anyway) that ``graft train`` runs and reports.
+the content hashes extraction keeps) that ``graft train`` runs and reports.
 """
 
 from __future__ import annotations
@@ -237,11 +237,11 @@ def check_dataset(dataset: ImageDataset, *, near: bool = True, workers: int | No
 
 
 def split_leaks(paths: Sequence[str], splits: Sequence[str], labels: Sequence[str],
-                fingerprints: np.ndarray) -> dict[str, Any]:
+                content_hashes: np.ndarray) -> dict[str, Any]:
     """The cheap check ``graft train`` runs: the same file content in two splits (a leak) or
-    under two classes (a label conflict), from content fingerprints (0 = unreadable)."""
+    under two classes (a label conflict), from content hashes (0 = unreadable)."""
     where: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
-    for member, value in zip(zip(paths, splits, labels), fingerprints.tolist()):
+    for member, value in zip(zip(paths, splits, labels), content_hashes.tolist()):
         if value:
             where[value].append(member)
     leaks, conflicts = [], []

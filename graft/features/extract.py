@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 _GATHER_ROWS = 4096
-_LOOKUP_BLOCK = 4096  # samples fingerprinted and looked up in the cache index at once
+_LOOKUP_BLOCK = 4096  # samples keyed and looked up in the cache index at once
 
 
 @dataclass
@@ -121,8 +121,7 @@ def extract_dataset(
             cluster at ``address``; only this process writes the cache).
         bar: A progress bar over every image (cached ones included) to advance, kept open;
             by default one over the images to compute.
-        contents: Where the content hash of each image decoded here is kept (hashed from the
-            bytes read to decode it).
+        contents: Keeps the content hash of each image decoded here, from the bytes read.
 
     Returns:
         The cache key of every sample (None for a file that could not be read), and a report.
@@ -136,11 +135,9 @@ def extract_dataset(
     report = ExtractionReport(n_images=len(dataset.samples))
     keys, todo = _look_up(dataset.samples, caches, augment, report)
     shared = bar is not None
+    bar = bar if shared else _bar(len(todo), progress and bool(todo))
     if shared:
         bar.update(len(dataset.samples) - len(todo))  # cached, or failed before
-    else:
-        bar = tqdm(total=len(todo), unit="img", desc="Extracting features",
-                   disable=not progress or not todo, dynamic_ncols=True, smoothing=0.1)
     job = _Job(dataset.samples, list(engines), list(caches), keys, report, bar, augment,
                contents)
     try:
@@ -162,6 +159,11 @@ def extract_dataset(
 
 
 _Todo = tuple[int, str, tuple[int, ...]]  # (sample index, cache key, backbones missing it)
+
+
+def _bar(total: int, progress: bool) -> Any:
+    return tqdm(total=total, unit="img", desc="Extracting features", disable=not progress,
+                dynamic_ncols=True, smoothing=0.1)
 
 
 def _look_up(samples: Sequence[Sample], caches: Sequence[FeatureCache], augment: tuple[str, ...],
@@ -409,9 +411,7 @@ def _extract(dataset: ImageDataset | DatasetStream, engines: Sequence[FeatureEng
     report = ExtractionReport(n_images=len(stream))
     index = {label: i for i, label in enumerate(stream.classes)}
     rows = _Rows()
-    bar = tqdm(total=len(stream), unit="img", desc="Extracting features", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
-    with bar:
+    with _bar(len(stream), progress) as bar:
         # Ray: one job per part, so parts are larger (its start, seconds, is paid per part)
         for part in _parts(stream, _STREAM_ROWS * (4 if engine == "ray" else 1)):
             keys, done = extract_dataset(
@@ -525,7 +525,7 @@ def extract_to_file(
     """Extract ``dataset`` into the feature file ``out``: the listing is read once (never held
     whole), every image extracted into the cache, then each usable row copied from the cache
     to the file a block at a time: train, then val, then test, each split in listing order."""
-    from graft import __version__
+    from graft._version import __version__
 
     engines = _as_list(engines)
     done = _extract(dataset, engines, cache_dir=cache_dir, batch_size=batch_size,

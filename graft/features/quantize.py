@@ -47,7 +47,7 @@ def calibration_images(paths: Sequence[Any], limit: int = CALIBRATION_IMAGES) ->
 
 
 def calibration_identity(images: Sequence[Any]) -> str:
-    """What the calibration set is, by content (the images' fingerprints): part of each int8
+    """What the calibration set is, by content (the images' content hashes): part of each int8
     graph's key. Computed once for all the backbones calibrated on the same images."""
     from graft.data.contents import content_hashes
 
