@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -318,22 +318,31 @@ def fetch_dataset(name: str, to: str | os.PathLike, *,
     """
     info = _info(name)
     if split is not None and not (name == "caltech101" and split in CALTECH_SPLITS):
-        raise ConfigError(f"--split {split!r} does not apply to {name}"
+        raise ConfigError(f"split {split!r} does not apply to {name}"
                           + (f" (caltech101 takes {', '.join(CALTECH_SPLITS)})."
-                             if name == "caltech101" else "."))
+                             if name == "caltech101" else "."), parameter="split")
     overrides = _checksum_overrides(info, sha256)
     if mirror is not None or os.environ.get(MIRROR_ENV):
         _check_mirror(mirror or os.environ[MIRROR_ENV])
     target = Path(to).expanduser() / info.name
     if target.exists() and not target.is_dir():
         raise DataError(f"{target} is a file; graft data fetch makes a folder there. Move it, or "
-                        f"choose another --to.")
+                        f"choose another to.", parameter="to")
     if target.exists() and any(target.iterdir()):
         log(f"{target} is there already: nothing to fetch (delete it to fetch again).")
         return target
-    local = _local_files(info, from_files)
-    mirror = mirror or os.environ.get(MIRROR_ENV) or None
-    downloads = resolve_cache_dir(cache_dir) / "downloads" / info.name
+    files = _gather(info, _local_files(info, from_files), overrides, to,
+                    mirror=mirror or os.environ.get(MIRROR_ENV) or None,
+                    downloads=resolve_cache_dir(cache_dir) / "downloads" / info.name,
+                    progress=progress, log=log)
+    _unpack(info, files, target, FetchOptions(split=split, seed=seed), log)
+    return target
+
+
+def _gather(info: DatasetInfo, local: dict[str, Path], overrides: dict[str, str],
+            to: str | os.PathLike, *, mirror: str | None, downloads: Path, progress: bool,
+            log: Callable[[str], None]) -> dict[str, Path]:
+    """Each file of the dataset: given by hand (checked), else downloaded (checked as it is)."""
     files: dict[str, Path] = {}
     for remote in info.files:
         pinned = overrides.get(remote.name, remote.sha256)
@@ -352,18 +361,22 @@ def fetch_dataset(name: str, to: str | os.PathLike, *,
                                       size=remote.size or None, progress=progress, hint=hint)
         if pinned is None:
             _unpinned(files[remote.name], log)
+    return files
+
+
+def _unpack(info: DatasetInfo, files: dict[str, Path], target: Path, options: FetchOptions,
+            log: Callable[[str], None]) -> None:
+    """Arrange the files into a staging folder beside ``target``, then move it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".graft-fetch-{info.name}-", dir=target.parent))
     try:
         log(f"Unpacking into {target}")
-        info.arrange(files, staging / info.name, FetchOptions(split=split, seed=seed,
-                                                              work=staging))
+        info.arrange(files, staging / info.name, replace(options, work=staging))
         if target.exists():
             target.rmdir()  # empty (checked above)
         os.replace(staging / info.name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _checksum_overrides(info: DatasetInfo, given: str | Sequence[str] | None) -> dict[str, str]:
