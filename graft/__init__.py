@@ -23,6 +23,7 @@ imports the training stack.
 from __future__ import annotations
 
 from graft._lazy import lazy_exports
+from graft._version import __version__
 from graft.errors import (
     BackboneError,
     ClusterError,
@@ -35,7 +36,6 @@ from graft.errors import (
     WeightsError,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "BackboneError",

@@ -6,6 +6,8 @@ scikit-learn just to print ``--help``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "AUGMENTATIONS",
     "CLASS_WEIGHTS",
@@ -22,6 +24,7 @@ __all__ = [
     "PRECISIONS",
     "STREAMING_HEADS",
     "one_of",
+    "parse_augment",
 ]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # ImageNet weights ship with pip: works offline
@@ -66,3 +69,20 @@ def one_of(parameter: str, value: object, allowed: tuple[str, ...]) -> None:
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise ConfigError(f"{parameter} must be one of {', '.join(allowed)}. Got {value!r}.{hint}",
                       parameter=parameter)
+
+
+def parse_augment(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"flip,rotate,crop"`` -> a validated tuple (``"none"`` or empty: no augmentation)."""
+    from graft.errors import ConfigError
+
+    if value is None:
+        return ()
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    parts = [p.strip().lower() for p in parts if p.strip() and p.strip().lower() != "none"]
+    unknown = [p for p in parts if p not in AUGMENTATIONS]
+    if unknown:
+        raise ConfigError(
+            f"Unknown augmentation(s) {unknown} in augment {value!r}. Expected a "
+            f"comma-separated list of {', '.join(AUGMENTATIONS)} (or 'none').", parameter="augment"
+        )
+    return tuple(dict.fromkeys(parts))

@@ -29,6 +29,7 @@ from graft.catalog import (
     PRECISIONS,
     STREAMING_HEADS,
     one_of,
+    parse_augment,
 )
 from graft.errors import ConfigError
 
@@ -155,8 +156,6 @@ class TrainConfig(ExtractConfig):
 
     def validate(self) -> tuple[str, ...]:  # type: ignore[override]
         """Check the options that can be checked before any work; return the augmentations."""
-        from graft.data.augment import parse_augment
-
         self._check(MODEL_PRECISIONS)
         one_of("head", self.head, tuple(HEAD_DESCRIPTIONS))
         augment = parse_augment(self.augment)
@@ -259,8 +258,6 @@ class FinetuneConfig:
     workers: int | None = None
 
     def validate(self) -> None:
-        from graft.data.augment import parse_augment
-
         for name in ("epochs", "fine_tune_epochs", "patience"):
             _at_least(self, name, 0)
         if self.epochs == 0 and self.fine_tune_epochs == 0:

@@ -5,31 +5,14 @@ safe in decode threads (no global RNG). Used by fine-tuning and by ``graft train
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from graft.catalog import AUGMENTATIONS
+from graft.catalog import AUGMENTATIONS, parse_augment
 from graft.data.preprocess import _INTERPOLATIONS, PreprocessConfig, resize_and_crop
-from graft.errors import ConfigError
 
 __all__ = ["AUGMENTATIONS", "augment_for_network", "parse_augment"]
-
-
-def parse_augment(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"flip,rotate,crop"`` -> a validated tuple (``"none"`` or empty: no augmentation)."""
-    if value is None:
-        return ()
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    parts = [p.strip().lower() for p in parts if p.strip() and p.strip().lower() != "none"]
-    unknown = [p for p in parts if p not in AUGMENTATIONS]
-    if unknown:
-        raise ConfigError(
-            f"Unknown augmentation(s) {unknown} in augment {value!r}. Expected a "
-            f"comma-separated list of {', '.join(AUGMENTATIONS)} (or 'none').", parameter="augment"
-        )
-    return tuple(dict.fromkeys(parts))
 
 
 def _random_resized_crop(image: Image.Image, config: PreprocessConfig,

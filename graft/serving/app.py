@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from graft import __version__
+from graft._version import __version__
 from graft.serving import routes
 from graft.serving.config import ServeConfig
 from graft.serving.errors import ServeError

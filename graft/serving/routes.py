@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from graft import __version__
+from graft._version import __version__
 from graft.serving import v2
 from graft.serving.errors import ServeError
 from graft.serving.inputs import native_images, off_loop, read_body
