@@ -52,13 +52,12 @@ def is_module(name: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
-def imports_of(path: Path) -> list[tuple[str, int]]:
-    """Every graft module ``path`` imports (and its line), at any depth, relative ones resolved:
-    ``from graft.x import y`` imports ``graft.x.y`` where that is a module, else ``graft.x``."""
-    module = module_name(path)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+def imports_in(source: str, module: str, package: str) -> list[tuple[str, int]]:
+    """Every graft module ``source`` (the text of ``module``, in ``package``) imports, and its
+    line, at any depth, relative imports resolved: ``from graft.x import y`` imports
+    ``graft.x.y`` where that is a module, else ``graft.x``."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(source, filename=module)):
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -69,6 +68,12 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
             found += [(f"{base}.{alias.name}" if is_module(f"{base}.{alias.name}") else base,
                        node.lineno) for alias in node.names]
     return [(name, line) for name, line in found if name.split(".")[0] == "graft"]
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    return imports_in(path.read_text(), module, package)
 
 
 MODULES = sorted(GRAFT.rglob("*.py"))
@@ -93,3 +98,17 @@ def test_every_module_is_checked():
     assert len(MODULES) > 50
     for path in MODULES:
         layer_of(module_name(path))
+
+
+def test_imports_inside_functions_and_relative_ones_are_seen():
+    source = (
+        "import os\n"
+        "import graft.inference.engine\n"
+        "def f():\n"
+        "    from . import store\n"
+        "    from ..data import images, SPLITS\n"
+        "    from graft import __version__\n"
+    )
+    assert imports_in(source, "graft.features.extract", "graft.features") == [
+        ("graft.inference.engine", 2), ("graft.features.store", 4), ("graft.data.images", 5),
+        ("graft.data", 5), ("graft", 6)]
