@@ -20,9 +20,9 @@ def graph_path() -> str:
     from graft.catalog import DEFAULT_BACKBONE
     from graft.workflows._common import build_backbones
 
-    _, engines, _ = build_backbones(DEFAULT_BACKBONE, layer=None, weights=None, pool="avg",
-                                    image_size=None, device="cpu", cache_dir=None)
-    return str(engines[0].path)
+    (built,) = build_backbones(DEFAULT_BACKBONE, layer=None, weights=None, pool="avg",
+                               image_size=None, device="cpu", cache_dir=None)
+    return str(built.engine.path)
 
 
 def session(path: str, threads: int, batch: int):

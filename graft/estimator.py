@@ -36,8 +36,8 @@ def _extractor(backbone: Any, layer: Any, weights: Any, pool: str, image_size: i
     """Backbones and engines, built once per process per setting (cross-validation refits)."""
     from graft.workflows._common import build_backbones
 
-    return build_backbones(backbone, layer=layer, weights=weights, pool=pool,
-                           image_size=image_size, device=device, cache_dir=cache_dir)
+    return tuple(build_backbones(backbone, layer=layer, weights=weights, pool=pool,
+                                 image_size=image_size, device=device, cache_dir=cache_dir))
 
 
 def _as_paths(X: Any, cache_dir: Any = None) -> list[Path | str]:
@@ -91,7 +91,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
     Attributes:
         classes_: The labels seen in ``fit``, sorted.
         head_: The fitted head (a scikit-learn estimator on features).
-        backbones_: Each backbone's config (as stored in a model directory).
+        backbones_: Each backbone's recipe (:class:`graft.bundle.BackboneRecipe`, as a model
+            directory stores it).
         n_features_in_: Length of the feature vector the head takes.
         fit_seconds_: How long fitting the head took (features excluded).
     """
@@ -129,7 +130,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         from graft.features import extract_dataset, fuse_features, open_cache
 
         paths = _as_paths(X, self.cache_dir)
-        _, engines, _ = self._engines()
+        engines = [built.engine for built in self._engines()]
         caches = [open_cache(engine, self.cache_dir) for engine in engines]
         dataset = ImageDataset(root=Path("."), classes=[], layout="paths", samples=[
             Sample(path=os.fspath(p), relpath=os.fspath(p), label="") for p in paths])
@@ -157,7 +158,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             create_head(self.head, random_state=self.random_state, y=y_index), features, y_index,
             name=self.head)
         self.n_features_in_ = features.shape[1]
-        self.backbones_ = [dict(config) for config in self._engines()[2]]
+        self.backbones_ = [built.recipe for built in self._engines()]
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -177,22 +178,33 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write a model directory that :func:`graft.load` and ``graft predict`` read."""
-        from graft.bundle import save_model
+        """Write a model directory that :func:`graft.load` and ``graft predict`` read.
+
+        The model is written beside ``directory`` and moved into place, so a failed save leaves
+        what was there; an existing model directory is replaced whole.
+
+        Raises:
+            ConfigError: ``directory`` exists, is not empty and is not a graft model directory.
+        """
+        from graft.bundle import HeadSpec, SplitSpec, TrainingSpec, save_model
+        from graft.bundle.model import staged_model_dir
         from graft.heads import describe_head, head_to_onnx
 
         check_is_fitted(self, "head_")
-        _, engines, configs = self._engines()
-        if not all(hasattr(engine, "path") for engine in engines):
+        built = self._engines()
+        if not all(hasattr(b.engine, "path") for b in built):
             raise DataError("save needs the ONNX engine: fit with device='cpu' or 'auto' on CPU.")
-        return save_model(
-            directory,
-            backbone_onnx=[engine.path for engine in engines],
-            head_onnx=head_to_onnx(self.head_, self.n_features_in_),
-            labels=[str(label) for label in self.classes_],
-            backbones=configs,
-            feature_keys=[engine.key for engine in engines],
-            head={"name": self.head, **describe_head(self.head_)},
-            metrics={"note": "saved by ImageClassifier.save: score it with graft evaluate"},
-            training={"source": "graft.ImageClassifier.fit", "split_source": "caller"},
-        )
+        with staged_model_dir(directory, param="directory") as staging:
+            save_model(
+                staging,
+                backbone_onnx=[b.engine.path for b in built],
+                head_onnx=head_to_onnx(self.head_, self.n_features_in_),
+                labels=[str(label) for label in self.classes_],
+                backbones=[b.recipe for b in built],
+                feature_keys=[b.engine.key for b in built],
+                head=HeadSpec.from_dict({"name": self.head, **describe_head(self.head_)}),
+                metrics={"note": "saved by ImageClassifier.save: score it with graft evaluate"},
+                training=TrainingSpec(source="graft.ImageClassifier.fit"),
+                split=SplitSpec(source="caller"),
+            )
+        return Path(directory)

@@ -72,7 +72,7 @@ def test_image_classifier_in_scikit_learn_model_selection(tmp_path):
     # Every image is in the cache now: a grid search over heads extracts nothing.
     from graft.features import open_cache
 
-    engine = clf._engines()[1][0]
+    engine = clf._engines()[0].engine
     cached = len(open_cache(engine, tmp_path / "cache"))
     search = GridSearchCV(clf, {"head": ["logreg", "knn"]}, cv=3).fit(paths, labels)
     assert search.best_params_["head"] in ("logreg", "knn")

@@ -199,9 +199,9 @@ def test_group_regex_keeps_groups_together(tmp_path, monkeypatch):
     assert {next(iter(found)) for found in splits.values()} == {"train", "val", "test"}
     test, _ = _test_split(data, config)  # the test split of `graft train --group-regex`
     assert result.metrics["n_test"] == len(test)
-    saved = json.loads((tmp_path / "ft" / "graft.json").read_text())["training"]
-    assert saved["split_params"]["group_regex"] == regex
-    assert sum(saved["counts"]["test"].values()) == len(test)
+    saved = json.loads((tmp_path / "ft" / "graft.json").read_text())
+    assert saved["split"]["group_regex"] == regex
+    assert sum(saved["training"]["counts"]["test"].values()) == len(test)
     # Without the regex, the same images do straddle: the test above is not vacuous.
     plain = assign_splits(scan_dataset(data), test_size=0.2, val_size=0.25, seed=0)
     by_group: dict[str, set[str]] = {}

@@ -292,10 +292,11 @@ def test_ray_devices_are_the_actors_not_the_drivers(tmp_path):
 
     common = {"layer": None, "weights": "random", "pool": "avg", "image_size": None,
               "cache_dir": tmp_path}
-    _, (auto,), _ = build_backbones("test_efficientnet", device="auto", engine="ray", **common)
-    assert hasattr(auto, "path")  # an exported ONNX graph
-    _, (cuda,), _ = build_backbones("test_efficientnet", device="cuda", engine="ray", **common)
-    assert cuda.target == "cuda" and next(cuda.model.parameters()).device.type == "cpu"
+    (auto,) = build_backbones("test_efficientnet", device="auto", engine="ray", **common)
+    assert hasattr(auto.engine, "path")  # an exported ONNX graph
+    (cuda,) = build_backbones("test_efficientnet", device="cuda", engine="ray", **common)
+    assert cuda.engine.target == "cuda"
+    assert next(cuda.engine.model.parameters()).device.type == "cpu"
 
 
 def test_predict_and_evaluate_on_ray_equal_local(cluster, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@
     MODEL_DIR/
       graft.json     everything to rebuild and describe the model (backbones, cuts, weights
                      hashes, preprocessing, labels in order, head and hyper-parameters,
-                     versions, data)
+                     versions, data): graft.bundle.config.ModelConfig
       metrics.json   held-out scores
       backbone.onnx  uint8 NHWC images -> features (normalization inside the graph); fused
                      backbones have one graph each, backbone-0-NAME.onnx, backbone-1-NAME.onnx...
@@ -20,6 +20,7 @@ plain ONNX: predicting needs only onnxruntime, and no file in the directory can 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -35,8 +36,17 @@ from typing import Any
 
 import numpy as np
 
+from graft.bundle.config import (
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    BackboneRecipe,
+    FileSpec,
+    HeadSpec,
+    ModelConfig,
+    SplitSpec,
+    TrainingSpec,
+)
 from graft.bundle.fusion import FUSION
-from graft.data.preprocess import PreprocessConfig
 from graft.errors import ConfigError, ModelError
 
 __all__ = [
@@ -44,6 +54,7 @@ __all__ = [
     "CONFIG_FILE",
     "METRICS_FILE",
     "MODEL_FORMAT",
+    "MODEL_FORMAT_VERSION",
     "check_replaceable",
     "file_sha256",
     "library_versions",
@@ -53,8 +64,6 @@ __all__ = [
     "write_metrics",
 ]
 
-MODEL_FORMAT = "graft-model"
-MODEL_FORMAT_VERSION = 1
 CONFIG_FILE = "graft.json"
 METRICS_FILE = "metrics.json"
 BACKBONE_FILE = "backbone.onnx"
@@ -100,32 +109,36 @@ CHECKPOINT_FILE = "checkpoint.pt"  # graft finetune's resume state, deleted when
 _REPLACEABLE_MARKERS = (CONFIG_FILE, CHECKPOINT_FILE)
 
 
-def check_replaceable(out: str | os.PathLike) -> None:
+def check_replaceable(out: str | os.PathLike, param: str = "--out") -> None:
     """Refuse to overwrite a directory that is not a graft model (it is replaced whole).
+
+    Args:
+        param: How messages name ``out`` (the CLI's ``--out``, or a function's parameter).
 
     Raises:
         ConfigError: ``out`` exists, is not empty, and holds no model or resume state.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for the model.")
+        raise ConfigError(f"{param} {out} is a file; give a folder for the model.")
     if out.is_dir() and any(out.iterdir()) and not any(
             (out / marker).is_file() for marker in _REPLACEABLE_MARKERS):
         raise ConfigError(
-            f"--out {out} already exists and is not a graft model directory; a model directory "
-            f"is replaced whole, so graft will not write there. Choose a new folder."
+            f"{param} {out} already exists and is not a graft model directory; a model "
+            f"directory is replaced whole, so graft will not write there. Choose a new folder."
         )
 
 
 @contextlib.contextmanager
-def staged_model_dir(out: str | os.PathLike) -> Iterator[Path]:
+def staged_model_dir(out: str | os.PathLike, param: str = "--out") -> Iterator[Path]:
     """A temporary directory beside ``out`` that replaces ``out`` only if the block succeeds.
 
     A run that fails or is interrupted leaves the previous model (if any) untouched and no
-    half-written directory behind. ``out`` must pass :func:`check_replaceable`.
+    half-written directory behind. ``out`` must pass :func:`check_replaceable` (``param`` names
+    it in the message).
     """
     out = Path(out)
-    check_replaceable(out)
+    check_replaceable(out, param)
     out.parent.mkdir(parents=True, exist_ok=True)
     # os.mkdir honours the umask (tempfile.mkdtemp would make the model private, mode 0700).
     staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:12]}"
@@ -155,19 +168,25 @@ def save_model(
     backbone_onnx: list[str | os.PathLike],
     head_onnx: Any,
     labels: list[str],
-    backbones: list[dict[str, Any]],
+    backbones: list[BackboneRecipe],
     feature_keys: list[str],
-    head: dict[str, Any],
+    head: HeadSpec,
     metrics: dict[str, Any],
-    training: dict[str, Any],
+    training: TrainingSpec,
+    split: SplitSpec,
     train_fingerprints: np.ndarray | None = None,
 ) -> Path:
     """Write a complete model directory (config last, so a partial directory never looks valid).
 
     Args:
+        model_dir: A new directory, or the staging one of :func:`staged_model_dir` (replacing a
+            model goes through it, so a failed save never leaves half of one).
         head_onnx: The head graph (an ``onnx.ModelProto``): features -> ``probabilities``.
         train_fingerprints: Content fingerprints of the images the model was fitted on
-            (:mod:`graft.data.fingerprint`), kept so evaluation can detect overlap.
+            (:mod:`graft.data.contents`), kept so evaluation can detect overlap.
+
+    Raises:
+        ConfigError: ``model_dir`` holds a model already.
     """
     import onnx
 
@@ -175,51 +194,40 @@ def save_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     config_path = model_dir / CONFIG_FILE
     if config_path.exists():
-        config_path.unlink()
-    for stale in model_dir.glob("backbone*.onnx"):
-        stale.unlink()
+        raise ConfigError(f"save_model: model_dir {model_dir} holds a model already; replace "
+                          f"one through staged_model_dir.")
     entries = []
     for index, (source, backbone, key) in enumerate(zip(backbone_onnx, backbones, feature_keys)):
-        name = BACKBONE_FILE if len(backbones) == 1 else f"backbone-{index}-{backbone['name']}.onnx"
+        name = BACKBONE_FILE if len(backbones) == 1 else f"backbone-{index}-{backbone.name}.onnx"
         shutil.copyfile(source, model_dir / name)
-        entries.append({**backbone, "feature_key": key,
-                        "file": {"path": name, "sha256": file_sha256(model_dir / name)}})
+        entries.append(dataclasses.replace(
+            backbone, feature_key=key, file=FileSpec(name, file_sha256(model_dir / name))))
     onnx.save_model(head_onnx, model_dir / HEAD_FILE)
     write_metrics(model_dir, metrics)
-    files = {"head": {"path": HEAD_FILE, "sha256": file_sha256(model_dir / HEAD_FILE)}}
+    fingerprints = None
     if train_fingerprints is not None:
-        from graft.data.fingerprint import write_fingerprints
+        from graft.data.contents import write_content_hashes
 
-        path = write_fingerprints(model_dir / FINGERPRINTS_FILE, train_fingerprints)
-        files["train_fingerprints"] = {
-            "path": FINGERPRINTS_FILE, "sha256": file_sha256(path),
-            "format": "sorted little-endian uint64: the first 8 bytes of each training image's "
-                      "SHA-256",
-        }
-    config = {
-        "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "task": "image-classification",
-        "labels": list(labels),
-        "backbones": entries,
-        "fusion": FUSION if len(entries) > 1 else "none",
-        "head": head,
-        "inputs": {
-            "images": "uint8 (N, H, W, 3) RGB per backbone, resized and cropped as its "
-                      "'preprocess' says; each backbone graph normalizes; the head takes the "
-                      "backbones' features concatenated in order",
-        },
-        "files": files,
-        "training": training,
-        "versions": library_versions(),
-    }
-    _write_json(config_path, config)
+        path = write_content_hashes(model_dir / FINGERPRINTS_FILE, train_fingerprints)
+        fingerprints = FileSpec(
+            FINGERPRINTS_FILE, file_sha256(path),
+            format="sorted little-endian uint64: the first 8 bytes of each training image's "
+                   "SHA-256")
+    config = ModelConfig(
+        labels=list(labels), backbones=entries, head=head,
+        head_file=FileSpec(HEAD_FILE, file_sha256(model_dir / HEAD_FILE)),
+        fingerprints_file=fingerprints, split=split, training=training,
+        fusion=FUSION if len(entries) > 1 else "none",
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        versions=library_versions(),
+    )
+    _write_json(config_path, config.to_dict())
     return model_dir
 
 
-def load_model_config(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
-    """Read and check ``graft.json``; with ``verify``, check the ONNX files' SHA-256 too.
+def load_model_config(model_dir: str | os.PathLike, verify: bool = True) -> ModelConfig:
+    """Read and check ``graft.json`` (any format up to the current one); with ``verify``, check
+    the files' SHA-256 too.
 
     Raises:
         ModelError: For a missing, partial, tampered or incompatible model directory.
@@ -235,23 +243,14 @@ def load_model_config(model_dir: str | os.PathLike, verify: bool = True) -> dict
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot read {config_path}: {exc}") from exc
-    if config.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{config_path} is not a graft model config (format {config.get('format')!r}).")
-    if int(config.get("format_version", 0)) > MODEL_FORMAT_VERSION:
-        raise ModelError(
-            f"{model_dir} was saved by a newer graft (format {config['format_version']}); "
-            f"upgrade graft to load it."
-        )
-    entries = [*config["files"].values(), *(b["file"] for b in config["backbones"])]
-    for entry in entries:
-        path = model_dir / entry["path"]
+    config = ModelConfig.from_dict(config, where=str(config_path))
+    for entry in config.files:
+        path = model_dir / entry.path
         if not path.is_file():
-            raise ModelError(f"{model_dir} is incomplete: {entry['path']} is missing.")
-        if verify and file_sha256(path) != entry["sha256"]:
+            raise ModelError(f"{model_dir} is incomplete: {entry.path} is missing.")
+        if verify and file_sha256(path) != entry.sha256:
             raise ModelError(
                 f"{path} does not match the SHA-256 recorded in {CONFIG_FILE}: the file was changed "
                 f"or corrupted. Re-train or re-copy the model directory."
             )
-    for backbone in config["backbones"]:
-        PreprocessConfig.from_dict(backbone["preprocess"])  # validates
     return config

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from graft import inference
 from graft.backbones import create_backbone, state_dict_sha256
-from graft.bundle import save_model
+from graft.bundle import BackboneRecipe, HeadSpec, SplitSpec, TrainingSpec, save_model
 from graft.bundle.model import (
     CHECKPOINT_FILE,
     check_replaceable,
@@ -36,7 +36,7 @@ from graft.data import (
 )
 from graft.config import FinetuneConfig
 from graft.data.augment import parse_augment
-from graft.data.fingerprint import content_fingerprints
+from graft.data.contents import content_hashes
 from graft.data.images import decode_image
 from graft.data.preprocess import PreprocessConfig
 from graft.data.storage import is_uri
@@ -503,17 +503,15 @@ def _save(model: FinetuneModel, backbone, source: str, config: FinetuneConfig,
             backbone_onnx=[onnx_path],
             head_onnx=module_to_onnx(head, backbone.num_features),
             labels=dataset.classes,
-            backbones=[backbone_config],
+            backbones=[BackboneRecipe.from_dict(backbone_config)],
             feature_keys=[backbone_key(backbone_config)],
-            head={"name": "finetune", "class": "Linear", "params": dataclasses.asdict(config)},
+            head=HeadSpec("finetune", class_name="Linear", params=dataclasses.asdict(config)),
             metrics=info,
-            training={
-                "source": data if is_uri(data) else str(Path(data).expanduser().resolve()),
-                "data": str(dataset.root), "split_source": dataset.split_source,
-                "split_params": dataset.split_params, "counts": counts,
-                "n_skipped": len(info["skipped"]),
-            },
-            train_fingerprints=content_fingerprints(seen, workers=threads),
+            training=TrainingSpec(
+                source=data if is_uri(data) else str(Path(data).expanduser().resolve()),
+                data=str(dataset.root), counts=counts, n_skipped=len(info["skipped"])),
+            split=SplitSpec.from_params(dataset.split_source, dataset.split_params),
+            train_fingerprints=content_hashes(seen, workers=threads),
         )
     finally:
         onnx_path.unlink(missing_ok=True)

@@ -19,7 +19,6 @@ import numpy as np
 from graft.bundle.fusion import fuse_features
 from graft.bundle.model import load_model_config
 from graft.data.images import ImageSource, describe_source
-from graft.data.preprocess import PreprocessConfig
 from graft.errors import ConfigError, ImageError
 from graft.inference.batches import iter_decoded_batches
 from graft.inference.engine import OnnxEngine, create_session
@@ -90,7 +89,7 @@ class Predictor:
 
     Attributes:
         labels: Class names, in probability-column order.
-        config: The model's ``graft.json``.
+        config: The model's ``graft.json`` (:class:`graft.bundle.ModelConfig`).
         engines: One backbone engine per (fused) backbone.
         preprocess_configs: How an image becomes each backbone's input.
     """
@@ -102,29 +101,29 @@ class Predictor:
                               parameter="batch_size")
         self.model_dir = Path(model_dir)
         self.config = load_model_config(self.model_dir, verify=verify)
-        self.labels: list[str] = list(self.config["labels"])
+        self.labels: list[str] = list(self.config.labels)
         self.threads = plan_threads(threads)
         self.batch_size = int(batch_size)
         self.engines = [
             OnnxEngine(
-                self.model_dir / backbone["file"]["path"],
-                key=backbone["feature_key"],
-                preprocess=PreprocessConfig.from_dict(backbone["preprocess"]),
-                num_features=int(backbone["num_features"]),
+                self.model_dir / backbone.file.path,
+                key=backbone.feature_key,
+                preprocess=backbone.preprocess,
+                num_features=backbone.num_features,
                 threads=self.threads.onnx,
             )
-            for backbone in self.config["backbones"]
+            for backbone in self.config.backbones
         ]
         self.preprocess_configs = [engine.preprocess for engine in self.engines]
-        self.head = create_session(self.model_dir / self.config["files"]["head"]["path"],
+        self.head = create_session(self.model_dir / self.config.head_file.path,
                                    threads=self.threads.onnx)
         for engine in self.engines:
             engine.session  # noqa: B018 - load every graph now, not on the first request
 
     def __repr__(self) -> str:
-        names = "+".join(b["name"] for b in self.config["backbones"])
-        return (f"Predictor({os.fspath(self.model_dir)!r}, backbone={names!r}, "
-                f"head={self.config['head']['name']!r}, classes={len(self.labels)})")
+        return (f"Predictor({os.fspath(self.model_dir)!r}, "
+                f"backbone={self.config.backbone_names!r}, head={self.config.head.name!r}, "
+                f"classes={len(self.labels)})")
 
     def close(self) -> None:
         """Stop the backbone engines' worker threads (a later call starts them again)."""

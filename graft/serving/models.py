@@ -220,9 +220,9 @@ class ServedModel:
         info: dict[str, Any] = {
             "name": self.name,
             "labels": self.labels,
-            "backbone": " + ".join(b["name"] for b in config["backbones"]),
-            "head": config["head"]["name"],
-            "precision": config["backbones"][0].get("precision", "fp32"),
+            "backbone": " + ".join(b.name for b in config.backbones),
+            "head": config.head.name,
+            "precision": config.backbones[0].precision,
             "input_size": list(self.predictor.preprocess_configs[0].input_size),
         }
         metrics_file = self.directory / "metrics.json"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graft.bundle.config import BackboneRecipe
 from graft.data.dataset import DatasetStream
-from graft.errors import ConfigError
+from graft.errors import ConfigError, GraftError
 
 Log = Callable[[str], None]
 
@@ -31,6 +34,21 @@ def record_weights(config: dict[str, Any], weights: str | None) -> dict[str, Any
     return config
 
 
+@dataclass(frozen=True)
+class BuiltBackbone:
+    """One backbone ready to extract with, and its recipe as artifacts store it.
+
+    Attributes:
+        net: The torch backbone (:class:`graft.backbones.Backbone`), or None when the engine
+            runs a cached ONNX graph and torch was never imported.
+        engine: Its feature engine (ONNX Runtime, torch, or quantized).
+    """
+
+    net: Any
+    engine: Any
+    recipe: BackboneRecipe
+
+
 def _cpu_only(device: str) -> bool:
     """Known without importing torch: ``cpu``, or ``auto`` on a machine with no NVIDIA device."""
     return device == "cpu" or (device == "auto" and not glob.glob("/dev/nvidia[0-9]*"))
@@ -47,15 +65,15 @@ def build_backbones(
     cache_dir: str | os.PathLike | None,
     threads: int | None = None,
     engine: str = "local",
-) -> tuple[list[Any], list[Any], list[dict[str, Any]]]:
-    """The backbones (one, or several fused), their feature engines and their configs.
+) -> list[BuiltBackbone]:
+    """The backbones (one, or several fused), each with its feature engine and recipe.
 
     With ``engine="ray"`` the device is the Ray actors': ``cuda`` builds torch engines kept on
     this process's CPU (it needs no GPU) that the actors move to theirs; ``auto`` runs the
     exported ONNX graphs on the actors' CPUs.
 
     When the same request was built before and its ONNX graph is cached, the engines come from
-    that record and torch is never imported (the backbones are then ``None``): see
+    that record and torch is never imported (the nets are then ``None``): see
     :mod:`graft.features.known`.
     """
     from graft.catalog import DEFAULT_BACKBONE
@@ -74,8 +92,11 @@ def build_backbones(
     if _cpu_only(device):
         known = find_known_engines(backbone, threads=threads, **request)
         if known is not None:
-            engines, configs = known
-            return [None] * len(engines), engines, configs
+            try:
+                return [BuiltBackbone(None, engine, BackboneRecipe.from_dict(config))
+                        for engine, config in zip(*known)]
+            except GraftError:
+                pass  # a record this graft cannot read: build the backbone again
 
     from graft.backbones import create_backbones, parse_backbone_names, per_backbone
     from graft.features import create_engine
@@ -88,14 +109,15 @@ def build_backbones(
                              target=target) for net in nets]
     configs = [record_weights(net.config(), w) for net, w in zip(nets, weights_list)]
     record_known_engines(backbone, engines=engines, configs=configs, **request)
-    return nets, engines, configs
+    return [BuiltBackbone(net, engine, BackboneRecipe.from_dict(config))
+            for net, engine, config in zip(nets, engines, configs)]
 
 
-def set_precision(engines: list[Any], configs: list[dict[str, Any]], precision: str,
+def set_precision(built: list[BuiltBackbone], precision: str,
                   train_paths: Sequence[Any] | DatasetStream, *,
                   cache_dir: str | os.PathLike | None,
-                  log: Log = silent) -> tuple[list[Any], list[dict[str, Any]]]:
-    """The engines and configs for ``--precision``: unchanged for fp32; for int8, each backbone
+                  log: Log = silent) -> list[BuiltBackbone]:
+    """The backbones for ``--precision``: unchanged for fp32; for int8, each backbone
     quantized, calibrated on up to 200 of ``train_paths`` (of a :class:`DatasetStream`'s train
     split, listed for int8 only); for fp16/bf16 (``graft extract`` on CUDA), the torch engines
     autocast, their features cached apart from fp32 ones."""
@@ -111,17 +133,19 @@ def set_precision(engines: list[Any], configs: list[dict[str, Any]], precision: 
         raise ConfigError(f"--precision must be one of {', '.join(EXTRACT_PRECISIONS)}. "
                           f"Got {precision!r}.")
     if precision == "fp32":
-        return engines, configs
+        return built
     if precision in AUTOCAST:
-        for engine in engines:
-            if not hasattr(engine, "set_precision"):
+        for b in built:
+            if not hasattr(b.engine, "set_precision"):
                 raise ConfigError(f"--precision {precision} is mixed precision on a GPU: use it "
                                   f"with --device cuda (on a CPU: fp32, or int8).")
-            engine.set_precision(precision)
-        return engines, [{**config, "precision": precision} for config in configs]
+            b.engine.set_precision(precision)
+        return [dataclasses.replace(b, recipe=dataclasses.replace(b.recipe, precision=precision))
+                for b in built]
     images = (train_paths.spread("train", CALIBRATION_IMAGES)
               if isinstance(train_paths, DatasetStream) else calibration_images(train_paths))
     identity = calibration_identity(images)  # read the images once, however many backbones
-    engines = [quantize_engine(engine, images, identity=identity, cache_dir=cache_dir, log=log)
-               for engine in engines]
-    return engines, [{**config, "precision": precision} for config in configs]
+    return [dataclasses.replace(
+        b, engine=quantize_engine(b.engine, images, identity=identity, cache_dir=cache_dir,
+                                  log=log),
+        recipe=dataclasses.replace(b.recipe, precision=precision)) for b in built]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from graft.bundle.config import ModelConfig, TrainingSpec
 from graft.data import assign_splits, scan_dataset
 from graft.data.dataset import DatasetStream, folder_layout, local_folder, stream_dataset
 from graft.data.fingerprint import content_fingerprints, read_fingerprints
@@ -92,7 +93,7 @@ def _features(dataset: DatasetStream, predictor: Predictor, config: EvaluateConf
     """The features of the images to score; they stay in the cache, for the head to read a
     chunk at a time."""
     features, extraction = extract_feature_set(
-        dataset, predictor.engines, predictor.config["backbones"],
+        dataset, predictor.engines, [b.to_dict() for b in predictor.config.backbones],
         cache_dir=config.cache_dir, batch_size=config.batch_size,
         workers=predictor.threads.decode, progress=progress, min_per_class=0,
         engine=config.engine, address=config.address, out_of_core=True,
@@ -123,15 +124,15 @@ def _metrics(predictor: Predictor, dataset: DatasetStream, features: Any,
     return metrics
 
 
-def _same_data(data: Path | str, training: dict[str, Any], root: Path | str) -> bool:
+def _same_data(data: Path | str, training: TrainingSpec, root: Path | str) -> bool:
     """Is ``data`` what the model was trained on (the same folder, CSV or URI)?"""
-    source = training.get("source")
+    source = training.source
     if source and (is_uri(source) or Path(source).suffix.lower() not in (".h5", ".hdf5")):
         if is_uri(data) or is_uri(source):
             return str(data).rstrip("/") == str(source).rstrip("/")
         return data.expanduser().resolve() == Path(source)
     # Trained from a feature file (or an older model): its images' folder or URI.
-    recorded = training.get("data")
+    recorded = training.data
     if not recorded:
         return False
     if is_uri(recorded) or is_uri(root):
@@ -139,7 +140,7 @@ def _same_data(data: Path | str, training: dict[str, Any], root: Path | str) -> 
     return Path(recorded) == root
 
 
-def _choose_split(data: str | os.PathLike, config: dict[str, Any], split: str | None, *,
+def _choose_split(data: str | os.PathLike, config: ModelConfig, split: str | None, *,
                   cache_dir: str | os.PathLike | None, progress: bool
                   ) -> tuple[DatasetStream, str, str]:
     """The images to score: a folder is listed as it is read (again for each step), a CSV or
@@ -160,8 +161,7 @@ def _choose_split(data: str | os.PathLike, config: dict[str, Any], split: str | 
         root, presplit = held.root, held.split_source == "folders"
     else:
         root, presplit = folder, folder_layout(folder) == "presplit"
-    training = config.get("training", {})
-    same = _same_data(where_from, training, root)
+    same = _same_data(where_from, config.training, root)
     if split is None:
         split = "test" if same or presplit else "all"
     if split == "all":
@@ -173,7 +173,7 @@ def _choose_split(data: str | os.PathLike, config: dict[str, Any], split: str | 
                      "held-out ones")
         return dataset, split, note + "."
     if same:
-        dataset = listing(dict(training.get("split_params") or {}))
+        dataset = listing(config.split.params)
         where = ("the model's held-out split of its training data, recomputed from the split "
                  "parameters in graft.json")
     elif presplit:
@@ -208,10 +208,10 @@ def _check_classes(dataset: DatasetStream, predictor: Predictor, data: Any) -> N
 def _overlap(predictor: Predictor, root: Path | str, relpaths: list[str],
              workers: int) -> int | None:
     """How many scored images the model was trained on, by file content (None: not recorded)."""
-    entry = predictor.config.get("files", {}).get("train_fingerprints")
+    entry = predictor.config.fingerprints_file
     if entry is None:
         return None
-    seen = read_fingerprints(predictor.model_dir / entry["path"])
+    seen = read_fingerprints(predictor.model_dir / entry.path)
     scored = content_fingerprints((join(root, p) for p in relpaths), workers=workers)
     return int(np.count_nonzero(np.isin(scored, seen)))
 
@@ -222,15 +222,15 @@ def _write_report(directory: str | os.PathLike, predictor: Predictor, dataset: D
     from graft.bundle.model import write_metrics
     from graft.evaluation import ReportInputs, write_report
 
-    backbones = predictor.config["backbones"]
+    backbones = predictor.config.backbones
     write_report(directory, ReportInputs(
         title=f"{Path(model_dir).name} on {basename(dataset.root)}", metrics=metrics,
         labels=predictor.labels, y_true=features.labels, probabilities=probabilities,
         test_paths=[join(dataset.root, p) for p in features.paths],
         config={"model": str(model_dir), "data": str(dataset.root),
                 "split": metrics["split"],
-                "backbone": " + ".join(f"{b['name']} ({b['layer']})" for b in backbones),
-                "head": predictor.config["head"]["name"]},
+                "backbone": " + ".join(f"{b.name} ({b.layer})" for b in backbones),
+                "head": predictor.config.head.name},
         counts=features.counts(),
     ))
     write_metrics(directory, metrics)

@@ -43,12 +43,12 @@ def extract(
     check_local(out, "the feature file")
     dataset = stream_dataset(data, **config.split_params, cache_dir=cache_dir, progress=progress)
     plan = plan_threads(config.threads)
-    _, engines, configs = build_backbones(
-        config.backbone, layer=config.layer, weights=config.weights, pool=config.pool,
-        image_size=config.image_size, device=config.device, cache_dir=cache_dir,
-        threads=plan.onnx, engine=config.engine)
-    engines, configs = set_precision(engines, configs, config.precision, dataset,
-                                      cache_dir=cache_dir)
+    built = build_backbones(config.backbone, layer=config.layer, weights=config.weights,
+                            pool=config.pool, image_size=config.image_size,
+                            device=config.device, cache_dir=cache_dir, threads=plan.onnx,
+                            engine=config.engine)
+    built = set_precision(built, config.precision, dataset, cache_dir=cache_dir)
+    engines, configs = [b.engine for b in built], [b.recipe.to_dict() for b in built]
     return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,
                            batch_size=config.batch_size, workers=plan.decode,
                            progress=progress, engine=config.engine, address=config.address)

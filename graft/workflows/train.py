@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from graft.bundle.config import BackboneRecipe, HeadSpec, SplitSpec, TrainingSpec
 from graft.bundle.model import check_replaceable, staged_model_dir, write_metrics
 from graft.catalog import STREAMING_HEADS
 from graft.config import TrainConfig
@@ -35,6 +36,7 @@ from graft.inference.predictor import Predictor, load
 from graft.system import ThreadPlan, available_memory, plan_threads
 from graft.workflows._common import (
     Log,
+    BuiltBackbone,
     build_backbones,
     record_weights,
     set_precision,
@@ -70,10 +72,8 @@ class _Run:
     progress: bool
     log: Log
     augment: tuple[str, ...] = ()
-    nets: list[Any] = field(default_factory=list)
-    engines: list[Any] = field(default_factory=list)
-    backbones: list[dict[str, Any]] = field(default_factory=list)
-    dataset: Any = None
+    backbones: list[BuiltBackbone] = field(default_factory=list)
+    dataset: DatasetStream | None = None  # None when training from a feature file
     features: FeatureSet | None = None
     extraction: ExtractionReport | None = None
     n_original: int = 0
@@ -86,6 +86,15 @@ class _Run:
     @property
     def n_classes(self) -> int:
         return len(self.features.label_names)
+
+    @property
+    def engines(self) -> list[Any]:
+        return [backbone.engine for backbone in self.backbones]
+
+    @property
+    def recipes(self) -> list[dict[str, Any]]:
+        """Each backbone's recipe, as feature files store it."""
+        return [backbone.recipe.to_dict() for backbone in self.backbones]
 
 
 def train(
@@ -182,7 +191,7 @@ def _load_features(run: _Run) -> None:
             raise ConfigError(
                 f"{run.data} holds {'/'.join(sorted(stored))} features; train from it with "
                 f"--precision {'/'.join(sorted(stored))}, or extract it again.")
-        run.nets, run.engines, run.backbones = _rebuild(run, features.backbones, plan.onnx)
+        run.backbones = _rebuild(run, features.backbones, plan.onnx)
         calibration_split = np.array(features.split, copy=True)  # the split extract used
         run.features = _resplit(features, cfg)
         root = features.root or "."
@@ -201,14 +210,14 @@ def _load_features(run: _Run) -> None:
     if run.dataset.split_source == "folders":
         run.log("Using the data's own split folders (with only train/val, val is the test); "
                 "--test-size does not apply.")
-    run.nets, run.engines, run.backbones = build_backbones(
+    run.backbones = build_backbones(
         cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
         threads=plan.onnx, engine=cfg.engine)
     _set_precision(run, run.dataset)
     run.out_of_core = _out_of_core(run)
     run.features, run.extraction = extract_feature_set(
-        run.dataset, run.engines, run.backbones, cache_dir=cfg.cache_dir,
+        run.dataset, run.engines, run.recipes, cache_dir=cfg.cache_dir,
         batch_size=cfg.batch_size, workers=plan.decode, progress=run.progress,
         engine=cfg.engine, address=cfg.address, out_of_core=run.out_of_core)
     run.log(run.extraction.summary())
@@ -237,37 +246,36 @@ def _out_of_core(run: _Run) -> bool:
 
 def _set_precision(run: _Run, train_paths: list | DatasetStream) -> None:
     """``--precision int8``: each backbone's graph quantized, calibrated on training images."""
-    run.engines, run.backbones = set_precision(run.engines, run.backbones, run.config.precision,
-                                               train_paths, cache_dir=run.config.cache_dir,
-                                               log=run.log)
+    run.backbones = set_precision(run.backbones, run.config.precision, train_paths,
+                                  cache_dir=run.config.cache_dir, log=run.log)
 
 
-def _rebuild(run: _Run, stored: list[dict[str, Any]], threads: int):
+def _rebuild(run: _Run, stored: list[dict[str, Any]], threads: int) -> list[BuiltBackbone]:
     """The backbones a feature file was extracted with, checked against their weights hashes."""
     from graft.backbones import create_backbone, per_backbone
     from graft.features import create_engine
 
     cfg = run.config
-    overrides = per_backbone("weights", cfg.weights, [c["name"] for c in stored],
+    recipes = [BackboneRecipe.from_dict(config) for config in stored]
+    overrides = per_backbone("weights", cfg.weights, [r.name for r in recipes],
                              broadcast=("random",))
-    nets, engines, configs = [], [], []
-    for config, override in zip(stored, overrides):
-        chosen = override if override is not None else config.get("weights")
-        net = create_backbone(
-            config["name"], layer=config["layer"], pool=config.get("pool", "avg"), weights=chosen,
-            image_size=config["preprocess"]["input_size"][1], cache_dir=cfg.cache_dir,
-        )
-        if net.weights_sha256 != config["weights_sha256"]:
+    built = []
+    for recipe, override in zip(recipes, overrides):
+        chosen = override if override is not None else recipe.weights
+        net = create_backbone(recipe.name, layer=recipe.layer, pool=recipe.pool, weights=chosen,
+                              image_size=recipe.preprocess.size[0], cache_dir=cfg.cache_dir)
+        if net.weights_sha256 != recipe.weights_sha256:
             raise DataError(
-                f"{run.data} was extracted with other weights for {config['name']} (sha256 "
-                f"{config['weights_sha256'][:12]}..., now {net.weights_sha256[:12]}...). "
+                f"{run.data} was extracted with other weights for {recipe.name} (sha256 "
+                f"{str(recipe.weights_sha256)[:12]}..., now {net.weights_sha256[:12]}...). "
                 f"Pass the same --weights as for 'graft extract'."
             )
-        nets.append(net)
-        engines.append(create_engine(net, device="cpu", cache_dir=cfg.cache_dir, threads=threads))
-        configs.append(record_weights(net.config(), chosen) if override is not None
-                       else {k: v for k, v in config.items() if k != "precision"})
-    return nets, engines, configs
+        engine = create_engine(net, device="cpu", cache_dir=cfg.cache_dir, threads=threads)
+        # the fp32 recipe: _set_precision quantizes again as --precision says
+        recipe = (BackboneRecipe.from_dict(record_weights(net.config(), chosen))
+                  if override is not None else dataclasses.replace(recipe, precision="fp32"))
+        built.append(BuiltBackbone(net, engine, recipe))
+    return built
 
 
 def _resplit(features: FeatureSet, cfg: TrainConfig) -> FeatureSet:
@@ -385,29 +393,27 @@ def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
     if head_scores:
         head_info["auto"] = head_scores
     exported = []  # each backbone's ONNX graph: the cached export, or one made now (torch engine)
-    for index, (net, engine) in enumerate(zip(run.nets, run.engines)):
-        if isinstance(engine, OnnxEngine):
-            exported.append(engine.path)
+    for index, backbone in enumerate(run.backbones):
+        if isinstance(backbone.engine, OnnxEngine):
+            exported.append(backbone.engine.path)
         else:
-            exported.append(export_backbone_onnx(net, directory / f".export-{index}.onnx"))
+            exported.append(export_backbone_onnx(backbone.net,
+                                                 directory / f".export-{index}.onnx"))
     features = run.features
     save_model(
         directory,
         backbone_onnx=exported,
         head_onnx=head_to_onnx(estimator, n_features),
         labels=features.label_names,
-        backbones=run.backbones,
+        backbones=[backbone.recipe for backbone in run.backbones],
         feature_keys=[engine.key for engine in run.engines],
-        head=head_info,
+        head=HeadSpec.from_dict(head_info),
         metrics={},
-        training={
-            "source": str(run.data if is_uri(run.data) else run.data.resolve()),
-            "data": str(features.root or run.data),
-            "split_source": features.split_source,
-            "split_params": run.config.split_params,
-            "counts": features.counts(),
-            "n_skipped": len(features.skipped),
-        },
+        training=TrainingSpec(
+            source=str(run.data if is_uri(run.data) else run.data.resolve()),
+            data=str(features.root or run.data), counts=features.counts(),
+            n_skipped=len(features.skipped)),
+        split=SplitSpec.from_params(features.split_source, run.config.split_params),
         train_fingerprints=_training_fingerprints(run),
     )
     for path in exported:
@@ -496,13 +502,12 @@ def _write_report(run: _Run, reports: ReportWriter, directory: Path, metrics: di
     features, cfg = run.features, run.config
     root = features.root or "."
     paths = np.array([join(root, p) for p in features.paths], dtype=object)
+    recipes = [backbone.recipe for backbone in run.backbones]
     config = {
         "data": str(features.root or run.data),
-        "backbone": " + ".join(f"{c['name']} ({c['layer']}, {c['num_features']}-d)"
-                               for c in run.backbones),
-        "weights": ", ".join(c["weights_source"] for c in run.backbones),
-        "input": ", ".join("x".join(map(str, c["preprocess"]["input_size"][1:]))
-                           for c in run.backbones),
+        "backbone": " + ".join(f"{r.name} ({r.layer}, {r.num_features}-d)" for r in recipes),
+        "weights": ", ".join(str(r.weights_source) for r in recipes),
+        "input": ", ".join("x".join(map(str, r.preprocess.size)) for r in recipes),
         "head": head_info["name"],
         **{f"head {k}": v for k, v in head_info.get("best_params", {}).items()},
         "head fit": f"{head_info['fit_seconds']:.2f} s",
@@ -514,7 +519,7 @@ def _write_report(run: _Run, reports: ReportWriter, directory: Path, metrics: di
     _, y_test = features.subset("test")
     reports.write(directory, ReportInputs(
         title=f"{run.out.name}: {head_info['name']} on "
-              f"{'+'.join(c['name'] for c in run.backbones)}",
+              f"{'+'.join(r.name for r in recipes)}",
         metrics=metrics, labels=features.label_names, y_true=y_test,
         probabilities=probabilities, test_paths=paths[features.split == "test"], config=config,
         counts=features.counts(), train_paths=paths[features.split == "train"],
