@@ -83,6 +83,7 @@ def evaluate(
     if config.report is not None:
         _write_report(config.report, predictor, dataset, features, probabilities, metrics,
                       model_dir)
+    predictor.close()  # scored: its ONNX Runtime worker threads are done
     return EvaluateResult(metrics=metrics,
                           report=format_report(features.labels, probabilities, predictor.labels),
                           extraction=extraction, split=split, note=note)

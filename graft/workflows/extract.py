@@ -49,6 +49,11 @@ def extract(
                             engine=config.engine)
     built = set_precision(built, config.precision, dataset, cache_dir=cache_dir)
     engines, configs = [b.engine for b in built], [b.recipe.to_dict() for b in built]
-    return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,
-                           batch_size=config.batch_size, workers=plan.decode,
-                           progress=progress, engine=config.engine, address=config.address)
+    try:
+        return extract_to_file(dataset, engines, configs, out, cache_dir=cache_dir,
+                               batch_size=config.batch_size, workers=plan.decode,
+                               progress=progress, engine=config.engine,
+                               address=config.address)
+    finally:
+        for engine in engines:  # their ONNX Runtime worker threads
+            engine.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 from graft.config import PredictConfig, resolve_config
 from graft.data.dataset import iter_image_files
-from graft.inference.predictor import Prediction, load
+from graft.inference.predictor import Prediction, Predictor, load
 
 __all__ = ["PredictConfig", "predict"]
 
@@ -46,6 +46,12 @@ def predict(
     if config.engine == "ray":
         from graft.features.ray_engine import ray_predictions
 
-        return ray_predictions(predictor, files(), top_k=top_k, address=config.address,
-                               on_result=on_result)
-    return predictor.predict_paths(files(), top_k=top_k, on_result=on_result)
+        return _closing(predictor, ray_predictions(predictor, files(), top_k=top_k,
+                                                   address=config.address, on_result=on_result))
+    return _closing(predictor, predictor.predict_paths(files(), top_k=top_k, on_result=on_result))
+
+
+def _closing(predictor: Predictor, results: Iterator[Prediction]) -> Iterator[Prediction]:
+    """``results``; then (or when the caller stops early) the predictor's threads stop."""
+    with predictor:
+        yield from results

@@ -142,6 +142,7 @@ def train(
             metrics = _metrics(run, predictor, probabilities, len(y_train))
             write_metrics(staging, metrics)
             _write_report(run, reports, staging, metrics, probabilities, head_info)
+            predictor.close()  # scored: its ONNX Runtime worker threads are done
     _, y_test = run.features.subset("test")
     return TrainResult(model_dir=run.out, metrics=metrics,
                        report=format_report(y_test, probabilities, run.features.label_names),
