@@ -167,84 +167,106 @@ def iter_decoded_batches(
                       or "fork" not in multiprocessing.get_all_start_methods()):
         raise ValueError("Decoding in processes reads files by path: no load function, at "
                          "least one worker, and a system that can fork.")
-    ahead = batch_size * (1 + max(0, int(prefetch)))
-    configs = list(configs)
     if load is None:
         def load(item: Any, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
             return preprocess(source_of(item), configs)
-    per_task = PROCESS_CHUNK if processes else 1
-    token, shared = next(_TOKENS), None
-    if processes:
-        # Forked (as torch's DataLoader workers are): the children only decode (PIL, numpy)
-        # and never touch the parent's CUDA; they inherit the shared slots. (Spawned children
-        # would run the caller's script again, as __mp_main__, if it calls graft without a
-        # __main__ guard.) Slots: what may be pending, plus the batch being gathered.
-        shared = _SHARED[token] = _Slots(configs, ahead + per_task + batch_size)
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_start,
-                                   mp_context=multiprocessing.get_context("fork"))
-    elif workers > 0:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode")
-    else:
-        pool = _Inline()
+    decoding = _Decoding(items, list(configs), load, source_of, workers=workers,
+                         processes=processes, batch_size=batch_size, prefetch=prefetch)
     try:
-        # (item, the future of its task, its place in the task, its slot with processes)
-        pending: deque = deque()
-        iterator = iter(items)
-
-        def submit(limit: int) -> None:
-            # whole tasks (up to per_task - 1 items past the limit), never tasks of one image
-            # as each taken item frees a place
-            while len(pending) < limit:
-                room = min(per_task, len(shared.free)) if shared else per_task
-                chunk = list(itertools.islice(iterator, room))
-                if not chunk:
-                    return
-                if shared:
-                    slots = [shared.free.popleft() for _ in chunk]
-                    future = pool.submit(_decode_into, token, [source_of(i) for i in chunk],
-                                         slots, configs)
-                else:
-                    slots = [None] * len(chunk)
-                    future = pool.submit(_decode_all, load, chunk, configs)
-                pending.extend((item, future, place, slot)
-                               for place, (item, slot) in enumerate(zip(chunk, slots)))
-
-        while True:
-            batch, arrays, used = DecodedBatch(), [], []
-            while len(arrays) < batch_size:
-                # Without prefetch, submit only what this batch still needs, once the last
-                # submissions are done: workers are idle while the caller runs the network.
-                submit(ahead if prefetch else (batch_size - len(arrays) if not pending else 0))
-                if not pending:
-                    break
-                item, future, place, slot = pending.popleft()
-                result = future.result()[place]
-                if isinstance(result, str):
-                    batch.failures.append((item, result))
-                    if shared:
-                        shared.free.append(slot)
-                else:
-                    batch.items.append(item)
-                    arrays.append(shared.views(slot) if shared else result)
-                    used.append(slot)
-            if not arrays and not batch.failures:
-                return
-            batch.images = [
-                np.stack([prepared[j] for prepared in arrays]) if arrays
-                else np.zeros((0, *config.size, 3), np.uint8)
-                for j, config in enumerate(configs)
-            ]
-            if shared:  # copied out by the stacking: the slots take new images
-                arrays = []
-                shared.free.extend(used)
+        while (batch := decoding.next_batch()) is not None:
             yield batch
     except BrokenProcessPool as exc:  # from a result, or from submitting to the broken pool
         raise DataError(f"A process decoding images stopped ({exc}); was it killed for "
                         f"memory? Run again with fewer --threads.") from None
     finally:  # the work queued for an error or a generator closed early is dropped
-        pool.shutdown(wait=True, cancel_futures=True)
-        if shared:
-            del _SHARED[token]
-            arrays = []
+        decoding.close()
+
+
+class _Decoding:
+    """One :func:`iter_decoded_batches` call's pool, the items submitted to it in order, and
+    (decoding in processes) the shared-memory slots the images are written into."""
+
+    def __init__(self, items: Iterable[Any], configs: list[PreprocessConfig],
+                 load: Callable[[Any, Sequence[PreprocessConfig]], list[np.ndarray]],
+                 source_of: Callable[[Any], Any], *, workers: int, processes: bool,
+                 batch_size: int, prefetch: int) -> None:
+        self.configs, self.load, self.source_of = configs, load, source_of
+        self.batch_size, self.prefetch = batch_size, prefetch
+        self.ahead = batch_size * (1 + max(0, int(prefetch)))
+        self.per_task = PROCESS_CHUNK if processes else 1
+        self.token, self.shared = next(_TOKENS), None
+        # (item, the future of its task, its place in the task, its slot with processes)
+        self.pending: deque = deque()
+        self.iterator = iter(items)
+        if processes:
+            # Forked (as torch's DataLoader workers are): the children only decode (PIL, numpy)
+            # and never touch the parent's CUDA; they inherit the shared slots. (Spawned
+            # children would run the caller's script again, as __mp_main__, if it calls graft
+            # without a __main__ guard.) Slots: what may be pending, plus the batch being
+            # gathered.
+            self.shared = _SHARED[self.token] = _Slots(
+                configs, self.ahead + self.per_task + batch_size)
+            self.pool: Any = ProcessPoolExecutor(
+                max_workers=workers, initializer=_worker_start,
+                mp_context=multiprocessing.get_context("fork"))
+        elif workers > 0:
+            self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graft-decode")
+        else:
+            self.pool = _Inline()
+
+    def submit(self, limit: int) -> None:
+        """Queue items until ``limit`` are pending: whole tasks (up to ``per_task - 1`` items
+        past the limit), never tasks of one image as each taken item frees a place."""
+        shared = self.shared
+        while len(self.pending) < limit:
+            room = min(self.per_task, len(shared.free)) if shared else self.per_task
+            chunk = list(itertools.islice(self.iterator, room))
+            if not chunk:
+                return
+            if shared:
+                slots = [shared.free.popleft() for _ in chunk]
+                future = self.pool.submit(_decode_into, self.token,
+                                          [self.source_of(i) for i in chunk], slots, self.configs)
+            else:
+                slots = [None] * len(chunk)
+                future = self.pool.submit(_decode_all, self.load, chunk, self.configs)
+            self.pending.extend((item, future, place, slot)
+                                for place, (item, slot) in enumerate(zip(chunk, slots)))
+
+    def next_batch(self) -> DecodedBatch | None:
+        """The next batch in order (None when every item is done)."""
+        batch, arrays, used = DecodedBatch(), [], []
+        while len(arrays) < self.batch_size:
+            # Without prefetch, submit only what this batch still needs, once the last
+            # submissions are done: workers are idle while the caller runs the network.
+            self.submit(self.ahead if self.prefetch else
+                        (self.batch_size - len(arrays) if not self.pending else 0))
+            if not self.pending:
+                break
+            item, future, place, slot = self.pending.popleft()
+            result = future.result()[place]
+            if isinstance(result, str):
+                batch.failures.append((item, result))
+                if self.shared:
+                    self.shared.free.append(slot)
+            else:
+                batch.items.append(item)
+                arrays.append(self.shared.views(slot) if self.shared else result)
+                used.append(slot)
+        if not arrays and not batch.failures:
+            return None
+        batch.images = [
+            np.stack([prepared[j] for prepared in arrays]) if arrays
+            else np.zeros((0, *config.size, 3), np.uint8)
+            for j, config in enumerate(self.configs)
+        ]
+        if self.shared:  # copied out by the stacking: the slots take new images
+            self.shared.free.extend(used)
+        return batch
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.shared:
+            del _SHARED[self.token]
             with contextlib.suppress(BufferError):  # a view still held elsewhere: GC closes it
-                shared.memory.close()
+                self.shared.memory.close()
