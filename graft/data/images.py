@@ -154,27 +154,7 @@ def decode_image(
                 return _finish(source, min_size, max_pixels, name)  # not decoded yet
             _check_pixels(source.size, max_pixels, name)
             return to_rgb(ImageOps.exif_transpose(source))
-        if is_uri(source):  # s3://...: read the object, then decode its bytes like any others
-            source = read_bytes(source)
-            if len(source) == 0:
-                raise ImageError(name, "empty file (0 bytes)", kind="empty")
-            opened = Image.open(io.BytesIO(source), formats=formats)
-        elif isinstance(source, (str, os.PathLike)):
-            if Path(source).stat().st_size == 0:
-                raise ImageError(name, "empty file (0 bytes)", kind="empty")
-            opened = Image.open(source, formats=formats)
-        elif isinstance(source, (bytes, bytearray, memoryview)):
-            if len(source) == 0:
-                raise ImageError(name, "empty (0 bytes)", kind="empty")
-            opened = Image.open(io.BytesIO(source), formats=formats)
-        elif hasattr(source, "read"):
-            opened = Image.open(source, formats=formats)
-        else:
-            raise ImageError(
-                name, "not an image source. Expected a path, bytes, a binary file object, a "
-                "PIL image or a uint8 array."
-            )
-        with opened as image:
+        with _open(source, name, formats) as image:
             return _finish(image, min_size, max_pixels, name)
     except ImageError:
         raise
@@ -185,6 +165,29 @@ def decode_image(
         raise ImageError(name, "not an image PIL can identify", kind="not_image") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(name, f"cannot decode ({type(exc).__name__}: {exc})") from exc
+
+
+def _open(source: Any, name: str, formats: Sequence[str] | None) -> Image.Image:
+    """An encoded image (URI, path, bytes or binary file object) opened, not yet decoded."""
+    if is_uri(source):  # s3://...: read the object, then decode its bytes like any others
+        source = read_bytes(source)
+        if len(source) == 0:
+            raise ImageError(name, "empty file (0 bytes)", kind="empty")
+        return Image.open(io.BytesIO(source), formats=formats)
+    if isinstance(source, (str, os.PathLike)):
+        if Path(source).stat().st_size == 0:
+            raise ImageError(name, "empty file (0 bytes)", kind="empty")
+        return Image.open(source, formats=formats)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError(name, "empty (0 bytes)", kind="empty")
+        return Image.open(io.BytesIO(source), formats=formats)
+    if hasattr(source, "read"):
+        return Image.open(source, formats=formats)
+    raise ImageError(
+        name, "not an image source. Expected a path, bytes, a binary file object, a "
+        "PIL image or a uint8 array."
+    )
 
 
 def load_image(path: ImageSource, min_size: tuple[int, int] | None = None) -> Image.Image:
