@@ -462,7 +462,8 @@ def _score_saved_model(model_dir: Path, out: Path, test_paths: list[Path],
     Raises:
         ModelError: When they differ by more than :data:`PARITY_TOLERANCE`.
     """
-    probabilities = inference.load(model_dir).predict_proba(test_paths)
+    with inference.load(model_dir) as predictor:
+        probabilities = predictor.predict_proba(test_paths)
     if probabilities.shape != expected.shape:
         raise ModelError(
             f"The saved model gave probabilities of shape {probabilities.shape} for the test "
