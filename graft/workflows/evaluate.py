@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 
 from graft.bundle.config import ModelConfig, TrainingSpec
-from graft.data import assign_splits, scan_dataset
-from graft.data.dataset import DatasetStream, folder_layout, local_folder, stream_dataset
-from graft.data.fingerprint import content_fingerprints, read_fingerprints
-from graft.data.storage import basename, is_uri, join
 from graft.catalog import EVALUATE_SPLITS
 from graft.config import EvaluateConfig, resolve_config
+from graft.data import assign_splits, scan_dataset
+from graft.data.contents import read_content_hashes
+from graft.data.dataset import DatasetStream, folder_layout, local_folder, stream_dataset
+from graft.data.storage import basename, is_uri, join
 from graft.errors import ConfigError, DataError
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, extract_feature_set
-from graft.features.store import in_chunks
+from graft.features.store import FeatureSet, in_chunks
 from graft.inference.predictor import Predictor, load
 from graft.workflows._common import Log, silent
 
@@ -116,8 +116,7 @@ def _metrics(predictor: Predictor, dataset: DatasetStream, features: Any,
     metrics["split"] = split
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in extraction.failures]
     metrics["data"] = str(dataset.root)
-    metrics["overlap_with_training"] = _overlap(predictor, dataset.root, features.paths,
-                                                predictor.threads.cpus)
+    metrics["overlap_with_training"] = _overlap(predictor, features, predictor.threads.cpus)
     overlap = metrics["overlap_with_training"]
     if overlap:
         log(f"Warning: {overlap} of the {len(features.paths)} scored images are also in the "
@@ -206,14 +205,13 @@ def _check_classes(dataset: DatasetStream, predictor: Predictor, data: Any) -> N
         )
 
 
-def _overlap(predictor: Predictor, root: Path | str, relpaths: list[str],
-             workers: int) -> int | None:
+def _overlap(predictor: Predictor, features: FeatureSet, workers: int) -> int | None:
     """How many scored images the model was trained on, by file content (None: not recorded)."""
     entry = predictor.config.fingerprints_file
     if entry is None:
         return None
-    seen = read_fingerprints(predictor.model_dir / entry.path)
-    scored = content_fingerprints((join(root, p) for p in relpaths), workers=workers)
+    seen = read_content_hashes(predictor.model_dir / entry.path)
+    scored = features.read_content_hashes(workers=workers)
     return int(np.count_nonzero(np.isin(scored, seen)))
 
 

@@ -24,7 +24,6 @@ from graft.catalog import STREAMING_HEADS
 from graft.config import TrainConfig
 from graft.data import check_output_dir, compute_splits
 from graft.data.dataset import DatasetStream, stream_dataset
-from graft.data.fingerprint import content_fingerprints
 from graft.data.storage import is_file, is_uri, join
 from graft.errors import ConfigError, DataError, ModelError
 from graft.evaluation.background import ReportWriter
@@ -35,8 +34,8 @@ from graft.features.store import in_chunks
 from graft.inference.predictor import Predictor, load
 from graft.system import ThreadPlan, available_memory, plan_threads
 from graft.workflows._common import (
-    Log,
     BuiltBackbone,
+    Log,
     build_backbones,
     record_weights,
     set_precision,
@@ -79,7 +78,7 @@ class _Run:
     n_original: int = 0
     head_seconds: float = 0.0
     out_of_core: bool = False
-    fingerprints: np.ndarray | None = None  # content fingerprints, one per feature row
+    content_hashes: np.ndarray | None = None  # one per feature row (graft.data.contents)
     data_check: dict[str, Any] = field(default_factory=dict)
     plan: ThreadPlan | None = None
 
@@ -204,8 +203,8 @@ def _load_features(run: _Run) -> None:
                 f"now (images changed or missing). Extract it again with 'graft extract ... "
                 f"--precision {cfg.precision}'.")
         return
-    # listed as it is read (a folder of class folders), twice: to extract, then to gather the
-    # rows; a CSV or a bucket is listed whole
+    # a folder of class folders is counted, then read as it is extracted; a CSV or a bucket is
+    # listed whole
     run.dataset = stream_dataset(run.data, cache_dir=cfg.cache_dir, progress=run.progress,
                                  **cfg.split_params)
     if run.dataset.split_source == "folders":
@@ -354,11 +353,9 @@ def _check_leaks(run: _Run) -> None:
     from graft.data.check import split_leaks
 
     features = run.features
-    root = features.root or "."
-    run.fingerprints = content_fingerprints((join(root, p) for p in features.paths),
-                                            workers=run.plan.cpus)
+    run.content_hashes = features.read_content_hashes(workers=run.plan.cpus)
     found = split_leaks(features.paths, list(features.split),
-                        [features.label_names[i] for i in features.labels], run.fingerprints)
+                        [features.label_names[i] for i in features.labels], run.content_hashes)
     run.data_check = {"leaks_across_splits": len(found["leaks_across_splits"]),
                       "label_conflicts": len(found["label_conflicts"]),
                       "examples": (found["leaks_across_splits"] + found["label_conflicts"])[:10]}
@@ -372,15 +369,15 @@ def _check_leaks(run: _Run) -> None:
                     f"lists them all, with near duplicates.")
 
 
-def _training_fingerprints(run: _Run) -> np.ndarray:
-    """Content fingerprints of the images the head was fitted or selected on (train and val)."""
+def _training_content_hashes(run: _Run) -> np.ndarray:
+    """Content hashes of the images the head was fitted or selected on (train and val)."""
     seen = np.isin(run.features.split, ["train", "val"])
-    return run.fingerprints[seen]
+    return run.content_hashes[seen]
 
 
 def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
                  head_scores: dict[str, float], n_features: int) -> dict[str, Any]:
-    """Step 6: the model directory: graft.json, the ONNX graphs, the training fingerprints."""
+    """Step 6: the model directory: graft.json, the ONNX graphs, the training content hashes."""
     from graft.bundle import save_model
     from graft.features.engine import OnnxEngine, export_backbone_onnx
     from graft.heads import describe_head, head_to_onnx
@@ -415,7 +412,7 @@ def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
             data=str(features.root or run.data), counts=features.counts(),
             n_skipped=len(features.skipped)),
         split=SplitSpec.from_params(features.split_source, run.config.split_params),
-        train_fingerprints=_training_fingerprints(run),
+        train_fingerprints=_training_content_hashes(run),
     )
     for path in exported:
         if path.parent == directory:
