@@ -266,27 +266,21 @@ def _extract_here(job: _Job, todo: list[_Todo], *, batch_size: int, workers: int
         for batch in batches:
             for (index, key, _), reason in batch.failures:
                 job.failed(index, key, reason)
-            features = []
-            for j, network in enumerate(job.engines):
-                rows = [r for r, (_, _, missing) in enumerate(batch.items) if j in missing]
-                images = batch.images[j]
-                features.append(network(images if len(rows) == len(images) else images[rows])
-                                if rows else images[:0])
-            job.computed(batch.items, _full_rows(batch.items, features), len(batch.failures))
+            features = [_run_missing(network, j, batch.items, batch.images[j])
+                        for j, network in enumerate(job.engines)]
+            job.computed(batch.items, features, len(batch.failures))
 
 
-def _full_rows(items: Sequence[_Todo], features: list[np.ndarray]) -> list[np.ndarray]:
-    """Each backbone's features with a row per item (rows it did not compute left as zeros,
-    never written: :meth:`_Job.computed` writes only the missing ones)."""
-    out = []
-    for j, block in enumerate(features):
-        rows = [r for r, (_, _, missing) in enumerate(items) if j in missing]
-        if len(rows) == len(items):
-            out.append(block)
-            continue
-        full = np.zeros((len(items), block.shape[1] if block.ndim == 2 else 0), np.float32)
-        full[rows] = block
-        out.append(full)
+def _run_missing(network: FeatureEngine, j: int, items: Sequence[_Todo],
+                 images: np.ndarray) -> np.ndarray:
+    """Backbone ``j``'s features of ``items``, computed for the ones its cache misses (zeros
+    elsewhere, never written: :meth:`_Job.computed` writes only the missing rows)."""
+    rows = [r for r, (_, _, missing) in enumerate(items) if j in missing]
+    if len(rows) == len(items):
+        return network(images)
+    out = np.zeros((len(items), network.num_features), np.float32)
+    if rows:
+        out[rows] = network(images[rows])
     return out
 
 
