@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import GraftError, ModelError
@@ -65,20 +65,28 @@ def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data.items() if value is not None}
 
 
+class _Record:
+    """A part of ``graft.json``: a dataclass read from and written to a JSON object."""
+
+    WHAT: ClassVar[str] = "record"  # how messages name it
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Any:
+        return _build(cls, _known(cls, data, cls.WHAT), cls.WHAT)
+
+
 @dataclass(frozen=True)
-class FileSpec:
+class FileSpec(_Record):
     """A file of the model directory, checked against its SHA-256 on load."""
+
+    WHAT: ClassVar[str] = "file entry"
 
     path: str
     sha256: str
     format: str | None = None  # how to read a file that is not ONNX
-
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: Any) -> FileSpec:
-        return _build(cls, _known(cls, data, "file entry"), "file entry")
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,7 @@ class SplitSpec:
 
 
 @dataclass(frozen=True)
-class TrainingSpec:
+class TrainingSpec(_Record):
     """What the model was trained on (provenance; the split is :class:`SplitSpec`).
 
     Attributes:
@@ -210,17 +218,12 @@ class TrainingSpec:
         counts: Images per split and class.
     """
 
+    WHAT: ClassVar[str] = "training record"
+
     source: str | None = None
     data: str | None = None
     counts: dict[str, dict[str, int]] | None = None
     n_skipped: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: Any) -> TrainingSpec:
-        return _build(cls, _known(cls, data, "training record"), "training record")
 
 
 @dataclass(frozen=True)

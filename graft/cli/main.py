@@ -12,26 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from graft import __version__
-from graft.catalog import (
-    AUGMENTATIONS,
-    CLASS_WEIGHTS,
-    DEFAULT_BACKBONE,
-    ENGINES,
-    EVALUATE_SPLITS,
-    HEAD_DESCRIPTIONS,
-    MODEL_PRECISIONS,
-    POOLS,
-    PRECISIONS,
-)
-from graft.config import (
-    EvaluateConfig,
-    ExtractConfig,
-    FinetuneConfig,
-    PredictConfig,
-    TrainConfig,
-)
-from graft.errors import ConfigError, GraftError
+from graft import __version__, catalog
+from graft.config import EvaluateConfig, ExtractConfig, FinetuneConfig, PredictConfig, TrainConfig
+from graft.errors import ConfigError, GraftError, Note
 from graft.serving.config import ServeConfig
 
 __all__ = ["build_parser", "main"]
@@ -40,7 +23,13 @@ __all__ = ["build_parser", "main"]
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+# {parameter: flag} of the command running, for the library's log lines that name parameters
+_command_flags: dict[str, str] = {}
+
+
 def _log(message: str) -> None:
+    if isinstance(message, Note):
+        message = message.naming(_command_flags)
     print(message, file=sys.stderr, flush=True)
 
 
@@ -84,12 +73,13 @@ def _add_backbone_args(parser: argparse.ArgumentParser, config: type, *,
     defaults = _defaults(config)
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", action="append", default=None, metavar="NAME",
-                       help=f"registry or timm model name (default: {DEFAULT_BACKBONE}; see "
-                            f"'graft backbones'); fuse several with A+B or a repeated --backbone")
+                       help=f"registry or timm model name (default: {catalog.DEFAULT_BACKBONE}; "
+                            f"see 'graft backbones'); fuse several with A+B or a repeated "
+                            f"--backbone")
     group.add_argument("--layer", action="append", default=None, metavar="LAYER",
                        help="where to cut: 'pool' (default for most), 'logits', a stage, or a "
                             "named cut (vgg16: fc6, fc7, pool5); NAME=LAYER per fused backbone")
-    group.add_argument("--pool", default=defaults["pool"], choices=POOLS,
+    group.add_argument("--pool", default=defaults["pool"], choices=catalog.POOLS,
                        help="reduction of a spatial map (stages, or 'pool' with "
                             "max/avgmax/flatten)")
     group.add_argument("--weights", action="append", default=None, metavar="PATH",
@@ -102,7 +92,7 @@ def _add_backbone_args(parser: argparse.ArgumentParser, config: type, *,
                        help=f"images per forward pass (default: {defaults['batch_size']})")
     _add_threads_arg(group)
     group.add_argument("--precision", default=defaults["precision"],
-                       choices=PRECISIONS if mixed else MODEL_PRECISIONS,
+                       choices=catalog.PRECISIONS if mixed else catalog.MODEL_PRECISIONS,
                        help="fp32 (default), or int8: the backbone quantized with ONNX Runtime, "
                             "calibrated on up to 200 training images (about 1.3x faster "
                             "extraction on an AVX2 CPU; accuracy within a point, measured)"
@@ -116,7 +106,7 @@ def _add_backbone_args(parser: argparse.ArgumentParser, config: type, *,
 
 
 def _add_engine_args(group, config: type) -> None:
-    group.add_argument("--engine", default=_defaults(config)["engine"], choices=ENGINES,
+    group.add_argument("--engine", default=_defaults(config)["engine"], choices=catalog.ENGINES,
                        help="local (this process), or ray: decode and run the backbone on a Ray "
                             "cluster (needs graft[ray]); only this process writes the cache")
     group.add_argument("--address", default=None,
@@ -160,12 +150,12 @@ def _train_parser(sub, common) -> None:
     p.add_argument("data", help="image folder (or s3://BUCKET/DATA), CSV of path,label, or a .h5 "
                                 "from 'graft extract'")
     p.add_argument("--out", default="graft-model", help="model directory (default: graft-model)")
-    p.add_argument("--head", default=defaults["head"], choices=list(HEAD_DESCRIPTIONS),
+    p.add_argument("--head", default=defaults["head"], choices=list(catalog.HEAD_DESCRIPTIONS),
                    help=f"classifier on the features (default: {defaults['head']})")
     p.add_argument("--augment-views", type=int, default=defaults["augment_views"], metavar="K",
                    help="also extract K random augmented views of every training image (cached)")
     p.add_argument("--augment", default=defaults["augment"],
-                   help=f"transformations for --augment-views: {', '.join(AUGMENTATIONS)} "
+                   help=f"transformations for --augment-views: {', '.join(catalog.AUGMENTATIONS)} "
                         f"(default: {defaults['augment']})")
     memory = p.add_mutually_exclusive_group()
     memory.add_argument("--out-of-core", dest="out_of_core", action="store_const", const=True,
@@ -199,7 +189,7 @@ def _finetune_parser(sub, common) -> None:
         ("--fine-tune-lr", float, "stage-2 learning rate"),
         ("--image-size", int, "input resolution (default: the backbone's)"),
         ("--batch-size", int, "images per training step"),
-        ("--augment", str, f"comma-separated: {', '.join(AUGMENTATIONS)}; or 'none'"),
+        ("--augment", str, f"comma-separated: {', '.join(catalog.AUGMENTATIONS)}; or 'none'"),
         ("--dropout", float, "dropout before the new dense layer"),
         ("--patience", int, "early stopping, in epochs without a better validation loss"),
         ("--workers", int, "image loading processes (default: up to 2)"),
@@ -209,7 +199,7 @@ def _finetune_parser(sub, common) -> None:
         default = d[flag[2:].replace("-", "_")]
         shown = "" if default is None else f" (default: {default})"
         p.add_argument(flag, type=kind, default=default, help=text + shown)
-    p.add_argument("--class-weights", default=d["class_weights"], choices=CLASS_WEIGHTS,
+    p.add_argument("--class-weights", default=d["class_weights"], choices=catalog.CLASS_WEIGHTS,
                    help="'auto' weights the loss by inverse class frequency (default: none)")
     _add_split_args(p, FinetuneConfig, val_help="share of the training images held out for "
                     "validation when there is no val split")
@@ -246,7 +236,7 @@ def _evaluate_parser(sub, common) -> None:
                        help="score a saved model on a labeled image folder")
     p.add_argument("model", help="model directory written by 'graft train'")
     p.add_argument("data", help="labeled image folder, s3://BUCKET/DATA or CSV")
-    p.add_argument("--split", default=d["split"], choices=EVALUATE_SPLITS,
+    p.add_argument("--split", default=d["split"], choices=catalog.EVALUATE_SPLITS,
                    help="what to score (default: on the model's own training data, its "
                         "held-out test split, recomputed from graft.json; on other pre-split "
                         "data, its test (else val) folder; on other unsplit data, all)")
@@ -694,7 +684,7 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def _cmd_heads(args: argparse.Namespace) -> int:
-    for name, description in HEAD_DESCRIPTIONS.items():
+    for name, description in catalog.HEAD_DESCRIPTIONS.items():
         print(f"{name:<14} {description}")
     return EXIT_OK
 
@@ -715,6 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
+        _command_flags.clear()
+        _command_flags.update(getattr(args, "flags", {}))
         _setup_logging(args)
         return args.func(args)
     except GraftError as exc:
