@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import tracemalloc
 
@@ -307,6 +308,9 @@ def test_streamed_listing_equals_the_held_one(tmp_path, presplit, options):
     assert list(unsplit) == raw.samples and len(unsplit) == len(raw.samples)
     assert (unsplit.classes, unsplit.layout, unsplit.split_source, unsplit.split_params) == (
         raw.classes, raw.layout, raw.split_source, raw.split_params)
+    # the first look counts each split, so choosing one needs no further listing
+    assert stream.split_sizes == dict(collections.Counter(s.split for s in held.samples))
+    assert unsplit.split_sizes == dict(collections.Counter(s.split for s in raw.samples))
     for split in ("train", "val", "test"):
         chosen = stream.only(split)
         assert list(chosen) == [s for s in held.samples if s.split == split] == list(chosen)

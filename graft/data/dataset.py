@@ -56,7 +56,7 @@ class Sample:
     samples hold a million of them, and a string costs a third of a ``Path``. ``stamp`` is the
     file's ``(size, mtime_ns)`` when the listing gave it (remote files: no request per image to
     look it up again). ``view`` 0 is the image itself; ``view`` k > 0 is its k-th random augmented
-    view (``graft train --augment-views``), reproducible from the file and k.
+    view (``augment_views`` in ``graft.train``), reproducible from the file and k.
     """
 
     path: str
@@ -372,6 +372,7 @@ class DatasetStream:
     streamed: bool
     _source: Callable[[], Iterator[Sample]] = field(repr=False)
     _rule: SplitRule | None = field(default=None, repr=False)
+    split_sizes: dict[str, int] | None = None  # images per split, when the first look knew
 
     def __len__(self) -> int:
         return self.size
@@ -402,10 +403,12 @@ class DatasetStream:
         return chosen
 
     def only(self, split: str) -> DatasetStream:
-        """The images of one split, as a stream (counted by one more listing)."""
-        size = sum(1 for sample in self if sample.split == split)
+        """The images of one split, as a stream (counted by the first look, or by one more
+        listing when it could not)."""
+        size = (self.split_sizes.get(split, 0) if self.split_sizes is not None
+                else sum(1 for sample in self if sample.split == split))
         return replace(
-            self, size=size, _rule=None,
+            self, size=size, _rule=None, split_sizes={split: size} if size else {},
             _source=lambda: (sample for sample in self if sample.split == split))
 
     @classmethod
@@ -414,6 +417,7 @@ class DatasetStream:
         return cls(root=dataset.root, classes=list(dataset.classes), layout=dataset.layout,
                    split_source=dataset.split_source, split_params=dict(dataset.split_params),
                    size=len(dataset.samples), streamed=False,
+                   split_sizes=dict(Counter(s.split for s in dataset.samples)),
                    _source=lambda: iter(dataset.samples))
 
 
@@ -486,11 +490,13 @@ def _stream_folder(root: Path, *, assign: bool, **split_options: Any) -> Dataset
     except ConfigError as error:  # said after the listing's own errors, as assign_splits does
         wrong = error
     labels: set[str] = set()
+    given: Counter = Counter()  # the data's own splits
     size = 0
     for size, sample in enumerate(_walk_layout(root, splits), start=1):  # the one look
         if wrong is None and rule is not None:
             rule.observe(size - 1, sample.relpath, sample.label, sample.split)
         labels.add(sample.label)
+        given[sample.split] += 1
     classes = sorted(labels)
     _check_found(root, size, classes,
                  loose=not size and any(is_image_file(p) for p in root.iterdir()))
@@ -502,7 +508,8 @@ def _stream_folder(root: Path, *, assign: bool, **split_options: Any) -> Dataset
         root=root, classes=classes, layout="presplit" if splits else "folders",
         split_source="folders" if splits else ("hash" if rule is not None else ""),
         split_params=rule.params() if rule is not None and not splits else {}, size=size,
-        streamed=True, _source=lambda: _walk_layout(root, splits), _rule=rule)
+        streamed=True, split_sizes=rule.sizes() if rule is not None else dict(given),
+        _source=lambda: _walk_layout(root, splits), _rule=rule)
 
 
 def _finish_scan(root: Path | str, samples: list[Sample], layout: str, split_source: str, *,
@@ -588,6 +595,7 @@ class SplitRule:
         # hash splits, per class: [images, any drawn train, (highest fraction, index, relpath)]
         self._classes: dict[str, list] = {}
         self._to_train: set[tuple[str, str]] = set()  # (relpath, label) moved to train
+        self._counts: Counter = Counter()  # drawn splits; given ones ("train>val": drawn val)
         self._closed = False
 
     def _check(self) -> None:
@@ -620,8 +628,12 @@ class SplitRule:
         """Look at image ``index`` (indices count 0, 1, 2, ... in one fixed order)."""
         if self.presplit:
             self._given.add(given)
+            self._counts[given] += 1
+            if given == "train" and self.val_size > 0 and self._fraction(relpath) < self.val_size:
+                self._counts["train>val"] += 1
             return
         fraction = self._fraction(relpath)
+        self._counts[self._draw(fraction)] += 1
         state = self._classes.setdefault(label, [0, False, (-1.0, -1, "")])
         state[0] += 1
         state[1] = state[1] or self._draw(fraction) == "train"
@@ -655,6 +667,26 @@ class SplitRule:
         if (relpath, label) in self._to_train:
             return "train"
         return self._draw(self._fraction(relpath))
+
+    def sizes(self) -> dict[str, int]:
+        """Images per split, as :meth:`split` will give them (known once closed)."""
+        if not self._closed:
+            raise RuntimeError("SplitRule.sizes before close()")
+        sizes: Counter = Counter()
+        if self.presplit:
+            for given, count in self._counts.items():
+                if given != "train>val":
+                    moved = given == "val" and "test" not in self._given
+                    sizes["test" if moved else given] += count
+            if not ("val" in self._given and "test" in self._given):
+                sizes["train"] -= self._counts["train>val"]
+                sizes["val"] += self._counts["train>val"]
+        else:
+            sizes.update(self._counts)
+            for relpath, _ in self._to_train:
+                sizes[self._draw(self._fraction(relpath))] -= 1
+                sizes["train"] += 1
+        return {split: count for split, count in sizes.items() if count}
 
     def params(self) -> dict:
         return {"test_size": self.test_size, "val_size": self.val_size, "seed": self.seed,
@@ -728,8 +760,9 @@ def check_output_dir(out: str | os.PathLike, data: str | os.PathLike) -> None:
     if data_path.suffix.lower() in (".h5", ".hdf5", ".npz"):
         return  # a feature or array file: nothing is scanned next to it
     if out_path == root or root in out_path.parents:
+        beside = os.fspath(root.parent / (root.name + "-model"))
         raise ConfigError(
-            f"--out {out} is inside the dataset {data}: the model's files would be read as images "
-            f"of a class on the next run. Write the model outside it, e.g. --out "
-            f"{root.parent / (root.name + '-model')}."
+            f"out={os.fspath(out)!r} is inside the dataset {data}: the model's files would be read "
+            f"as images of a class on the next run. Write the model outside it, e.g. "
+            f"out={beside!r}.", parameter="out"
         )
