@@ -391,7 +391,8 @@ class DatasetStream:
 
     def spread(self, split: str, limit: int) -> list[str]:
         """Up to ``limit`` paths of ``split``, spread evenly over it in listing order (every
-        class represented), the same ones every run: one pass (two when the first look did not count the split)."""
+        class represented), the same ones every run: one pass (two when the first look did not
+        count the split), nothing else held."""
         count = (self.split_sizes.get(split, 0) if self.split_sizes is not None
                  else sum(1 for sample in self if sample.split == split))
         wanted = set(spread_indices(count, limit))  # distinct, in order
