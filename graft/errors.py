@@ -18,8 +18,22 @@ __all__ = [
     "ImageError",
     "MissingExtraError",
     "ModelError",
+    "Note",
     "WeightsError",
 ]
+
+
+def _naming(message: str, parameters: Sequence[str], names: Mapping[str, str]) -> str:
+    """``message`` with each of ``parameters`` spelled as ``names`` spells it."""
+    for parameter in parameters:
+        name = names.get(parameter)
+        if name is None:
+            continue
+        # not part of a longer word, path, flag or quoted value
+        word = rf"(?<![\w'\"./-]){re.escape(parameter)}"
+        message = re.sub(word + "=", name + " ", message)
+        message = re.sub(word + r"(?![\w'\"/-])", name, message)
+    return message
 
 
 class GraftError(Exception):
@@ -43,16 +57,25 @@ class GraftError(Exception):
         ``parameter=value`` becomes ``NAME value`` (a suggestion to type); a parameter without a
         name there keeps its Python spelling.
         """
-        message = str(self)
-        for parameter in self.parameters:
-            name = names.get(parameter)
-            if name is None:
-                continue
-            # not part of a longer word, path, flag or quoted value
-            word = rf"(?<![\w'\"./-]){re.escape(parameter)}"
-            message = re.sub(word + "=", name + " ", message)
-            message = re.sub(word + r"(?![\w'\"/-])", name, message)
-        return message
+        return _naming(str(self), self.parameters, names)
+
+
+class Note(str):
+    """A progress or advice line the library logs that names parameters: a plain ``str``, with
+    ``parameters`` and :meth:`naming` as :class:`GraftError` has them, so the CLI's log says
+    ``--split`` where Python's says ``split``."""
+
+    parameters: tuple[str, ...]
+
+    # typing.Self is Python 3.11+
+    def __new__(cls, text: str, parameter: str | Sequence[str] = ()) -> Note:  # noqa: PYI034
+        note = super().__new__(cls, text)
+        note.parameters = (parameter,) if isinstance(parameter, str) else tuple(parameter)
+        return note
+
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The line with each of its parameters spelled as ``names`` spells it."""
+        return _naming(str(self), self.parameters, names)
 
 
 class ConfigError(GraftError, ValueError):

@@ -39,13 +39,14 @@ def _missing(modules: tuple[str, ...]) -> list[str]:
 
 
 def require(extra: str, modules: str | tuple[str, ...] | None = None,
-            command: str | None = None) -> None:
+            command: str | None = None, parameter: str | tuple[str, ...] = ()) -> None:
     """Raise :class:`MissingExtraError` naming the install command if ``extra`` is missing.
 
     Args:
         extra: The extra's name (``train``, ``report``).
         modules: The modules to check (default: all of the extra's).
-        command: What needs it, for the message (e.g. ``"graft train"``).
+        command: What needs it, for the message (e.g. ``"graft train"``, ``"engine='ray'"``).
+        parameter: The parameters ``command`` names (see :class:`graft.errors.GraftError`).
     """
     if isinstance(modules, str):
         modules = (modules,)
@@ -54,5 +55,6 @@ def require(extra: str, modules: str | tuple[str, ...] | None = None,
         what = command or "this part of graft"
         raise MissingExtraError(
             f"{what} needs the '{extra}' extra, which is not installed (missing: "
-            f"{', '.join(missing)}). Install it with: pip install 'graft[{extra}]'"
+            f"{', '.join(missing)}). Install it with: pip install 'graft[{extra}]'",
+            parameter=parameter,
         )

@@ -57,8 +57,9 @@ def test_random_weights_are_reproducible(tiny_backbone):
 
 
 def test_no_weights_offline_fails_with_fix():
-    with pytest.raises(WeightsError, match="--weights PATH"):
+    with pytest.raises(WeightsError, match="weights=PATH") as error:
         create_backbone("resnet18")
+    assert "--" not in str(error.value) and error.value.parameters == ("weights",)
 
 
 def test_weights_that_do_not_fit(tmp_path):
@@ -86,7 +87,8 @@ def test_unreadable_weights_file_message_is_short_and_safe(tmp_path, name, conte
     with pytest.raises(WeightsError) as info:
         load_state_dict_file(path)
     message = str(info.value)
-    assert str(path) in message and "check the --weights path" in message.lower()
+    assert str(path) in message and "check the weights path" in message.lower()
+    assert info.value.naming({"weights": "--weights"}).lower().count("check the --weights path")
     # torch's own text advises weights_only=False, which lets the file run code: never shown.
     assert "weights_only" not in message and "\n" not in message
     assert len(message) < 400

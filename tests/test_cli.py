@@ -14,6 +14,8 @@ from conftest import TINY, make_dataset, make_image
 import graft
 from graft.cli import main
 from graft.data import assign_splits, scan_dataset
+from graft.data.fetch import fetch_dataset
+from graft.inference.batches import iter_decoded_batches
 
 TINY_ARGS = ["--backbone", TINY, "--weights", "random", "-q"]
 
@@ -94,6 +96,7 @@ def test_evaluate_scores_the_held_out_split_of_training_data(trained, capsys):
     assert everything["n_test"] == 36  # every readable image (the broken one is skipped)
     assert everything["overlap_with_training"] == trained_metrics["n_train"]
     assert "inflated" in out.err and f"{trained_metrics['n_train']} of the 36" in out.err
+    assert "the default, --split 'test', scores" in out.err  # the library's note, in flags
 
 
 def test_evaluate_counts_copies_of_training_images(trained, tmp_path, capsys):
@@ -148,7 +151,8 @@ def test_user_errors_exit_2_with_message(tmp_path, capsys):
     for device in ("cpu", "torch"):  # mixed precision is a GPU's
         assert main(["extract", str(data), *out, *tiny, "--device", device,
                      "--precision", "fp16"]) == 2
-        assert "mixed precision on a GPU" in capsys.readouterr().err
+        err = capsys.readouterr().err  # the advice names the flag to type
+        assert "mixed" in err and "on a GPU: use it with --device" in err
     import torch
 
     if not torch.cuda.is_available():
@@ -167,6 +171,11 @@ PARAMETER_MISTAKES = [  # (CLI arguments, the same mistake in Python, parameter,
     (["data", "check", "DATA", "--test-size", "0.6", "--val-size", "0.5"],
      lambda tmp: assign_splits(scan_dataset(tmp / "colors"), test_size=0.6, val_size=0.5),
      "test_size + val_size", "--test-size + --val-size"),
+    (["data", "fetch", "hymenoptera", "--sha256", "xyz"],
+     lambda tmp: fetch_dataset("hymenoptera", tmp, sha256="xyz"), "sha256", "--sha256"),
+    (["predict", "MODEL", "x.jpg", "--batch-size", "0"],
+     lambda tmp: iter_decoded_batches([], [], batch_size=0).__next__(), "batch_size",
+     "--batch-size"),
 ]
 
 

@@ -52,7 +52,7 @@ class BackboneSpec:
     Attributes:
         name: The registry name (the timm model name for timm models).
         aliases: Other names users type for it.
-        default_layer: The cut used when ``--layer`` is not given.
+        default_layer: The cut used when ``layer`` is not given.
         offline_weights: Returns a local weights file that needs no network, or None.
         description: One line for ``graft backbones``.
         builder: Builds the untrained network when it is not a timm model (timm's interface).
@@ -211,7 +211,8 @@ def _load_file(spec: BackboneSpec, model: nn.Module, path: Path) -> None:
                 f"For {spec.name!r}, pass a PyTorch .pth/.safetensors state dict."
             )
         if not path.is_file():
-            raise WeightsError(f"Weights file {path} does not exist. Check the --weights path.")
+            raise WeightsError(f"Weights file {path} does not exist. Check the weights path.",
+                               parameter="weights")
         state = spec.from_keras(read_keras_h5(path))
     else:
         state = load_state_dict_file(path)
@@ -219,17 +220,19 @@ def _load_file(spec: BackboneSpec, model: nn.Module, path: Path) -> None:
 
 
 def _load_from_hub(spec: BackboneSpec) -> nn.Module:
+    # "weights" once, as the parameter: naming() would rewrite every bare mention of it
     fix = (
-        f"To fix it: connect to the network, or pass --weights PATH to a local weights file for "
-        f"{spec.name}, or use the default backbone {DEFAULT_BACKBONE!r}, whose weights ship with "
-        f"graft."
+        f"To fix it: connect to the network, or pass weights=PATH, a local file of them for "
+        f"{spec.name}, or use the default backbone {DEFAULT_BACKBONE!r}, which ships "
+        f"pretrained with graft."
     )
     if spec.builder is not None:
-        raise WeightsError(f"{spec.name!r} has no weights on the model hub. {fix}")
+        raise WeightsError(f"{spec.name!r} has no pretrained set on the model hub. {fix}",
+                           parameter="weights")
     if not hub_reachable():
         raise WeightsError(
-            f"No pretrained weights for {spec.name!r} on this machine, and the model hub cannot "
-            f"be reached. {fix}"
+            f"Nothing pretrained for {spec.name!r} on this machine, and the model hub cannot "
+            f"be reached. {fix}", parameter="weights"
         )
     import timm
 
@@ -238,8 +241,8 @@ def _load_from_hub(spec: BackboneSpec) -> nn.Module:
     except Exception as exc:  # hub/network errors come in many types
         reason = _first_line(str(exc))  # never torch's advice to load with weights_only=False
         raise WeightsError(
-            f"Downloading pretrained weights for {spec.name!r} failed ({type(exc).__name__}"
-            f"{': ' + reason if reason else ''}). {fix}"
+            f"Downloading the pretrained {spec.name!r} failed ({type(exc).__name__}"
+            f"{': ' + reason if reason else ''}). {fix}", parameter="weights"
         ) from exc
 
 
@@ -250,7 +253,8 @@ def parse_backbone_names(value: str | Sequence[str] | None) -> list[str]:
     parts = [value] if isinstance(value, str) else list(value)
     names = [resolve_backbone_name(p) for part in parts for p in part.split("+") if p.strip()]
     if not names:
-        raise ConfigError("No backbone given. Name one, e.g. --backbone tf_efficientnet_lite0.")
+        raise ConfigError("No backbone given. Name one, e.g. backbone='tf_efficientnet_lite0'.",
+                          parameter="backbone")
     if len(set(names)) != len(names):
         raise ConfigError(f"A backbone appears twice in {'+'.join(names)}; fuse each one once.")
     return names
@@ -258,7 +262,7 @@ def parse_backbone_names(value: str | Sequence[str] | None) -> list[str]:
 
 def per_backbone(option: str, value: Any, names: list[str],
                  broadcast: tuple[Any, ...] = ()) -> list[Any]:
-    """Spread a per-backbone option (``--weights``, ``--layer``) over fused backbones.
+    """Spread a per-backbone option (``weights``, ``layer``) over fused backbones.
 
     Each entry is ``NAME=VALUE`` (NAME a backbone name or alias) or a bare value; a bare value
     applies to a single backbone, or to all of them if it is one of ``broadcast``.
@@ -279,16 +283,16 @@ def per_backbone(option: str, value: Any, names: list[str],
         if target is not None:
             if target not in names:
                 raise ConfigError(
-                    f"--{option} {text!r} names {target!r}, which is not one of the backbones "
-                    f"({'+'.join(names)})."
+                    f"{option}={text!r} names {target!r}, which is not one of the backbones "
+                    f"({'+'.join(names)}).", parameter=option
                 )
             result[names.index(target)] = rest
         elif len(names) == 1 or text in broadcast:
             result = [text] * len(names) if len(names) > 1 else [text]
         else:
             raise ConfigError(
-                f"--{option} {text!r} is ambiguous with fused backbones {'+'.join(names)}. "
-                f"Write NAME={text} for each backbone it belongs to."
+                f"{option}={text!r} is ambiguous with fused backbones {'+'.join(names)}. "
+                f"Write NAME={text} for each backbone it belongs to.", parameter=option
             )
     return result
 

@@ -46,7 +46,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise WeightsError(f"Weights file {path} does not exist. Check the --weights path.")
+        raise WeightsError(f"Weights file {path} does not exist. Check the weights path.",
+                           parameter="weights")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5", ".keras"):
         raise WeightsError(
@@ -54,7 +55,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"PyTorch .pth/.pt/.bin or .safetensors state dicts."
         )
     if path.stat().st_size == 0:
-        raise WeightsError(f"Weights file {path} is empty. Check the --weights path.")
+        raise WeightsError(f"Weights file {path} is empty. Check the weights path.",
+                           parameter="weights")
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -64,8 +66,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             reason = _first_line(str(exc))
             raise WeightsError(
                 f"Cannot read weights from {path}: it is not a valid .safetensors file"
-                f"{f' ({reason})' if reason else ''}. Check the --weights path, or pass a "
-                f"PyTorch .pth/.pt/.bin state dict instead."
+                f"{f' ({reason})' if reason else ''}. Check the weights path, or pass a "
+                f"PyTorch .pth/.pt/.bin state dict instead.", parameter="weights"
             ) from exc
     else:
         try:
@@ -75,7 +77,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise WeightsError(
                 f"Cannot read weights from {path}: {_torch_load_reason(exc)}. Expected a PyTorch "
                 f"state dict (saved with torch.save(model.state_dict(), path)) or a .safetensors "
-                f"file; check the --weights path."
+                f"file; check the weights path.", parameter="weights"
             ) from exc
     for _ in range(2):
         if isinstance(state, Mapping):
@@ -138,10 +140,10 @@ def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
         for k in dst_keys if k in state and state[k].shape != target[k].shape
     ][:5]
     raise WeightsError(
-        f"The weights in {source} do not fit this backbone ({len(src_keys)} tensors in the file, "
+        f"The weights in {source} do not fit this network ({len(src_keys)} tensors in the file, "
         f"{len(dst_keys)} in the model). Missing keys: {missing or 'none'}; shape mismatches: "
-        f"{shape_bad or 'none'}. Check that --backbone names the network the weights were "
-        f"trained for."
+        f"{shape_bad or 'none'}. Check that backbone names the network they were trained "
+        f"for.", parameter="backbone"
     )
 
 
@@ -180,8 +182,8 @@ def download_weights(url: str, cache_dir: Path, sha256: str | None = None) -> Pa
         raise
     except OSError as exc:
         raise WeightsError(
-            f"Cannot download weights from {url} ({exc}). Check the network, or download the "
-            f"file yourself and pass its path with --weights."
+            f"Cannot download {url} ({exc}). Check the network, or download the "
+            f"file yourself and pass its path as weights.", parameter="weights"
         ) from exc
     finally:
         if os.path.exists(tmp):

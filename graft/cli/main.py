@@ -536,7 +536,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for directory in config.models.values():
         load_model_config(directory)  # a bad directory is an error now, not after startup
     try:
-        serve(config, log=_log)
+        serve(config, log=_log, names=args.flags)  # error answers name the flags typed
     except KeyboardInterrupt:  # Ctrl-C: uvicorn drained the requests in flight, then re-raised
         _log("graft serve: stopped")
     return EXIT_OK

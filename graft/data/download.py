@@ -165,4 +165,5 @@ def verify(path: Path, sha256: str | None, *, url: str = "", delete: bool = True
             f"{path if not delete else path.name.removesuffix('.part')}{source} has SHA-256 "
             f"{actual}, not the pinned "
             f"{sha256.lower()}: it is not the published file (changed upstream, a broken mirror, "
-            f"or tampered with), {fate}. If you trust this file, pass --sha256 {actual}.")
+            f"or tampered with), {fate}. If you trust this file, pass sha256={actual}.",
+            parameter="sha256")

@@ -5,10 +5,10 @@ Each dataset lists its files with their public URLs and pinned SHA-256, as publi
 TensorFlow Datasets' checksum files (flower_photos, oxford_flowers102, caltech101, cifar10), the
 PyTorch tutorials' download script (hymenoptera) and Coral's flowers-17 script. No checksum of
 cats_and_dogs_filtered.zip is published: it is fetched unverified, its SHA-256 printed to pin with
-``--sha256`` next time. A file is downloaded into the cache (streamed, resumable,
-checked before use: :mod:`graft.data.download`), taken from ``--from FILE`` (an archive
-downloaded by hand), or fetched from a ``--mirror`` with the same file names; the checksum
-applies in every case unless ``--sha256`` overrides it. Archives are unpacked safely
+``sha256`` next time. A file is downloaded into the cache (streamed, resumable,
+checked before use: :mod:`graft.data.download`), taken from ``from_files`` (an archive
+downloaded by hand), or fetched from a ``mirror`` with the same file names; the checksum
+applies in every case unless ``sha256`` overrides it. Archives are unpacked safely
 (:mod:`graft.data.archives`) and arranged into ``DIR/<name>/...`` through a temporary folder
 renamed into place at the end, so an interrupted or failed fetch leaves no half-made dataset.
 """
@@ -29,8 +29,8 @@ import numpy as np
 
 from graft.config import resolve_cache_dir
 from graft.data.archives import unpack
-from graft.data.download import download, sha256_of, verify
-from graft.errors import ConfigError, DataError
+from graft.data.download import DownloadError, download, sha256_of, verify
+from graft.errors import ConfigError, DataError, Note
 
 __all__ = ["DATASETS", "MIRROR_ENV", "DatasetInfo", "RemoteFile", "fetch_dataset",
            "list_datasets"]
@@ -281,18 +281,20 @@ def _info(name: str) -> DatasetInfo:
 
 
 def _local_files(info: DatasetInfo, given: Sequence[str | os.PathLike]) -> dict[str, Path]:
-    """``--from`` files matched to the dataset's files by name (any name for a one-file set)."""
+    """``from_files`` matched to the dataset's files by name (any name for a one-file set)."""
     paths = [Path(p).expanduser() for p in given]
     for path in paths:
         if not path.is_file():
-            raise DataError(f"--from {path}: no such file.")
+            raise DataError(f"from_files={os.fspath(path)!r}: no such file.",
+                            parameter="from_files")
     if len(info.files) == 1 and len(paths) == 1:
         return {info.files[0].name: paths[0]}
     by_name = {p.name: p for p in paths}
     unknown = sorted(set(by_name) - {f.name for f in info.files})
     if unknown:
-        raise DataError(f"--from {unknown[0]}: {info.name} has no file of that name; its files "
-                        f"are {', '.join(f.name for f in info.files)}.")
+        raise DataError(f"from_files={unknown[0]!r}: {info.name} has no file of that name; its "
+                        f"files are {', '.join(f.name for f in info.files)}.",
+                        parameter="from_files")
     return by_name
 
 
@@ -355,10 +357,15 @@ def _gather(info: DatasetInfo, local: dict[str, Path], overrides: dict[str, str]
             continue
         url = f"{mirror.rstrip('/')}/{remote.name}" if mirror else remote.url
         log(f"Downloading {url}" + (f" ({remote.size / 1e6:,.1f} MB)" if remote.size else ""))
-        hint = (f" Offline? Download {remote.url} by hand and run: graft data fetch {info.name} "
-                f"--from {remote.name} --to {to} (or set --mirror to a mirror of it).")
-        files[remote.name] = download(url, downloads / remote.name, sha256=pinned,
-                                      size=remote.size or None, progress=progress, hint=hint)
+        # unquoted and one mention each: the CLI shows a flag to type (--from NAME)
+        hint = (f" Offline? Download {remote.url} by hand and pass it as from_files="
+                f"{remote.name} (or set mirror to a base URL serving the same files).")
+        try:
+            files[remote.name] = download(url, downloads / remote.name, sha256=pinned,
+                                          size=remote.size or None, progress=progress, hint=hint)
+        except DownloadError as error:
+            error.parameters += ("from_files", "mirror")  # the hint's
+            raise
         if pinned is None:
             _unpinned(files[remote.name], log)
     return files
@@ -380,22 +387,25 @@ def _unpack(info: DatasetInfo, files: dict[str, Path], target: Path, options: Fe
 
 
 def _checksum_overrides(info: DatasetInfo, given: str | Sequence[str] | None) -> dict[str, str]:
-    """``--sha256`` values by file name."""
+    """``sha256`` values by file name."""
     overrides: dict[str, str] = {}
     for text in [given] if isinstance(given, str) else list(given or ()):
         name, sep, value = text.rpartition("=")
         if not sep:
             if len(info.files) != 1:
-                raise ConfigError(f"{info.name} has {len(info.files)} files: give --sha256 as "
-                                  f"FILENAME=HEX (files: "
-                                  f"{', '.join(f.name for f in info.files)}).")
+                raise ConfigError(f"{info.name} has {len(info.files)} files: give each sha256 "
+                                  f"as FILENAME=HEX (files: "
+                                  f"{', '.join(f.name for f in info.files)}).",
+                                  parameter="sha256")
             name = info.files[0].name
         value = value.strip().lower()
         if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise ConfigError(f"--sha256 must be 64 hexadecimal digits. Got {value!r}.")
+            raise ConfigError(f"sha256 must be 64 hexadecimal digits. Got {value!r}.",
+                              parameter="sha256")
         if name not in {f.name for f in info.files}:
-            raise ConfigError(f"--sha256 {name}=...: {info.name} has no file of that name "
-                              f"(files: {', '.join(f.name for f in info.files)}).")
+            raise ConfigError(f"sha256={name}=...: {info.name} has no file of that name "
+                              f"(files: {', '.join(f.name for f in info.files)}).",
+                              parameter="sha256")
         overrides[name] = value
     return overrides
 
@@ -404,11 +414,13 @@ def _check_mirror(mirror: str) -> None:
     parts = urlsplit(mirror)
     if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and
                                                          not parts.netloc):
-        raise ConfigError(f"--mirror (or ${MIRROR_ENV}) must be a base URL such as "
-                          f"https://mirror.example.com/datasets. Got {mirror!r}.")
+        raise ConfigError(f"mirror (or ${MIRROR_ENV}) must be a base URL such as "
+                          f"https://mirror.example.com/datasets. Got {mirror!r}.",
+                          parameter="mirror")
 
 
 def _unpinned(path: Path, log: Callable[[str], None]) -> None:
     digest = sha256_of(path)
-    log(f"Warning: no published SHA-256 of {path.name} is known, so it was not verified. Its "
-        f"SHA-256 is {digest}: pass --sha256 {digest} to require the same file next time.")
+    log(Note(f"Warning: no published SHA-256 of {path.name} is known, so it was not verified. "
+             f"Its SHA-256 is {digest}: pass sha256={digest} to require the same file next "
+             f"time.", parameter="sha256"))

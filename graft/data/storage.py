@@ -161,11 +161,14 @@ def is_file(path: str | os.PathLike) -> bool:
     return True
 
 
-def check_local(out: str | os.PathLike, what: str = "the result") -> None:
-    """Refuse a remote ``--out``: graft writes models and feature files to local disk."""
+def check_local(out: str | os.PathLike, what: str = "the result",
+                parameter: str = "out") -> None:
+    """Refuse a remote ``out``: graft writes models and feature files to local disk.
+    ``parameter`` is how the caller names ``out``, for the message."""
     if is_uri(out):
-        raise ConfigError(f"--out {out}: graft writes {what} to local disk. Give a local path, "
-                          f"and copy it to remote storage afterwards.")
+        raise ConfigError(f"{parameter}={os.fspath(out)!r}: graft writes {what} to local disk. "
+                          f"Give a local path, and copy it to remote storage afterwards.",
+                          parameter=parameter)
 
 
 def join(root: str | os.PathLike, relpath: str) -> str:

@@ -57,7 +57,7 @@ def fused_key(keys: Sequence[str]) -> str:
     return hashlib.sha256("+".join(keys).encode()).hexdigest()[:20]
 
 
-# --precision on CUDA: torch autocast to this dtype (features come back float32 either way).
+# precision on CUDA: torch autocast to this dtype (features come back float32 either way).
 AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -70,16 +70,18 @@ def check_cuda(device: str) -> None:
         return
     if not torch.cuda.is_available():
         build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise ConfigError(f"--device {device}: torch {torch.__version__} ({build}) sees no CUDA "
-                          f"device here. Use --device cpu (or auto), or run on a machine with "
-                          f"an NVIDIA GPU and its driver.")
+        # "devices", not "device": naming() would take the word for the parameter
+        raise ConfigError(f"device={device!r}: torch {torch.__version__} ({build}) sees no CUDA "
+                          f"devices here. Use device='cpu' (or 'auto'), or run on a machine with "
+                          f"an NVIDIA GPU and its driver.", parameter="device")
     try:
         index = torch.device(device).index
     except RuntimeError:
-        raise ConfigError(f"--device must be cuda or cuda:N. Got {device!r}.") from None
+        raise ConfigError(f"device must be 'cuda' or 'cuda:N'. Got {device!r}.",
+                          parameter="device") from None
     if index is not None and index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA "
-                          f"device(s), numbered from 0.")
+        raise ConfigError(f"device={device!r}: torch sees {torch.cuda.device_count()} CUDA "
+                          f"GPU(s), numbered from 0.", parameter="device")
 
 
 @contextlib.contextmanager
@@ -114,8 +116,8 @@ class TorchEngine(FeatureEngine):
     """Eager PyTorch on a device (CUDA: channels_last, fp32 without TF32, or fp16/bf16 autocast;
     features come back float32).
 
-    ``target`` is where the network runs: this process's ``device``, or, for ``--engine ray
-    --device cuda``, the cluster's GPUs (the model stays on this process's CPU and each Ray
+    ``target`` is where the network runs: this process's ``device``, or, for ``engine="ray"``
+    with ``device="cuda"``, the cluster's GPUs (the model stays on this process's CPU and each Ray
     actor moves it to its own GPU).
     """
 
@@ -142,10 +144,13 @@ class TorchEngine(FeatureEngine):
     def set_precision(self, precision: str) -> None:
         """fp32, or autocast to fp16/bf16 on CUDA; the key changes with it."""
         if precision != "fp32" and precision not in AUTOCAST:
-            raise ConfigError(f"A torch engine runs fp32, fp16 or bf16. Got {precision!r}.")
+            raise ConfigError(f"A torch engine runs precision 'fp32', 'fp16' or 'bf16'. Got "
+                              f"{precision!r}.", parameter="precision")
         if precision != "fp32" and not self.target.startswith("cuda"):
-            raise ConfigError(f"--precision {precision} is mixed precision on a GPU: use it with "
-                              f"--device cuda (on a CPU: fp32, or int8).")
+            # "mixed-precision": the bare word would be taken for the parameter by naming()
+            raise ConfigError(f"precision={precision!r} is mixed-precision autocast, on a GPU: "
+                              f"use it with device='cuda' (on a CPU: 'fp32', or 'int8').",
+                              parameter=("precision", "device"))
         self.key = precision_key(self.fp32_key, precision)
         self.precision = precision
 
@@ -214,7 +219,7 @@ def create_engine(
         device: ``"auto"``, ``"cpu"`` (ONNX Runtime), ``"cuda"`` / ``"cuda:N"`` or ``"torch"``
             (eager PyTorch on CPU, for comparisons).
         threads: ONNX Runtime intra-op threads (default: the share :func:`plan_threads` gives).
-        target: For ``--engine ray``: where the Ray actors run the network (``"cuda"``: the
+        target: For ``engine="ray"``: where the Ray actors run the network (``"cuda"``: the
             cluster's GPUs, the model kept on this process's CPU); default ``device``.
     """
     from graft.config import resolve_cache_dir
@@ -233,8 +238,8 @@ def create_engine(
                            target=target, **common)
     if device != "cpu":
         raise ConfigError(
-            f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'torch'. "
-            f"Got {device!r} instead."
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'torch'. "
+            f"Got {device!r} instead.", parameter="device"
         )
     onnx_path = resolve_cache_dir(cache_dir) / "onnx" / f"{backbone.name}-{key}.onnx"
     if not onnx_path.is_file():

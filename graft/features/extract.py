@@ -289,7 +289,8 @@ def _extract_on_ray(job: _Job, todo: list[_Todo], *, batch_size: int,
     from graft.features.ray_engine import ray_features, ray_kind
 
     if any(job.samples[index].view for index, _, _ in todo):
-        raise DataError("--augment-views runs locally: leave out --engine ray for it.")
+        raise DataError("augment_views runs locally: leave out engine='ray' for it.",
+                        parameter=("augment_views", "engine"))
     paths = [job.samples[index].path for index, _, _ in todo]
     for batch in ray_features(paths, job.engines, kind=ray_kind(job.engines),
                               batch_size=batch_size, address=address):

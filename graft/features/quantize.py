@@ -1,6 +1,6 @@
 """int8 backbones: static QDQ quantization with ONNX Runtime, calibrated on the user's own images.
 
-``--precision int8`` quantizes the exported fp32 graph once per backbone and calibration set
+``precision="int8"`` quantizes the exported fp32 graph once per backbone and calibration set
 (cached by key like the fp32 graph), and the features, the model directory and prediction all use
 that one int8 graph. What stays in float: the in-graph normalization (cast, subtract, divide), the
 first convolution (it sees raw pixels, where 8 bits lose the most), and the final pooling. On an
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from graft.catalog import MODEL_PRECISIONS
 from graft.errors import ConfigError, ModelError
 from graft.inference.batches import iter_decoded_batches
 from graft.inference.engine import OnnxEngine
@@ -31,7 +32,7 @@ __all__ = [
     "quantize_engine",
 ]
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = MODEL_PRECISIONS  # the graphs a model directory ships: named once, in the catalog
 CALIBRATION_IMAGES = 200  # "a few hundred": more changed nothing measurable, and costs time
 _QUANT_FORMAT = 1  # bump when the quantization recipe changes, so cached graphs are rebuilt
 _FLOAT_OPS = ("Transpose", "Cast", "Sub", "Div", "GlobalAveragePool", "Flatten", "ReduceMean")
@@ -115,10 +116,12 @@ def quantize_engine(engine: OnnxEngine, images: Sequence[Any], *,
     from graft.config import resolve_cache_dir
 
     if not isinstance(engine, OnnxEngine):
-        raise ConfigError("--precision int8 runs on ONNX Runtime: use --device cpu.")
+        raise ConfigError("precision='int8' runs on ONNX Runtime: use device='cpu'.",
+                          parameter=("precision", "device"))
     images = list(images)
     if not images:
-        raise ConfigError("--precision int8 needs training images to calibrate on.")
+        raise ConfigError("precision='int8' needs training images to calibrate on.",
+                          parameter="precision")
     if identity is None:
         identity = calibration_identity(images)
     text = f"{engine.key}|int8|{_QUANT_FORMAT}|{identity}"
@@ -134,8 +137,9 @@ def quantize_engine(engine: OnnxEngine, images: Sequence[Any], *,
             _quantize(engine.path, target, calibration, "images")
         except Exception as exc:  # onnxruntime's quantizer raises many types
             raise ModelError(
-                f"--precision int8: ONNX Runtime could not quantize {engine.path.name} "
-                f"({type(exc).__name__}: {exc}). Use --precision fp32 for this backbone."
+                f"precision='int8': ONNX Runtime could not quantize {engine.path.name} "
+                f"({type(exc).__name__}: {exc}). Use precision='fp32' for this backbone.",
+                parameter="precision"
             ) from exc
     return OnnxEngine(target, key=key, preprocess=engine.preprocess,
                       num_features=engine.num_features, threads=engine.threads,

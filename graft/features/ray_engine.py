@@ -1,4 +1,4 @@
-"""``--engine ray``: decode and run the backbone graphs on a Ray cluster, with Ray Data.
+"""``engine="ray"``: decode and run the backbone graphs on a Ray cluster, with Ray Data.
 
 The driver lists the images and drops those already cached; a manifest of the rest (blocks of
 paths, put in the object store by the driver) is read by Ray Data; decoding and preprocessing
@@ -60,7 +60,7 @@ class RayBatch:
 def connect(address: str | None = None) -> Any:
     """Join the cluster at ``address`` (``auto``, ``ray://...``, ``host:port``; default
     ``$RAY_ADDRESS``, else a local cluster on this machine's CPUs)."""
-    require("ray", command="--engine ray")
+    require("ray", command="engine='ray'", parameter="engine")
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines stay off stderr
     import ray
 
@@ -71,8 +71,8 @@ def connect(address: str | None = None) -> Any:
                      log_to_driver=False, configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as error:
             raise ConfigError(f"Cannot reach a Ray cluster at {address!r}: {error}. Start one "
-                              f"('ray start --head') or leave --address out for a local "
-                              f"one.") from None
+                              f"('ray start --head') or leave address out for a local "
+                              f"one.", parameter="address") from None
         # Leave it when this process ends, before Ray's own exit handler (atexit runs the
         # last registered first), which waits for log lines that log_to_driver=False never
         # sends (the fixed cost in benchmarks/ray_extract.py).
@@ -337,7 +337,7 @@ def ray_predictions(predictor: Any, paths: Iterable[str | os.PathLike], *, top_k
     a result that still arrives early waits for the ones before it). ``paths`` is read
     :data:`PREDICT_PART` at a time, one Ray job each, so a stream of paths is never held whole."""
     if int(top_k) < 1:
-        raise ConfigError(f"--top-k must be >= 1. Got {top_k!r} instead.")
+        raise ConfigError(f"top_k must be >= 1. Got {top_k!r} instead.", parameter="top_k")
     part: list[str] = []
     for path in paths:
         part.append(os.fspath(path))

@@ -158,7 +158,8 @@ def iter_decoded_batches(
             not given), for a GPU that threads cannot keep busy: see :func:`use_processes`.
     """
     if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1. Got {batch_size!r} instead.")
+        raise ConfigError(f"batch_size must be >= 1. Got {batch_size!r} instead.",
+                          parameter="batch_size")
     if workers is None:
         from graft.system import plan_threads
 
@@ -177,7 +178,7 @@ def iter_decoded_batches(
             yield batch
     except BrokenProcessPool as exc:  # from a result, or from submitting to the broken pool
         raise DataError(f"A process decoding images stopped ({exc}); was it killed for "
-                        f"memory? Run again with fewer --threads.") from None
+                        f"memory? Run again with fewer threads.", parameter="threads") from None
     finally:  # the work queued for an error or a generator closed early is dropped
         decoding.close()
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,8 +37,9 @@ log = logging.getLogger("graft.serve")
 class ServerState:
     """The models, the thread pools and the flags the routes read."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, names: Mapping[str, str] | None = None) -> None:
         self.config = config
+        self.names = dict(names or {})  # how answers spell settings (graft serve: its flags)
         self.plan = plan_threads(config.threads)
         self.metrics = ServerMetrics()
         self.models: dict[str, ServedModel] = {}
@@ -90,8 +91,9 @@ class ServerState:
             return await asyncio.wait_for(model.predict(images), self.config.timeout_s)
         except asyncio.TimeoutError:
             self.metrics.rejected.labels(reason="timeout").inc(len(images))
-            raise ServeError(504, f"No answer within --timeout-s {self.config.timeout_s:g} s "
-                                  f"(the server is overloaded).", "timeout") from None
+            raise ServeError(504, f"No answer within timeout_s={self.config.timeout_s:g} s "
+                                  f"(the server is overloaded).", "timeout",
+                             parameter="timeout_s") from None
 
 
 class _CountRequests:
@@ -146,7 +148,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _serve_error(request: Request, error: ServeError) -> JSONResponse:
     if error.reason not in ("queue_full", "timeout") and error.status < 500:
         request.app.state.graft.metrics.rejected.labels(reason=error.reason).inc()
-    return error_response(error.status, error.message, error.headers)
+    message = error.naming(request.app.state.graft.names)
+    return error_response(error.status, message, error.headers)
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -163,10 +166,14 @@ async def _internal_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(500, f"Internal server error ({type(error).__name__}).")
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    """The ASGI app serving ``config.models`` (run it with uvicorn; see :func:`serve`)."""
+def create_app(config: ServeConfig, *, names: Mapping[str, str] | None = None) -> FastAPI:
+    """The ASGI app serving ``config.models`` (run it with uvicorn; see :func:`serve`).
+
+    ``names``: ``{field: name}`` for the settings an error answer names, in the words of whoever
+    started the server (``graft serve`` gives its flags); by default the fields' own names.
+    """
     config.validate()
-    state = ServerState(config)
+    state = ServerState(config, names)
     app = FastAPI(title="graft", version=__version__, lifespan=_lifespan, docs_url="/docs",
                   redoc_url=None)
     app.state.graft = state

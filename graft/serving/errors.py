@@ -14,11 +14,16 @@ class ServeError(GraftError):
         status: The HTTP status code.
         reason: A short label for the rejection metrics (``too_large``, ``queue_full``...).
         headers: Extra response headers (``Retry-After`` on 503).
+
+    A message naming a server setting names the :class:`ServeConfig` field (``parameter``);
+    the app answers with :meth:`naming` in the words of whoever started it (``graft serve``:
+    its flags).
     """
 
     def __init__(self, status: int, message: str, reason: str = "bad_request",
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
+                 headers: dict[str, str] | None = None,
+                 parameter: str | tuple[str, ...] = ()) -> None:
+        super().__init__(message, parameter=parameter)
         self.status = status
         self.message = message
         self.reason = reason
@@ -38,7 +43,8 @@ def image_error(error: ImageError, index: int, count: int) -> ServeError:
         hint = (" Send the bytes of a JPEG, PNG, GIF, BMP, TIFF or WebP file (its content decides, "
                 "not its name or Content-Type).")
     elif error.kind == "too_large":
-        hint = " Resize it first, or start the server with a larger --max-pixels."
+        hint = " Resize it first, or start the server with a larger max_pixels."
     else:
         hint = ""
-    return ServeError(status, f"Cannot read {which}: {error.reason}.{hint}", reason)
+    return ServeError(status, f"Cannot read {which}: {error.reason}.{hint}", reason,
+                      parameter="max_pixels" if hint else ())

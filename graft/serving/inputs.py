@@ -45,7 +45,7 @@ async def off_loop(pool: Executor | None, size: int, function: Callable[..., T],
 
 def _too_large(limit: int, size: str) -> ServeError:
     return ServeError(413, f"Request body too large ({size}; the limit is {limit:,} bytes, set by "
-                           f"--max-body-mb).", "body_too_large")
+                           f"max_body_mb).", "body_too_large", parameter="max_body_mb")
 
 
 async def read_body(request: Request, limit: int, pool: Executor | None = None) -> bytes:

@@ -106,14 +106,15 @@ class ServedModel:
         count = len(images)
         if count > self.config.max_queue:
             raise ServeError(413, f"{count} images in one request, more than model {self.name!r} "
-                                  f"ever holds at once (--max-queue {self.config.max_queue}). "
-                                  f"Send them in smaller requests.", "too_many_images")
+                                  f"ever holds at once (max_queue={self.config.max_queue}). "
+                                  f"Send them in smaller requests.", "too_many_images",
+                             parameter="max_queue")
         if self._pending + count > self.config.max_queue:
             self._metrics.rejected.labels(reason="queue_full").inc(count)
             raise ServeError(
                 503, f"Model {self.name!r} is at capacity ({self._pending} images in progress, "
-                f"--max-queue {self.config.max_queue}). Retry shortly.", "queue_full",
-                headers={"Retry-After": "1"})
+                f"max_queue={self.config.max_queue}). Retry shortly.", "queue_full",
+                headers={"Retry-After": "1"}, parameter="max_queue")
         self._pending += count
         self._metrics.queue_depth.labels(model=self.name).set(self._pending)
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import uvicorn
 
@@ -33,9 +33,10 @@ class _Server(uvicorn.Server):
                               f"(web page at /, metrics at /metrics)")
 
 
-def serve(config: ServeConfig, *, log: Callable[[str], None] = print) -> None:
-    """Serve ``config.models`` until SIGTERM or Ctrl-C."""
-    app = create_app(config)
+def serve(config: ServeConfig, *, log: Callable[[str], None] = print,
+          names: Mapping[str, str] | None = None) -> None:
+    """Serve ``config.models`` until SIGTERM or Ctrl-C (``names``: see :func:`create_app`)."""
+    app = create_app(config, names=names)
     state = app.state.graft
     names = ", ".join(f"{name}={path}" for name, path in config.models.items())
     plan = state.plan

@@ -22,7 +22,7 @@ from graft.data import assign_splits, scan_dataset
 from graft.data.contents import read_content_hashes
 from graft.data.dataset import DatasetStream, folder_layout, local_folder, stream_dataset
 from graft.data.storage import basename, is_uri, join
-from graft.errors import ConfigError, DataError
+from graft.errors import ConfigError, DataError, Note
 from graft.evaluation.metrics import compute_metrics, format_report
 from graft.features import ExtractionReport, extract_feature_set
 from graft.features.store import FeatureSet, in_chunks
@@ -70,7 +70,8 @@ def evaluate(
     if config.report is not None:
         from graft.extras import require
 
-        require("report", "matplotlib", "evaluate --report")  # before any work, not after
+        # before any work, not after; "report" would name the extra too, so no parameter
+        require("report", "matplotlib", "evaluate's HTML report")
     predictor = load(model_dir, threads=config.threads, batch_size=config.batch_size)
     dataset, split, note = _choose_split(data, predictor.config, config.split,
                                          cache_dir=config.cache_dir, progress=progress)
@@ -169,9 +170,9 @@ def _choose_split(data: str | os.PathLike, config: ModelConfig, split: str | Non
         note = f"Scoring all {len(dataset)} images of {data}"
         if same:
             note += (" - this is the model's training data, so training images are scored too "
-                     "and the score is inflated; the default, --split test, scores only the "
+                     "and the score is inflated; the default, split='test', scores only the "
                      "held-out ones")
-        return dataset, split, note + "."
+        return dataset, split, Note(note + ".", parameter="split")
     if same:
         dataset = listing(config.split.params)
         where = ("the model's held-out split of its training data, recomputed from the split "
@@ -191,8 +192,9 @@ def _choose_split(data: str | os.PathLike, config: ModelConfig, split: str | Non
                 if split == "val" and not same else "")
         raise DataError(f"{data} holds no {split!r} images. Choose another split.{hint}",
                         parameter="split")
-    note = (f"Scoring the {split} split: {len(chosen)} of {total} images ({where}); "
-            f"--split all|train|val|test chooses.")
+    # the word "split" is English here too, so the option is named in words, not as a Note
+    note = (f"Scoring the {split} split: {len(chosen)} of {total} images ({where}); the split "
+            f"option ({', '.join(EVALUATE_SPLITS)}) chooses.")
     return chosen, split, note
 
 
