@@ -31,6 +31,8 @@ def _naming(message: str, parameters: Sequence[str], names: Mapping[str, str]) -
             continue
         # not part of a longer word, path, flag or quoted value
         word = rf"(?<![\w'\"./-]){re.escape(parameter)}"
+        # a quoted plain value is typed bare on a command line: --precision int8
+        message = re.sub(word + r"='([\w.:+-]+)'", name + r" \1", message)
         message = re.sub(word + "=", name + " ", message)
         message = re.sub(word + r"(?![\w'\"/-])", name, message)
     return message

@@ -88,7 +88,7 @@ def test_save_refuses_a_folder_that_is_not_a_model(fitted, tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
     (folder / "backbone.onnx").write_bytes(b"not graft's")
-    with pytest.raises(ConfigError, match=r"directory .*mine already exists and is not a graft"):
+    with pytest.raises(ConfigError, match=r"directory=.*mine' already exists and is not a graft"):
         clf.save(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["backbone.onnx", "notes.txt"]
     assert (folder / "backbone.onnx").read_bytes() == b"not graft's"

@@ -96,7 +96,7 @@ def test_evaluate_scores_the_held_out_split_of_training_data(trained, capsys):
     assert everything["n_test"] == 36  # every readable image (the broken one is skipped)
     assert everything["overlap_with_training"] == trained_metrics["n_train"]
     assert "inflated" in out.err and f"{trained_metrics['n_train']} of the 36" in out.err
-    assert "the default, --split 'test', scores" in out.err  # the library's note, in flags
+    assert "the default, --split test, scores" in out.err  # the library's note, in flags
 
 
 def test_evaluate_counts_copies_of_training_images(trained, tmp_path, capsys):

@@ -163,7 +163,8 @@ def test_stage_two_skipped_is_said(colors, tmp_path):
     logs: list[str] = []
     result = finetune(colors, out=tmp_path / "ft", config=_config(epochs=2, fine_tune_epochs=0),
                       progress=False, log=logs.append)
-    assert "Stage 2 skipped: --fine-tune-epochs is 0, so no backbone block is unfrozen and the " \
+    # the library names its parameter (the CLI's log, its flag)
+    assert "Stage 2 skipped: fine_tune_epochs is 0, so no backbone block is unfrozen and the " \
            "final model is stage 1's." in logs
     assert not any("up to 0 epochs" in line for line in logs)
     assert not any(line.startswith("Stage 2:") for line in logs)

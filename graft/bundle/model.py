@@ -109,28 +109,30 @@ CHECKPOINT_FILE = "checkpoint.pt"  # graft finetune's resume state, deleted when
 _REPLACEABLE_MARKERS = (CONFIG_FILE, CHECKPOINT_FILE)
 
 
-def check_replaceable(out: str | os.PathLike, param: str = "--out") -> None:
+def check_replaceable(out: str | os.PathLike, param: str = "out") -> None:
     """Refuse to overwrite a directory that is not a graft model (it is replaced whole).
 
     Args:
-        param: How messages name ``out`` (the CLI's ``--out``, or a function's parameter).
+        param: The caller's parameter that gave ``out`` (the CLI names its flag).
 
     Raises:
         ConfigError: ``out`` exists, is not empty, and holds no model or resume state.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"{param} {out} is a file; give a folder for the model.")
+        raise ConfigError(f"{param}={os.fspath(out)!r} is a file; give a folder for the model.",
+                          parameter=param)
     if out.is_dir() and any(out.iterdir()) and not any(
             (out / marker).is_file() for marker in _REPLACEABLE_MARKERS):
         raise ConfigError(
-            f"{param} {out} already exists and is not a graft model directory; a model "
-            f"directory is replaced whole, so graft will not write there. Choose a new folder."
+            f"{param}={os.fspath(out)!r} already exists and is not a graft model directory; a "
+            f"model directory is replaced whole, so graft will not write there. Choose a new "
+            f"folder.", parameter=param
         )
 
 
 @contextlib.contextmanager
-def staged_model_dir(out: str | os.PathLike, param: str = "--out") -> Iterator[Path]:
+def staged_model_dir(out: str | os.PathLike, param: str = "out") -> Iterator[Path]:
     """A temporary directory beside ``out`` that replaces ``out`` only if the block succeeds.
 
     A run that fails or is interrupted leaves the previous model (if any) untouched and no
@@ -237,7 +239,7 @@ def load_model_config(model_dir: str | os.PathLike, verify: bool = True) -> Mode
     if not config_path.is_file():
         raise ModelError(
             f"{model_dir} is not a graft model directory (no {CONFIG_FILE}). Create one with "
-            f"'graft train DATA --out {model_dir}'."
+            f"graft train (or graft.train) and give that folder."
         )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))

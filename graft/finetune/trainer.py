@@ -42,7 +42,7 @@ from graft.data.contents import content_hashes
 from graft.data.images import decode_image
 from graft.data.preprocess import PreprocessConfig
 from graft.data.storage import is_uri
-from graft.errors import ConfigError, DataError, ImageError, ModelError
+from graft.errors import ConfigError, DataError, ImageError, ModelError, Note
 from graft.evaluation import ReportInputs, compute_metrics, format_report, write_report
 from graft.features.engine import (
     backbone_key,
@@ -185,9 +185,9 @@ def _device(name: str) -> torch.device:
 
 
 def _splits(data: str | os.PathLike, config: FinetuneConfig) -> ImageDataset:
-    """Train/val/test exactly as ``graft train`` makes them for the same --test-size, --seed and
-    --group-regex; early stopping needs a val split, so pre-split data without one sets aside a
-    stable share (--val-size) of its training images."""
+    """Train/val/test exactly as ``graft train`` makes them for the same ``test_size``, ``seed``
+    and ``group_regex``; early stopping needs a val split, so pre-split data without one sets
+    aside a stable share (``val_size``) of its training images."""
     return assign_splits(scan_dataset(data), test_size=config.test_size,
                          val_size=config.val_size, seed=config.seed,
                          group_regex=config.group_regex)
@@ -437,15 +437,16 @@ def _train_stages(run: _Finetune) -> None:
     """Step 4: stage 1, then stage 2, each (or what a resume left of it) with early stopping;
     each ends on its best weights, whose test accuracy is recorded."""
     config, state = run.config, run.state
-    stages = ((1, config.epochs, config.lr, "--epochs"),
-              (2, config.fine_tune_epochs, config.fine_tune_lr, "--fine-tune-epochs"))
-    for stage, epochs, lr, flag in stages:
+    stages = ((1, config.epochs, config.lr, "epochs"),
+              (2, config.fine_tune_epochs, config.fine_tune_lr, "fine_tune_epochs"))
+    for stage, epochs, lr, name in stages:
         if stage < state.stage:
             continue
         if epochs == 0:
             consequence = ("no backbone block is unfrozen and the final model is stage 1's"
                            if stage == 2 else "stage 2 trains the new head from scratch")
-            run.log(f"Stage {stage} skipped: {flag} is 0, so {consequence}.")
+            run.log(Note(f"Stage {stage} skipped: {name} is 0, so {consequence}.",
+                         parameter=name))
         else:
             _train_stage(run, stage, epochs, lr)
             run.optimizer_state = None  # a resumed optimizer belongs to the stage it was saved in

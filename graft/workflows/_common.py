@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from graft.bundle.config import BackboneRecipe
+from graft.catalog import PRECISIONS, one_of
 from graft.data.dataset import DatasetStream
 from graft.errors import ConfigError, GraftError
 
 Log = Callable[[str], None]
 
-# graft extract's --precision: graft train's (fp32, int8), and mixed precision on CUDA, whose
-# features are for analysis (a model directory runs its fp32 or int8 graph).
-EXTRACT_PRECISIONS = ("fp32", "int8", "fp16", "bf16")
 
 
 def silent(_: str) -> None:
@@ -82,8 +80,8 @@ def build_backbones(
     target = None
     if engine == "ray" and device.startswith("cuda"):
         if device != "cuda":
-            raise ConfigError(f"--device {device} with --engine ray: Ray gives each actor its "
-                              f"GPU; use --device cuda.")
+            raise ConfigError(f"device={device!r} with engine='ray': Ray gives each actor its "
+                              f"own GPU; use device='cuda'.", parameter=("device", "engine"))
         device, target = "torch", "cuda"  # each actor sees its own GPU as cuda:0
     elif engine == "ray" and device == "auto":
         device = "cpu"
@@ -117,7 +115,7 @@ def set_precision(built: list[BuiltBackbone], precision: str,
                   train_paths: Sequence[Any] | DatasetStream, *,
                   cache_dir: str | os.PathLike | None,
                   log: Log = silent) -> list[BuiltBackbone]:
-    """The backbones for ``--precision``: unchanged for fp32; for int8, each backbone
+    """The backbones for ``precision``: unchanged for fp32; for int8, each backbone
     quantized, calibrated on up to 200 of ``train_paths`` (of a :class:`DatasetStream`'s train
     split, listed for int8 only); for fp16/bf16 (``graft extract`` on CUDA), the torch engines
     autocast, their features cached apart from fp32 ones."""
@@ -129,16 +127,16 @@ def set_precision(built: list[BuiltBackbone], precision: str,
         quantize_engine,
     )
 
-    if precision not in EXTRACT_PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(EXTRACT_PRECISIONS)}. "
-                          f"Got {precision!r}.")
+    one_of("precision", precision, PRECISIONS)
     if precision == "fp32":
         return built
     if precision in AUTOCAST:
         for b in built:
             if not hasattr(b.engine, "set_precision"):
-                raise ConfigError(f"--precision {precision} is mixed precision on a GPU: use it "
-                                  f"with --device cuda (on a CPU: fp32, or int8).")
+                # "mixed-precision": the bare word would be taken for the parameter by naming()
+                raise ConfigError(f"precision={precision!r} is mixed-precision autocast, on a "
+                                  f"GPU: use it with device='cuda' (on a CPU: 'fp32', or "
+                                  f"'int8').", parameter=("precision", "device"))
             b.engine.set_precision(precision)
         return [dataclasses.replace(b, recipe=dataclasses.replace(b.recipe, precision=precision))
                 for b in built]

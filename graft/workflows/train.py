@@ -20,12 +20,12 @@ import numpy as np
 
 from graft.bundle.config import BackboneRecipe, HeadSpec, SplitSpec, TrainingSpec
 from graft.bundle.model import check_replaceable, staged_model_dir, write_metrics
-from graft.catalog import STREAMING_HEADS
+from graft.catalog import MODEL_PRECISIONS, STREAMING_HEADS
 from graft.config import TrainConfig
 from graft.data import check_output_dir, compute_splits
 from graft.data.dataset import DatasetStream, stream_dataset
 from graft.data.storage import is_file, is_uri, join
-from graft.errors import ConfigError, DataError, ModelError
+from graft.errors import ConfigError, DataError, ModelError, Note
 from graft.evaluation.background import ReportWriter
 from graft.evaluation.inputs import ReportInputs
 from graft.evaluation.metrics import compute_metrics, format_report
@@ -166,50 +166,19 @@ def _start(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
 
 def _load_features(run: _Run) -> None:
     """Step 2: the features of every image, from the cache or extracted now (or a feature file)."""
-    from graft.features import extract_feature_set, load_feature_file
+    from graft.features import extract_feature_set
 
     cfg, plan = run.config, run.plan
     if not is_uri(run.data) and run.data.suffix.lower() in (".h5", ".hdf5"):
-        if cfg.out_of_core:
-            raise ConfigError(
-                "--out-of-core trains from the feature cache of an image folder: train on the "
-                "folder (its features are cached already if 'graft extract' ran on it).")
-        if cfg.augment_views:
-            raise ConfigError(
-                "--augment-views needs the images: train on the image folder, not a feature file."
-            )
-        features = load_feature_file(run.data)
-        from graft.features.quantize import PRECISIONS
-
-        stored = {b.get("precision", "fp32") for b in features.backbones}
-        if not stored <= set(PRECISIONS):
-            raise ConfigError(
-                f"{run.data} holds {'/'.join(sorted(stored))} features (mixed precision on a "
-                f"GPU); a model directory runs the fp32 (or int8) graph, so graft train needs "
-                f"those: extract it again with --precision fp32.")
-        if stored != {cfg.precision}:
-            raise ConfigError(
-                f"{run.data} holds {'/'.join(sorted(stored))} features; train from it with "
-                f"--precision {'/'.join(sorted(stored))}, or extract it again.")
-        run.backbones = _rebuild(run, features.backbones, plan.onnx)
-        calibration_split = np.array(features.split, copy=True)  # the split extract used
-        run.features = _resplit(features, cfg)
-        root = features.root or "."
-        _set_precision(run, [join(root, p) for p, s in zip(features.paths, calibration_split)
-                             if s == "train"])
-        if fused_key([engine.key for engine in run.engines]) != features.key:
-            raise ConfigError(
-                f"{run.data} was extracted with another int8 calibration than its images give "
-                f"now (images changed or missing). Extract it again with 'graft extract ... "
-                f"--precision {cfg.precision}'.")
+        _from_feature_file(run)
         return
     # a folder of class folders is counted, then read as it is extracted; a CSV or a bucket is
     # listed whole
     run.dataset = stream_dataset(run.data, cache_dir=cfg.cache_dir, progress=run.progress,
                                  **cfg.split_params)
     if run.dataset.split_source == "folders":
-        run.log("Using the data's own split folders (with only train/val, val is the test); "
-                "--test-size does not apply.")
+        run.log(Note("Using the data's own split folders (with only train/val, val is the "
+                     "test); test_size does not apply.", parameter="test_size"))
     run.backbones = build_backbones(
         cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
@@ -221,6 +190,44 @@ def _load_features(run: _Run) -> None:
         batch_size=cfg.batch_size, workers=plan.decode, progress=run.progress,
         engine=cfg.engine, address=cfg.address, out_of_core=run.out_of_core)
     run.log(run.extraction.summary())
+
+
+def _from_feature_file(run: _Run) -> None:
+    """Step 2 for a feature file from ``graft extract``: its features, split as asked, with
+    the backbones it was extracted with (checked against their weights and calibration)."""
+    from graft.features import load_feature_file
+
+    cfg = run.config
+    if cfg.out_of_core:
+        raise ConfigError(
+            "out_of_core trains from the feature cache of an image folder: train on the folder "
+            "(its features are cached already if 'graft extract' ran on it).",
+            parameter="out_of_core")
+    if cfg.augment_views:
+        raise ConfigError("augment_views needs the images: train on the image folder, not a "
+                          "feature file.", parameter="augment_views")
+    features = load_feature_file(run.data)
+    stored = {b.get("precision", "fp32") for b in features.backbones}
+    if not stored <= set(MODEL_PRECISIONS):
+        raise ConfigError(
+            f"{run.data} holds {'/'.join(sorted(stored))} features (mixed-precision, on a GPU); "
+            f"a model directory runs the fp32 (or int8) graph, so training needs those: "
+            f"extract it again with precision='fp32'.", parameter="precision")
+    if stored != {cfg.precision}:
+        raise ConfigError(
+            f"{run.data} holds {'/'.join(sorted(stored))} features; train from it with "
+            f"precision={'/'.join(sorted(stored))!r}, or extract it again.", parameter="precision")
+    run.backbones = _rebuild(run, features.backbones, run.plan.onnx)
+    calibration_split = np.array(features.split, copy=True)  # the split extract used
+    run.features = _resplit(features, cfg)
+    root = features.root or "."
+    _set_precision(run, [join(root, p) for p, s in zip(features.paths, calibration_split)
+                         if s == "train"])
+    if fused_key([engine.key for engine in run.engines]) != features.key:
+        raise ConfigError(
+            f"{run.data} was extracted with another int8 calibration than its images give now "
+            f"(images changed or missing). Extract it again with precision={cfg.precision!r}.",
+            parameter="precision")
 
 
 def _out_of_core(run: _Run) -> bool:
@@ -236,16 +243,18 @@ def _out_of_core(run: _Run) -> bool:
     size = (f"The feature matrix ({needed / 2**30:.1f} GiB) would take more than half of the "
             f"memory available ({available / 2**30:.1f} GiB)")
     if cfg.head not in STREAMING_HEADS or cfg.augment_views:
-        run.log(f"Warning: {size}, but the {cfg.head!r} head"
-                f"{' with --augment-views' if cfg.augment_views else ''} trains in memory only: "
-                f"training in memory (--head logreg without --augment-views trains out of core).")
+        run.log(Note(f"Warning: {size}, but the {cfg.head!r} head"
+                     f"{' with augment_views' if cfg.augment_views else ''} trains in memory "
+                     f"only: training in memory (head='logreg' without augment_views trains out "
+                     f"of core).", parameter=("augment_views", "head")))
         return False
-    run.log(f"{size}: training out of core (--in-memory to keep it in memory).")
+    run.log(Note(f"{size}: training out of core (out_of_core=False keeps it in memory).",
+                 parameter="out_of_core"))
     return True
 
 
 def _set_precision(run: _Run, train_paths: list | DatasetStream) -> None:
-    """``--precision int8``: each backbone's graph quantized, calibrated on training images."""
+    """``precision="int8"``: each backbone's graph quantized, calibrated on training images."""
     run.backbones = set_precision(run.backbones, run.config.precision, train_paths,
                                   cache_dir=run.config.cache_dir, log=run.log)
 
@@ -266,9 +275,9 @@ def _rebuild(run: _Run, stored: list[dict[str, Any]], threads: int) -> list[Buil
                               image_size=recipe.preprocess.size[0], cache_dir=cfg.cache_dir)
         if net.weights_sha256 != recipe.weights_sha256:
             raise DataError(
-                f"{run.data} was extracted with other weights for {recipe.name} (sha256 "
+                f"{run.data} was extracted from another checkpoint of {recipe.name} (sha256 "
                 f"{str(recipe.weights_sha256)[:12]}..., now {net.weights_sha256[:12]}...). "
-                f"Pass the same --weights as for 'graft extract'."
+                f"Give the weights it was extracted with.", parameter="weights"
             )
         engine = create_engine(net, device="cpu", cache_dir=cfg.cache_dir, threads=threads)
         # the fp32 recipe: _set_precision quantizes again as --precision says
@@ -297,12 +306,12 @@ def _check_trainable(features: FeatureSet) -> None:
     if missing:
         raise DataError(
             f"No training images for class(es) {missing}: every class needs images in the "
-            f"training split. Add images, or lower --test-size."
+            f"training split. Add images, or lower test_size.", parameter="test_size"
         )
     if not np.any(features.split == "test"):
         raise DataError(
             "The held-out test split is empty, so the model cannot be scored honestly. "
-            "Use --test-size > 0, or give a test/ (or val/) folder."
+            "Use test_size > 0, or give a test/ (or val/) folder.", parameter="test_size"
         )
 
 
