@@ -164,6 +164,16 @@ def staged_model_dir(out: str | os.PathLike, param: str = "out") -> Iterator[Pat
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _write_hashes(model_dir: Path, hashes: np.ndarray) -> FileSpec:
+    """The training images' content hashes, as the model directory lists them."""
+    from graft.data.contents import write_content_hashes
+
+    path = write_content_hashes(model_dir / FINGERPRINTS_FILE, hashes)
+    return FileSpec(FINGERPRINTS_FILE, file_sha256(path),
+                    format="sorted little-endian uint64: the first 8 bytes of each training "
+                           "image's SHA-256")
+
+
 def save_model(
     model_dir: str | os.PathLike,
     *,
@@ -184,7 +194,7 @@ def save_model(
         model_dir: A new directory, or the staging one of :func:`staged_model_dir` (replacing a
             model goes through it, so a failed save never leaves half of one).
         head_onnx: The head graph (an ``onnx.ModelProto``): features -> ``probabilities``.
-        train_fingerprints: Content fingerprints of the images the model was fitted on
+        train_fingerprints: Content hashes of the images the model was fitted on
             (:mod:`graft.data.contents`), kept so evaluation can detect overlap.
 
     Raises:
@@ -206,15 +216,8 @@ def save_model(
             backbone, feature_key=key, file=FileSpec(name, file_sha256(model_dir / name))))
     onnx.save_model(head_onnx, model_dir / HEAD_FILE)
     write_metrics(model_dir, metrics)
-    fingerprints = None
-    if train_fingerprints is not None:
-        from graft.data.contents import write_content_hashes
-
-        path = write_content_hashes(model_dir / FINGERPRINTS_FILE, train_fingerprints)
-        fingerprints = FileSpec(
-            FINGERPRINTS_FILE, file_sha256(path),
-            format="sorted little-endian uint64: the first 8 bytes of each training image's "
-                   "SHA-256")
+    fingerprints = (None if train_fingerprints is None
+                    else _write_hashes(model_dir, train_fingerprints))
     config = ModelConfig(
         labels=list(labels), backbones=entries, head=head,
         head_file=FileSpec(HEAD_FILE, file_sha256(model_dir / HEAD_FILE)),
