@@ -24,17 +24,26 @@ __all__ = [
 
 
 def _naming(message: str, parameters: Sequence[str], names: Mapping[str, str]) -> str:
-    """``message`` with each of ``parameters`` spelled as ``names`` spells it."""
+    """``message`` with each of ``parameters`` spelled as ``names`` spells it.
+
+    Only unambiguous mentions are rewritten: ``name=value`` (or a switch's exact
+    ``name=False``), and the bare name where it cannot be an ordinary word: a name with an
+    underscore, or the first word of the message. So "Check the weights path" stays prose.
+    """
     for parameter in parameters:
         name = names.get(parameter)
         if name is None:
             continue
         # not part of a longer word, path, flag or quoted value
         word = rf"(?<![\w'\"./-]){re.escape(parameter)}"
+        for key, flag in names.items():  # switches: out_of_core=False is --in-memory
+            if key.startswith(parameter + "="):
+                message = re.sub(rf"{word}={re.escape(key.split('=', 1)[1])}\b", flag, message)
         # a quoted plain value is typed bare on a command line: --precision int8
         message = re.sub(word + r"='([\w.:+-]+)'", name + r" \1", message)
         message = re.sub(word + "=", name + " ", message)
-        message = re.sub(word + r"(?![\w'\"/-])", name, message)
+        bare = word if "_" in parameter else rf"^{re.escape(parameter)}"
+        message = re.sub(bare + r"(?![\w'\"/.-]\w)(?![\w'\"/-])", name, message)
     return message
 
 

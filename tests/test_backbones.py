@@ -87,8 +87,8 @@ def test_unreadable_weights_file_message_is_short_and_safe(tmp_path, name, conte
     with pytest.raises(WeightsError) as info:
         load_state_dict_file(path)
     message = str(info.value)
-    assert str(path) in message and "check the weights path" in message.lower()
-    assert info.value.naming({"weights": "--weights"}).lower().count("check the --weights path")
+    assert str(path) in message and "check the weights=path given" in message.lower()
+    assert info.value.naming({"weights": "--weights"}).lower().count("check the --weights path given")
     # torch's own text advises weights_only=False, which lets the file run code: never shown.
     assert "weights_only" not in message and "\n" not in message
     assert len(message) < 400

@@ -35,7 +35,7 @@ def test_format_1_model_directory_predicts_as_it_did():
     assert (config.split.source, config.split.params) == (
         "hash", {"test_size": 0.2, "val_size": 0.0, "seed": 0})
     assert config.training.counts["train"]["blue"] == 6
-    assert config.fingerprints_file.path == "train-fingerprints.u64"
+    assert config.content_hashes_file.path == "train-fingerprints.u64"
 
 
 def test_format_1_config_is_written_again_as_the_current_format():

@@ -84,6 +84,14 @@ def test_presplit_with_a_folder_of_images_warns_and_ignores_it(tmp_path, caplog)
                for r in caplog.records)
 
 
+def test_a_stray_image_in_the_train_folder_keeps_the_data_presplit(tmp_path):
+    make_dataset(tmp_path / "train", n_per_class=3, classes=("red", "blue"))
+    make_dataset(tmp_path / "test", n_per_class=2, classes=("red", "blue"), start=10)
+    make_image(tmp_path / "train" / "preview.jpg", (0, 0, 0), 1)
+    for dataset in (scan_dataset(tmp_path), stream_dataset(tmp_path)):
+        assert dataset.layout == "presplit" and dataset.classes == ["blue", "red"]
+
+
 def test_split_names_as_classes_are_refused(tmp_path, caplog):
     # images directly in train/ and test/: read as classes, which name splits
     for split in ("train", "test"):

@@ -421,8 +421,10 @@ def test_cache_info_and_prune(tiny_backbone, tmp_path, capsys):
     assert main(["cache", "prune", "--cache-dir", str(cache), "--key", entry["key"],
                  "--dry-run"]) == 0
     assert Path(entry["path"]).is_dir()
+    assert (cache / "contents.sqlite").is_file()  # the images' content hashes
     assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
     assert not Path(entry["path"]).exists() and not any(Path(g).exists() for g in entry["graphs"])
+    assert not (cache / "contents.sqlite").exists()
     assert main(["extract", str(data), "--out", str(tmp_path / "g.h5"), "--backbone", TINY,
                  "--weights", "random", "--cache-dir", str(cache), "-q"]) == 0  # rebuilt
 
@@ -538,3 +540,27 @@ def test_content_hashes_come_from_extraction_and_a_warm_run_reads_no_image(
     path, _ = extract_to_file(stream_dataset(root), engine, [tiny_backbone.config()],
                               tmp_path / "f.h5", progress=False)
     np.testing.assert_array_equal(load_feature_file(path).content_hashes, expected)
+
+
+def test_a_file_gone_between_lookup_and_read_is_reported(tiny_backbone, tmp_path, monkeypatch):
+    """Looked up (its key computed) and then removed before it is read: one skipped image with
+    its reason, the others extracted."""
+    import graft.features.extract as extract_module
+    from graft.data.dataset import stream_dataset
+
+    root = make_dataset(tmp_path / "data", n_per_class=4)
+    gone = root / "red" / "red_001.jpg"
+    look_up = extract_module._look_up
+
+    def then_remove(*args, **kwargs):
+        found = look_up(*args, **kwargs)
+        gone.unlink()
+        return found
+
+    monkeypatch.setattr(extract_module, "_look_up", then_remove)
+    engine = create_engine(tiny_backbone, device="cpu")
+    features, report = extract_feature_set(stream_dataset(root), engine,
+                                           [tiny_backbone.config()], progress=False)
+    assert [p for p, _ in report.failures] == ["red/red_001.jpg"]
+    assert "cannot read" in report.failures[0][1] and len(features.paths) == 11
+    assert (features.content_hashes != 0).all()

@@ -211,7 +211,7 @@ def _load_file(spec: BackboneSpec, model: nn.Module, path: Path) -> None:
                 f"For {spec.name!r}, pass a PyTorch .pth/.safetensors state dict."
             )
         if not path.is_file():
-            raise WeightsError(f"Weights file {path} does not exist. Check the weights path.",
+            raise WeightsError(f"Weights file {path} does not exist. Check the weights=PATH given.",
                                parameter="weights")
         state = spec.from_keras(read_keras_h5(path))
     else:

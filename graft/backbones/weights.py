@@ -46,7 +46,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise WeightsError(f"Weights file {path} does not exist. Check the weights path.",
+        raise WeightsError(f"Weights file {path} does not exist. Check the weights=PATH given.",
                            parameter="weights")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5", ".keras"):
@@ -55,7 +55,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"PyTorch .pth/.pt/.bin or .safetensors state dicts."
         )
     if path.stat().st_size == 0:
-        raise WeightsError(f"Weights file {path} is empty. Check the weights path.",
+        raise WeightsError(f"Weights file {path} is empty. Check the weights=PATH given.",
                            parameter="weights")
     if suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -66,7 +66,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             reason = _first_line(str(exc))
             raise WeightsError(
                 f"Cannot read weights from {path}: it is not a valid .safetensors file"
-                f"{f' ({reason})' if reason else ''}. Check the weights path, or pass a "
+                f"{f' ({reason})' if reason else ''}. Check the weights=PATH given, or pass a "
                 f"PyTorch .pth/.pt/.bin state dict instead.", parameter="weights"
             ) from exc
     else:
@@ -77,7 +77,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise WeightsError(
                 f"Cannot read weights from {path}: {_torch_load_reason(exc)}. Expected a PyTorch "
                 f"state dict (saved with torch.save(model.state_dict(), path)) or a .safetensors "
-                f"file; check the weights path.", parameter="weights"
+                f"file; check the weights=PATH given.", parameter="weights"
             ) from exc
     for _ in range(2):
         if isinstance(state, Mapping):

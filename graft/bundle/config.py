@@ -234,7 +234,7 @@ class ModelConfig:
         labels: Class names, in probability-column order.
         backbones: One recipe per (fused) backbone, in feature order.
         head_file: The head graph: features -> ``probabilities``.
-        fingerprints_file: Content fingerprints of the images the model was fitted on.
+        content_hashes_file: Content hashes of the images the model was fitted on.
         fusion: How fused backbones' features are combined (``none`` for one backbone).
         versions: The libraries that wrote it.
         format_version: The format it was read from (it is written in the current one).
@@ -246,7 +246,7 @@ class ModelConfig:
     head_file: FileSpec
     split: SplitSpec = field(default_factory=SplitSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
-    fingerprints_file: FileSpec | None = None
+    content_hashes_file: FileSpec | None = None
     fusion: str = "none"
     created: str = ""
     task: str = "image-classification"
@@ -256,7 +256,7 @@ class ModelConfig:
     @property
     def files(self) -> list[FileSpec]:
         """Every file the directory must hold, graphs first."""
-        extra = [] if self.fingerprints_file is None else [self.fingerprints_file]
+        extra = [] if self.content_hashes_file is None else [self.content_hashes_file]
         return [b.file for b in self.backbones if b.file is not None] + [self.head_file, *extra]
 
     @property
@@ -265,8 +265,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         files = {"head": self.head_file.to_dict()}
-        if self.fingerprints_file is not None:
-            files["train_fingerprints"] = self.fingerprints_file.to_dict()
+        if self.content_hashes_file is not None:
+            files["train_fingerprints"] = self.content_hashes_file.to_dict()
         return {
             "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
             "created": self.created, "task": self.task, "labels": list(self.labels),
@@ -286,7 +286,7 @@ class ModelConfig:
         if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ModelError(f"{where} is not a graft model config (format {found!r}).")
-        version = data.get("format_version")
+        version = data.get("format_version", 1)  # the first graft wrote none
         if not isinstance(version, int) or version < 1:
             raise ModelError(f"{where} has an invalid format_version {version!r}: it must be "
                              f"an integer from 1 to {MODEL_FORMAT_VERSION}.")
@@ -296,7 +296,7 @@ class ModelConfig:
                 f"formats 1 to {MODEL_FORMAT_VERSION}). Upgrade graft to load it.")
         data = _upgrade_v1(data) if version == 1 else dict(data)
         try:
-            files, backbones = data.pop("files"), data.pop("backbones")
+            files, backbones = data.pop("files") or {}, data.pop("backbones")
             head, labels = data.pop("head"), data.pop("labels")
         except KeyError as exc:
             raise ModelError(f"{where} is incomplete: it has no {exc.args[0]!r}.") from exc
@@ -307,9 +307,9 @@ class ModelConfig:
             labels=[str(label) for label in labels],
             backbones=[BackboneRecipe.from_dict(backbone) for backbone in backbones],
             head=HeadSpec.from_dict(head),
-            head_file=FileSpec.from_dict((files or {}).get("head")),
-            fingerprints_file=(FileSpec.from_dict(files["train_fingerprints"])
-                               if files.get("train_fingerprints") else None),
+            head_file=FileSpec.from_dict(files.get("head")),
+            content_hashes_file=(FileSpec.from_dict(files["train_fingerprints"])
+                                 if files.get("train_fingerprints") else None),
             split=SplitSpec.from_dict(kwargs.get("split", {})),
             training=TrainingSpec.from_dict(kwargs.get("training", {})),
         )

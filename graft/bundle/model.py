@@ -68,7 +68,8 @@ CONFIG_FILE = "graft.json"
 METRICS_FILE = "metrics.json"
 BACKBONE_FILE = "backbone.onnx"
 HEAD_FILE = "head.onnx"
-FINGERPRINTS_FILE = "train-fingerprints.u64"
+# the name (and graft.json's key for it) older versions of graft read
+CONTENT_HASHES_FILE = "train-fingerprints.u64"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -168,8 +169,8 @@ def _write_hashes(model_dir: Path, hashes: np.ndarray) -> FileSpec:
     """The training images' content hashes, as the model directory lists them."""
     from graft.data.contents import write_content_hashes
 
-    path = write_content_hashes(model_dir / FINGERPRINTS_FILE, hashes)
-    return FileSpec(FINGERPRINTS_FILE, file_sha256(path),
+    path = write_content_hashes(model_dir / CONTENT_HASHES_FILE, hashes)
+    return FileSpec(CONTENT_HASHES_FILE, file_sha256(path),
                     format="sorted little-endian uint64: the first 8 bytes of each training "
                            "image's SHA-256")
 
@@ -186,7 +187,7 @@ def save_model(
     metrics: dict[str, Any],
     training: TrainingSpec,
     split: SplitSpec,
-    train_fingerprints: np.ndarray | None = None,
+    train_content_hashes: np.ndarray | None = None,
 ) -> Path:
     """Write a complete model directory (config last, so a partial directory never looks valid).
 
@@ -194,7 +195,7 @@ def save_model(
         model_dir: A new directory, or the staging one of :func:`staged_model_dir` (replacing a
             model goes through it, so a failed save never leaves half of one).
         head_onnx: The head graph (an ``onnx.ModelProto``): features -> ``probabilities``.
-        train_fingerprints: Content hashes of the images the model was fitted on
+        train_content_hashes: Content hashes of the images the model was fitted on
             (:mod:`graft.data.contents`), kept so evaluation can detect overlap.
 
     Raises:
@@ -216,12 +217,12 @@ def save_model(
             backbone, feature_key=key, file=FileSpec(name, file_sha256(model_dir / name))))
     onnx.save_model(head_onnx, model_dir / HEAD_FILE)
     write_metrics(model_dir, metrics)
-    fingerprints = (None if train_fingerprints is None
-                    else _write_hashes(model_dir, train_fingerprints))
+    hashes_file = (None if train_content_hashes is None
+                   else _write_hashes(model_dir, train_content_hashes))
     config = ModelConfig(
         labels=list(labels), backbones=entries, head=head,
         head_file=FileSpec(HEAD_FILE, file_sha256(model_dir / HEAD_FILE)),
-        fingerprints_file=fingerprints, split=split, training=training,
+        content_hashes_file=hashes_file, split=split, training=training,
         fusion=FUSION if len(entries) > 1 else "none",
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         versions=library_versions(),

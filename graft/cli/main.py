@@ -47,9 +47,15 @@ def _defaults(config: type) -> dict[str, Any]:
 def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     """``{parameter: flag}`` of a command, from its options' destinations (``top_k: --top-k``),
     so a library error naming a parameter names the flag here."""
-    return {action.dest: max(action.option_strings, key=len)
-            for action in parser._actions
-            if action.option_strings and action.dest != argparse.SUPPRESS}
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest == argparse.SUPPRESS:
+            continue
+        flag = max(action.option_strings, key=len)
+        flags.setdefault(action.dest, flag)  # a dest shared by switches: the first one
+        if isinstance(action, argparse._StoreConstAction):  # store_true/false too
+            flags[f"{action.dest}={action.const!r}"] = flag  # out_of_core=False: --in-memory
+    return flags
 
 
 def _finish(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:

@@ -470,8 +470,9 @@ def folder_layout(folder: Path) -> str:
 def _splits_of(root: Path) -> dict[str, str] | None:
     folders = {p.name: p for p in _class_dirs(root)}
     train = [p for name, p in folders.items() if _SPLIT_ALIASES.get(name.lower()) == "train"]
-    if any(_holds_images(p, direct=True) for p in train):
-        return None  # images directly in train/: a class named train (refused as such)
+    if any(_holds_images(p, direct=True) and not any(map(_holds_images, _class_dirs(p)))
+           for p in train):
+        return None  # images in train/ itself, none in folders below: a class named train
     return _split_folders(root, folders, lambda name: _holds_images(folders[name]))
 
 

@@ -124,13 +124,15 @@ def adopt(filesystems: dict[str, Any]) -> None:
 
 
 def read_bytes(path: str | os.PathLike, limit: int = MAX_OBJECT_BYTES) -> bytes:
-    """The file's content, local or remote (``OSError`` when it cannot be read, or when a remote
-    object is over ``limit`` bytes: it is read whole, so its size is checked as it arrives)."""
+    """The file's content, local or remote (``OSError`` when it cannot be read, or when it is
+    over ``limit`` bytes: it is read whole, so its size is checked as it arrives)."""
     if not is_uri(path):
-        return Path(path).read_bytes()
-    fs, inner = filesystem(path)
-    with fs.open_input_stream(inner) as stream:
-        data = stream.read(limit + 1)
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    else:
+        fs, inner = filesystem(path)
+        with fs.open_input_stream(inner) as stream:
+            data = stream.read(limit + 1)
     if len(data) > limit:
         raise OSError(f"over {limit >> 20} MiB, too large for an image file; not read")
     return data

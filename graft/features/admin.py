@@ -18,6 +18,7 @@ from typing import Any
 
 from graft.config import resolve_cache_dir
 from graft.errors import ConfigError
+from graft.features.contents import ContentIndex
 from graft.features.store import index_counts
 
 __all__ = ["CacheEntry", "cache_entries", "prune_cache"]
@@ -121,4 +122,6 @@ def prune_cache(cache_dir: str | os.PathLike | None = None, *, older_than_days: 
             shutil.rmtree(entry.path, ignore_errors=True)
             for graph in entry.graphs:
                 graph.unlink(missing_ok=True)
+        if everything:  # the images' content hashes go with the last backbone cache
+            (resolve_cache_dir(cache_dir) / ContentIndex.FILE).unlink(missing_ok=True)
     return chosen

@@ -28,7 +28,7 @@ from graft.data.contents import hash_bytes
 from graft.data.dataset import SPLITS, DatasetStream, ImageDataset, Sample
 from graft.data.images import decode_image
 from graft.data.preprocess import PreprocessConfig
-from graft.data.storage import read_bytes
+from graft.data.storage import join, read_bytes
 from graft.errors import DataError, ImageError
 from graft.features.contents import ContentIndex
 from graft.features.engine import FeatureEngine, fused_key
@@ -221,8 +221,9 @@ class _Job:
                     for config in configs]
         try:
             data = read_bytes(sample.path)
-        except OSError as exc:
-            raise ImageError(sample.relpath, f"cannot read ({exc.strerror or exc})") from exc
+        except (OSError, ValueError) as exc:  # remote storage raises ValueError kinds too
+            reason = getattr(exc, "strerror", None) or exc
+            raise ImageError(sample.relpath, f"cannot read ({reason})") from exc
         if not data:  # said of a file as decode_image says it
             raise ImageError(sample.relpath, "empty file (0 bytes)", kind="empty")
         self.hashes[key] = hash_bytes(data)
@@ -231,6 +232,7 @@ class _Job:
     def failed(self, index: int, key: str, reason: str) -> None:
         """An image that could not be decoded: reported, cached as failed, not used."""
         self.report.failures.append((self.samples[index].relpath, reason))
+        self.hashes.pop(key, None)
         for cache in self.caches:
             cache.add_failure(key, reason)
         self.keys[index] = None
@@ -301,7 +303,7 @@ def _extract_on_ray(job: _Job, todo: list[_Todo], *, batch_size: int,
 
 
 _STREAM_ROWS = 16384  # listed images extracted at a time: what is held, whatever the dataset
-_ORDER = {"train": 0, "val": 1, "test": 2}  # rows are grouped train, val, test, then unsplit
+_ORDER = {split: i for i, split in enumerate(SPLITS)}  # train, val, test, then unsplit
 
 
 @dataclass
@@ -314,7 +316,7 @@ class _Rows:
     splits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     paths: np.ndarray = field(default_factory=lambda: np.zeros(0, "S1"))
     parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
-    split_names: list[str] = field(default_factory=lambda: [*SPLITS, ""])
+    split_names: tuple[str, ...] = (*SPLITS, "")  # by the codes of _ORDER
 
     def add(self, samples: Sequence[Sample], keys: Sequence[str | None],
             index: dict[str, int]) -> None:
@@ -322,7 +324,7 @@ class _Rows:
         self.parts.append((
             np.array([key.encode() for _, key in usable], dtype="S40"),
             np.fromiter((index[s.label] for s, _ in usable), np.int64, count=len(usable)),
-            np.fromiter((_ORDER.get(s.split, 3) for s, _ in usable), np.int8,
+            np.fromiter((_ORDER.get(s.split, len(SPLITS)) for s, _ in usable), np.int8,
                         count=len(usable)),
             np.array([s.relpath.encode() for s, _ in usable], dtype=bytes),
         ))
@@ -376,19 +378,19 @@ class _Extracted:
         return out
 
     def content_hashes(self) -> np.ndarray | None:
-        """The content hash of every row (read from the files only where none is kept)."""
+        """The content hash of every row, a block at a time (read from the files only where
+        none is kept)."""
         if self.contents is None:
             return None
-        root = self.stream.root
-        return self.contents.resolve(self.rows.key_list(),
-                                     [_join(root, p) for p in self.rows.path_list()],
-                                     workers=plan_threads().cpus)
-
-
-def _join(root: Path | str, relpath: str) -> str:
-    from graft.data.storage import join
-
-    return join(root, relpath)
+        out = np.zeros(len(self.rows), np.uint64)
+        workers = plan_threads().cpus
+        for start in range(0, len(self.rows), _GATHER_ROWS):
+            stop = min(start + _GATHER_ROWS, len(self.rows))
+            paths = [join(self.stream.root, p) for p in self.rows.path_list(start, stop)]
+            out[start:stop] = self.contents.resolve(self.rows.key_list(start, stop), paths,
+                                                    workers=workers)
+        self.contents.close()
+        return out
 
 
 def _extract(dataset: ImageDataset | DatasetStream, engines: Sequence[FeatureEngine], *,

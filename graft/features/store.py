@@ -402,12 +402,14 @@ class FeatureFileWriter:
         chunk_rows = max(1, (1 << 20) // max(1, 4 * num_features))  # about 1 MiB per chunk
         chunk_rows = max(1, min(chunk_rows, rows))  # a small file stays small
         columns = {"labels": np.int32, "paths": _STR, "split": _STR, "content_hashes": np.uint64}
+        chunked = rows > 0  # HDF5 has no chunks for an empty dataset
         self._columns = {"features": self._file.create_dataset(
             "features", shape=(rows, num_features), dtype=np.float32,
-            chunks=(chunk_rows, num_features))}
+            chunks=(chunk_rows, num_features) if chunked else None)}
         for name, dtype in columns.items():
             self._columns[name] = self._file.create_dataset(
-                name, shape=(rows,), dtype=dtype, chunks=(max(1, min(rows, 16384)),))
+                name, shape=(rows,), dtype=dtype,
+                chunks=(min(rows, 16384),) if chunked else None)
         self._file.create_dataset("label_names", data=list(label_names), dtype=_STR)
 
     def __enter__(self) -> FeatureFileWriter:

@@ -652,7 +652,7 @@ def _save(run: _Finetune, counts: dict[str, dict[str, int]], info: dict[str, Any
                 source=data if is_uri(data) else str(Path(data).expanduser().resolve()),
                 data=str(dataset.root), counts=counts, n_skipped=len(info["skipped"])),
             split=SplitSpec.from_params(dataset.split_source, dataset.split_params),
-            train_fingerprints=content_hashes(seen, workers=run.threads.cpus),
+            train_content_hashes=content_hashes(seen, workers=run.threads.cpus),
         )
     finally:
         onnx_path.unlink(missing_ok=True)

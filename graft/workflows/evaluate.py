@@ -209,7 +209,7 @@ def _check_classes(dataset: DatasetStream, predictor: Predictor, data: Any) -> N
 
 def _overlap(predictor: Predictor, features: FeatureSet, workers: int) -> int | None:
     """How many scored images the model was trained on, by file content (None: not recorded)."""
-    entry = predictor.config.fingerprints_file
+    entry = predictor.config.content_hashes_file
     if entry is None:
         return None
     seen = read_content_hashes(predictor.model_dir / entry.path)

@@ -421,7 +421,7 @@ def _write_model(run: _Run, directory: Path, estimator: Any, head_name: str,
             data=str(features.root or run.data), counts=features.counts(),
             n_skipped=len(features.skipped)),
         split=SplitSpec.from_params(features.split_source, run.config.split_params),
-        train_fingerprints=_training_content_hashes(run),
+        train_content_hashes=_training_content_hashes(run),
     )
     for path in exported:
         if path.parent == directory:
