@@ -40,6 +40,16 @@ def make_dataset(root: Path, n_per_class: int = 10, classes=("red", "green", "bl
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Fixtures wider than a test (a model trained once per module) use the session's cache
+    too, never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRAFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "graft-cache"))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test session uses its own cache (never the user's)."""
