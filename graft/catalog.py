@@ -20,7 +20,10 @@ __all__ = [
     "EVALUATE_SPLITS",
     "HEAD_DESCRIPTIONS",
     "MODEL_PRECISIONS",
+    "MAP_POOLS",
+    "NORMALIZATIONS",
     "POOLS",
+    "TOKEN_POOLS",
     "PRECISIONS",
     "STREAMING_HEADS",
     "one_of",
@@ -32,7 +35,12 @@ DEFAULT_HEAD = "logreg"
 AUGMENTATIONS = ("flip", "rotate", "crop", "color")
 DEFAULT_AUGMENT = "flip,rotate,crop"
 STREAMING_HEADS = ("logreg",)  # the heads that train out of core (graft.heads.streaming)
-POOLS = ("avg", "max", "avgmax", "flatten")
+MAP_POOLS = ("avg", "max", "avgmax", "flatten")  # a feature map (N, C, H, W)
+# a transformer's tokens (N, T, D): the class token, the patch tokens' mean (never class or
+# register tokens), both (DINOv2's linear eval), or the model's attention pool (SigLIP)
+TOKEN_POOLS = ("cls", "mean", "cls+mean", "map")
+POOLS = (*MAP_POOLS, *TOKEN_POOLS)
+NORMALIZATIONS = ("none", "l2")  # of the features, as a protocol asks (L2 for CLIP-style)
 # fp16/bf16 are torch autocast on CUDA; a model directory ships an fp32 or int8 graph
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
 MODEL_PRECISIONS = ("fp32", "int8")

@@ -25,6 +25,7 @@ from graft.catalog import (
     EVALUATE_SPLITS,
     HEAD_DESCRIPTIONS,
     MODEL_PRECISIONS,
+    NORMALIZATIONS,
     POOLS,
     PRECISIONS,
     STREAMING_HEADS,
@@ -82,8 +83,10 @@ class ExtractConfig:
             concatenated); ``weights`` and ``layer`` then take ``NAME=VALUE``.
         layer: Where to cut (``NAME=LAYER`` per fused backbone).
         weights: Local file, URL, or None for the offline/hub default (``NAME=PATH`` per backbone).
-        pool: Reduction of a spatial map: one of :data:`graft.catalog.POOLS`.
-        image_size: Input resolution override.
+        pool: Reduction of a spatial map or of a transformer's tokens: one of
+            :data:`graft.catalog.POOLS`.
+        image_size: Input resolution override (a transformer is built for it).
+        normalize: ``l2`` scales each feature vector to unit length (CLIP-style features).
         batch_size: Images per forward pass.
         device: ``auto``, ``cpu`` (ONNX Runtime), ``cuda``, ``cuda:N`` or ``torch``; with
             ``engine="ray"`` the Ray actors' (``cuda``: one actor per GPU of the cluster).
@@ -102,6 +105,7 @@ class ExtractConfig:
     weights: str | os.PathLike | Sequence[str] | None = None
     pool: str = "avg"
     image_size: int | None = None
+    normalize: str = "none"
     batch_size: int = 32
     device: str = "auto"
     cache_dir: str | os.PathLike | None = None
@@ -123,6 +127,7 @@ class ExtractConfig:
         for name in ("batch_size", "image_size", "threads"):
             _at_least(self, name)
         one_of("pool", self.pool, POOLS)
+        one_of("normalize", self.normalize, NORMALIZATIONS)
         one_of("device", self.device, DEVICES)
         one_of("engine", self.engine, ENGINES)
         one_of("precision", self.precision, precisions)

@@ -7,11 +7,11 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from graft.catalog import POOLS
+from graft.catalog import MAP_POOLS, POOLS
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import BackboneError
 
-__all__ = ["POOLS", "Backbone", "ImageModel", "reduce_map"]
+__all__ = ["POOLS", "Backbone", "ImageModel", "pool_tokens", "reduce_map", "token_pools"]
 
 
 Cut = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -28,6 +28,40 @@ def reduce_map(fmap: torch.Tensor, pool: str) -> torch.Tensor:
         return avg
     peak = fmap.amax(dim=(2, 3))
     return peak if pool == "max" else torch.cat([avg, peak], dim=1)
+
+
+def _token_layout(model: nn.Module) -> tuple[int, bool]:
+    """(prefix tokens before the patches, whether the first is a class token): timm puts the
+    class token first, then any register tokens."""
+    has_cls = getattr(model, "cls_token", None) is not None
+    return int(getattr(model, "num_prefix_tokens", int(has_cls))), has_cls
+
+
+def token_pools(model: nn.Module) -> tuple[str, ...]:
+    """The pools a transformer's tokens take: ``avg`` (its own pooling) and the token pools its
+    layout has."""
+    _, has_cls = _token_layout(model)
+    pools = ["avg", *(("cls", "cls+mean") if has_cls else ()), "mean"]
+    if getattr(model, "attn_pool", None) is not None:
+        pools.append("map")
+    return tuple(p for p in POOLS if p in pools)
+
+
+def pool_tokens(model: nn.Module, tokens: torch.Tensor, pool: str) -> torch.Tensor:
+    """(N, T, D) tokens after the final norm -> (N, D) (``cls+mean``: (N, 2D)), each part through
+    the model's ``fc_norm`` as its own head does: ``avg`` is the model's own pooled features."""
+    if pool == "avg":
+        return model.forward_head(tokens, pre_logits=True).flatten(1)
+    prefix, _ = _token_layout(model)
+    fc_norm = getattr(model, "fc_norm", None) or nn.Identity()
+    if pool == "map":
+        return fc_norm(model.attn_pool(tokens))
+    parts = []
+    if pool in ("cls", "cls+mean"):
+        parts.append(fc_norm(tokens[:, 0]))
+    if pool in ("mean", "cls+mean"):
+        parts.append(fc_norm(tokens[:, prefix:].mean(dim=1)))
+    return torch.cat(parts, dim=1)
 
 
 class Backbone(nn.Module):
@@ -47,7 +81,9 @@ class Backbone(nn.Module):
     Attributes:
         name: Registry (or timm) name.
         layer: The cut, canonical name.
-        pool: How a spatial map is reduced (see :func:`reduce_map`).
+        pool: How a spatial map is reduced (see :func:`reduce_map`), or a transformer's tokens
+            (see :func:`pool_tokens`).
+        normalize: ``l2``: each feature vector scaled to unit length; ``none``.
         preprocess: The config every input must be prepared with.
         weights_sha256: Hash of the loaded tensors (see ``state_dict_sha256``).
         weights_source: Where the weights came from, for the record.
@@ -66,11 +102,13 @@ class Backbone(nn.Module):
         weights_source: str,
         cuts: Mapping[str, Cut] | None = None,
         layer_aliases: Mapping[str, str] | None = None,
+        normalize: str = "none",
     ) -> None:
         super().__init__()
         self.model = model.eval()
         self.name = name
         self.pool = pool
+        self.normalize = normalize
         self.preprocess = preprocess
         self.weights_sha256 = weights_sha256
         self.weights_source = weights_source
@@ -78,6 +116,7 @@ class Backbone(nn.Module):
         self._aliases = dict(layer_aliases or {})
         self.layer = self._aliases.get(layer, layer)
         self._stage_index = self._resolve_layer(self.layer)
+        self._tokens: bool | None = None  # whether the pool cut sees tokens (set on first call)
         device = next(self.model.parameters()).device
         with torch.no_grad():
             probe = torch.zeros(1, *preprocess.input_size, device=device)
@@ -107,19 +146,46 @@ class Backbone(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self._cut(x)
+        if self.normalize == "l2":
+            features = nn.functional.normalize(features, dim=1)
+        return features
+
+    def _cut(self, x: torch.Tensor) -> torch.Tensor:
         if self.layer in self._cuts:
             return self._cuts[self.layer](self.model, x)
         if self.layer == "logits":
             return self.model(x)
         if self.layer == "pool":
             fmap = self.model.forward_features(x)
+            self._check_pool(tokens=fmap.ndim == 3)
+            if fmap.ndim == 3:
+                return pool_tokens(self.model, fmap, self.pool)
             if self.pool == "avg":
                 return self.model.forward_head(fmap, pre_logits=True).flatten(1)
             return reduce_map(fmap, self.pool)
         (fmap,) = self.model.forward_intermediates(
             x, indices=[self._stage_index], intermediates_only=True
         )
+        self._check_pool(tokens=False)
         return reduce_map(fmap, self.pool)
+
+    def _check_pool(self, *, tokens: bool) -> None:
+        """A pool that does not fit what the cut gives: a one-line error naming those that do."""
+        if self._tokens == tokens:
+            return
+        fits = token_pools(self.model) if tokens else MAP_POOLS
+        if self.pool not in fits:
+            what = "a transformer's tokens" if tokens else "a feature map"
+            raise BackboneError(
+                f"pool={self.pool!r} does not fit {self.name!r} at layer {self.layer!r}, which "
+                f"gives {what}: use one of {', '.join(fits)}.", parameter="pool")
+        self._tokens = tokens
+
+    def _pretrained_tag(self) -> str | None:
+        """The timm pretrained tag the network's config (preprocessing, hub weights) is from."""
+        cfg = getattr(self.model, "pretrained_cfg", None)
+        return cfg.get("tag") if isinstance(cfg, dict) else None
 
     def config(self) -> dict:
         """Everything needed to rebuild and describe this backbone (stored in artifacts)."""
@@ -127,6 +193,8 @@ class Backbone(nn.Module):
             "name": self.name,
             "layer": self.layer,
             "pool": self.pool,
+            **({"normalize": self.normalize} if self.normalize != "none" else {}),
+            **({"pretrained_tag": tag} if (tag := self._pretrained_tag()) else {}),
             "num_features": self.num_features,
             "weights_sha256": self.weights_sha256,
             "weights_source": self.weights_source,

@@ -103,6 +103,8 @@ class BackboneRecipe:
             files extracted with autocast on CUDA).
         feature_key: The feature cache's key for this graph (in a model directory).
         file: The graph (in a model directory).
+        normalize: How the features are scaled after pooling (``l2``: unit length).
+        pretrained_tag: The timm pretrained tag whose preprocessing (and hub weights) it took.
     """
 
     name: str
@@ -116,14 +118,18 @@ class BackboneRecipe:
     precision: str = "fp32"
     feature_key: str | None = None
     file: FileSpec | None = None
+    normalize: str = "none"
+    pretrained_tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["preprocess"] = self.preprocess.to_dict()
         data["file"] = None if self.file is None else self.file.to_dict()
-        for key in ("feature_key", "file"):  # only a model directory has them
+        for key in ("feature_key", "file", "pretrained_tag"):  # only when there is one
             if data[key] is None:
                 del data[key]
+        if data["normalize"] == "none":  # as the formats before it wrote it
+            del data["normalize"]
         return data
 
     @classmethod

@@ -86,8 +86,12 @@ def _add_backbone_args(parser: argparse.ArgumentParser, config: type, *,
                        help="where to cut: 'pool' (default for most), 'logits', a stage, or a "
                             "named cut (vgg16: fc6, fc7, pool5); NAME=LAYER per fused backbone")
     group.add_argument("--pool", default=defaults["pool"], choices=catalog.POOLS,
-                       help="reduction of a spatial map (stages, or 'pool' with "
-                            "max/avgmax/flatten)")
+                       help="reduction of a spatial map (avg/max/avgmax/flatten) or of a "
+                            "transformer's tokens (cls, mean, cls+mean, map); avg: the "
+                            "network's own pooling")
+    group.add_argument("--normalize", default=defaults["normalize"],
+                       choices=catalog.NORMALIZATIONS,
+                       help="l2: each feature vector scaled to unit length (CLIP-style)")
     group.add_argument("--weights", action="append", default=None, metavar="PATH",
                        help="local .pth/.safetensors/Keras .h5 file or http(s) URL; NAME=PATH per "
                             "fused backbone; default: offline weights shipped with graft, else "

@@ -55,12 +55,14 @@ def _weights_identity(weights: str | None) -> Any:
 
 
 def _request_key(name: str, layer: str | None, weights: str | None, pool: str,
-                 image_size: int | None) -> str | None:
+                 image_size: int | None, normalize: str = "none") -> str | None:
     identity = _weights_identity(weights)
     if identity is None:
         return None
-    request = {"format": _FORMAT, "export_format": EXPORT_FORMAT, "name": name.lower(), "layer": layer, "pool": pool,
-               "image_size": image_size, "weights": identity}
+    request = {"format": _FORMAT, "export_format": EXPORT_FORMAT, "name": name.lower(),
+               "layer": layer, "pool": pool, "image_size": image_size, "weights": identity}
+    if normalize != "none":  # (records from before it keep their keys)
+        request["normalize"] = normalize
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -100,7 +102,7 @@ def _names(backbone: str | Sequence[str] | None, default: str) -> list[str] | No
 def find_known_engines(
     backbone: str | Sequence[str] | None, *, layer: Any, weights: Any, pool: str,
     image_size: int | None, cache_dir: str | os.PathLike | None, threads: int | None,
-    default: str,
+    default: str, normalize: str = "none",
 ) -> tuple[list[OnnxEngine], list[dict[str, Any]]] | None:
     """The engines and configs of backbones built (and exported) before, or None on any miss."""
     names = _names(backbone, default)
@@ -111,7 +113,7 @@ def find_known_engines(
         return None
     engines, configs = [], []
     for name, lay, w in zip(names, layers, weights_list):
-        request = _request_key(name, lay, w, pool, image_size)
+        request = _request_key(name, lay, w, pool, image_size, normalize)
         if request is None:
             return None
         try:
@@ -134,7 +136,7 @@ def find_known_engines(
 def record_known_engines(
     backbone: str | Sequence[str] | None, *, layer: Any, weights: Any, pool: str,
     image_size: int | None, cache_dir: str | os.PathLike | None, engines: Sequence[Any],
-    configs: Sequence[dict[str, Any]], default: str,
+    configs: Sequence[dict[str, Any]], default: str, normalize: str = "none",
 ) -> None:
     """Remember how each engine (an ONNX engine over a cached graph) was requested."""
     names = _names(backbone, default)
@@ -144,7 +146,7 @@ def record_known_engines(
     if layers is None or weights_list is None:
         return
     for name, lay, w, engine, config in zip(names, layers, weights_list, engines, configs):
-        request = _request_key(name, lay, w, pool, image_size)
+        request = _request_key(name, lay, w, pool, image_size, normalize)
         if request is None or not isinstance(engine, OnnxEngine):
             continue
         path = _record_path(cache_dir, request)
