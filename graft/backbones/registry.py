@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from graft.backbones.weights import (
     load_state_dict_file,
     state_dict_sha256,
 )
-from graft.catalog import DEFAULT_BACKBONE
+from graft.catalog import DEFAULT_BACKBONE, NORMALIZATIONS, one_of
 from graft.config import resolve_cache_dir
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import BackboneError, ConfigError, WeightsError
@@ -73,11 +74,24 @@ class BackboneSpec:
     layer_aliases: Mapping[str, str] = field(default_factory=dict)
     from_keras: Callable[[dict[str, list[np.ndarray]]], dict[str, torch.Tensor]] | None = None
 
-    def build(self) -> nn.Module:
+    def build(self, image_size: int | None = None, seed: int | None = None) -> nn.Module:
+        """The untrained network (its random weights drawn from ``seed``, if given); a timm
+        transformer is built for ``image_size`` (position embeddings sized for it), a
+        convolutional one takes any size as it is."""
+        if seed is not None:
+            torch.manual_seed(seed)
         if self.builder is not None:
             return self.builder()
         import timm
 
+        if image_size:
+            try:
+                return timm.create_model(self.name, pretrained=False, img_size=image_size)
+            except TypeError as exc:  # a network without img_size: convolutions take any size
+                if "img_size" not in str(exc):
+                    raise
+                if seed is not None:
+                    torch.manual_seed(seed)
         return timm.create_model(self.name, pretrained=False)
 
 
@@ -114,6 +128,15 @@ def resolve_backbone_name(name: str) -> str:
     timm_names = timm.list_models()
     if key in timm_names:
         return key
+    arch, dot, tag = key.partition(".")
+    arch = _ALIASES.get(arch.lower(), arch)
+    if dot and arch in timm_names:  # NAME.TAG: the tag picks the weights and preprocessing
+        tags = timm.list_pretrained(f"{arch}.*")
+        if f"{arch}.{tag}" in tags:
+            return f"{arch}.{tag}"
+        raise BackboneError(
+            f"{arch!r} has no pretrained tag {tag!r}. Its tags: "
+            f"{', '.join(t.partition('.')[2] for t in tags) or 'none'}.", parameter="backbone")
     candidates = list(_ALIASES) + timm_names
     close = list(dict.fromkeys(difflib.get_close_matches(key.lower(), candidates, n=8,
                                                          cutoff=0.6)))[:5]
@@ -138,12 +161,23 @@ def _preprocess(spec: BackboneSpec, model: nn.Module, image_size: int | None) ->
 
 
 def _backbone(spec: BackboneSpec, model: nn.Module, *, layer: str | None, pool: str,
-              image_size: int | None, weights_sha256: str, source: str) -> Backbone:
+              image_size: int | None, weights_sha256: str, source: str,
+              normalize: str = "none") -> Backbone:
     return Backbone(
         model, name=spec.name, layer=layer or spec.default_layer, pool=pool,
         preprocess=_preprocess(spec, model, image_size), weights_sha256=weights_sha256,
         weights_source=source, cuts=spec.cuts, layer_aliases=spec.layer_aliases,
+        normalize=normalize,
     )
+
+
+def _classifier(model: nn.Module, layer: str) -> tuple[str, ...]:
+    """The classifier's module names, which a checkpoint need not hold (nor fit) unless the cut
+    is ``logits``."""
+    if layer == "logits":
+        return ()
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 def create_backbone(
@@ -154,55 +188,66 @@ def create_backbone(
     pool: str = "avg",
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    normalize: str = "none",
 ) -> Backbone:
     """Build a pretrained backbone cut at ``layer``.
 
     Args:
-        name: Registry name, alias, or any timm model name.
+        name: Registry name, alias, or any timm model name, with its pretrained tag
+            (``vit_small_patch14_dinov2.lvd142m``: the tag picks the weights and their
+            preprocessing).
         layer: The cut (default: the backbone's default, usually ``"pool"``).
         weights: ``None`` for the offline weights shipped with graft's dependencies, else the model
             hub; a local ``.pth``/``.safetensors`` state dict or a Keras ``.h5`` file (for
             backbones that map Keras weights); an ``http(s)://`` URL (downloaded once into the
             cache); or ``"random"`` for an untrained network (tests only: features from random
             weights are not useful for real data).
-        pool: Reduction of a spatial map: ``avg``, ``max``, ``avgmax`` or ``flatten``.
-        image_size: Override the input resolution (e.g. 160 for MobileNetV2).
+        pool: Reduction of a spatial map (``avg``, ``max``, ``avgmax``, ``flatten``) or of a
+            transformer's tokens (``cls``, ``mean``, ``cls+mean``, ``map``); ``avg`` is the
+            network's own pooling.
+        image_size: The input resolution (e.g. 160 for MobileNetV2); a transformer is built for
+            it, its position embeddings resampled.
         cache_dir: Where downloads go (default: see ``resolve_cache_dir``).
+        normalize: ``l2`` scales each feature vector to unit length; ``none``.
 
     Raises:
         BackboneError: Unknown name or layer.
         WeightsError: No weights can be had; the message says how to fix it. graft never falls
             back to random weights on its own.
     """
-    if pool not in POOLS:
-        raise ConfigError(f"pool must be one of {', '.join(POOLS)}. Got {pool!r} instead.",
-                          parameter="pool")
+    one_of("pool", pool, POOLS)
+    one_of("normalize", normalize, NORMALIZATIONS)
     spec = _spec(name)
-    weights_str = os.fspath(weights) if weights is not None else None
-    if weights_str == "random":
-        torch.manual_seed(0)  # the same "random" backbone every time, so caches stay valid
-        model, source = spec.build(), "random"
-    elif weights_str is None:
-        offline = spec.offline_weights() if spec.offline_weights else None
-        if offline is not None:
-            model = spec.build()
-            _load_file(spec, model, offline)
-            source = f"package:{offline.name}"
-        else:
-            model, source = _load_from_hub(spec), f"hub:{spec.name}"
-    else:
-        if weights_str.startswith(("http://", "https://")):
-            path, source = download_weights(weights_str, resolve_cache_dir(cache_dir)), weights_str
-        else:
-            path = Path(weights_str).expanduser()
-            source = f"file:{path.name}"
-        model = spec.build()
-        _load_file(spec, model, path)
+    model, source = _pretrained(spec, weights, layer or spec.default_layer, image_size,
+                                cache_dir)
     return _backbone(spec, model, layer=layer, pool=pool, image_size=image_size,
-                     weights_sha256=state_dict_sha256(model), source=source)
+                     weights_sha256=state_dict_sha256(model), source=source, normalize=normalize)
 
 
-def _load_file(spec: BackboneSpec, model: nn.Module, path: Path) -> None:
+def _pretrained(spec: BackboneSpec, weights: str | os.PathLike | None, layer: str,
+                image_size: int | None, cache_dir: str | os.PathLike | None
+                ) -> tuple[nn.Module, str]:
+    """The network with its weights, and where they came from."""
+    weights_str = os.fspath(weights) if weights is not None else None
+    if weights_str == "random":  # the same "random" backbone every time, so caches stay valid
+        return spec.build(image_size, seed=0), "random"
+    if weights_str is None:
+        offline = spec.offline_weights() if spec.offline_weights else None
+        if offline is None:
+            return _load_from_hub(spec, image_size), f"hub:{spec.name}"
+        path, source = offline, f"package:{offline.name}"
+    elif weights_str.startswith(("http://", "https://")):
+        path, source = download_weights(weights_str, resolve_cache_dir(cache_dir)), weights_str
+    else:
+        path = Path(weights_str).expanduser()
+        source = f"file:{path.name}"
+    model = spec.build(image_size)
+    _load_file(spec, model, path, _classifier(model, layer))
+    return model, source
+
+
+def _load_file(spec: BackboneSpec, model: nn.Module, path: Path,
+               optional: tuple[str, ...] = ()) -> None:
     if path.suffix.lower() in _KERAS_SUFFIXES:
         if spec.from_keras is None:
             takers = [s.name for s in _REGISTRY.values() if s.from_keras is not None]
@@ -216,10 +261,23 @@ def _load_file(spec: BackboneSpec, model: nn.Module, path: Path) -> None:
         state = spec.from_keras(read_keras_h5(path))
     else:
         state = load_state_dict_file(path)
-    apply_state_dict(model, state, str(path))
+    try:
+        apply_state_dict(model, state, str(path), optional)
+    except WeightsError:
+        # timm's own conversion for its family: position embeddings resampled to the size the
+        # network was built for, original (OpenAI, DINOv2) key names mapped to timm's
+        convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+        if convert is None:
+            raise
+        try:
+            converted = convert(dict(state), model)
+        except Exception:  # a checkpoint it cannot convert: the first error says why
+            raise WeightsError(f"The weights in {path} do not fit {spec.name!r}.",
+                               parameter="backbone") from None
+        apply_state_dict(model, converted, str(path), optional)
 
 
-def _load_from_hub(spec: BackboneSpec) -> nn.Module:
+def _load_from_hub(spec: BackboneSpec, image_size: int | None = None) -> nn.Module:
     # "weights" once, as the parameter: naming() would rewrite every bare mention of it
     fix = (
         f"To fix it: connect to the network, or pass weights=PATH, a local file of them for "
@@ -237,13 +295,26 @@ def _load_from_hub(spec: BackboneSpec) -> nn.Module:
     import timm
 
     try:
-        return timm.create_model(spec.name, pretrained=True)
+        sized = {"img_size": image_size} if image_size and _takes_image_size(spec) else {}
+        return timm.create_model(spec.name, pretrained=True, **sized)
     except Exception as exc:  # hub/network errors come in many types
         reason = _first_line(str(exc))  # never torch's advice to load with weights_only=False
         raise WeightsError(
             f"Downloading the pretrained {spec.name!r} failed ({type(exc).__name__}"
             f"{': ' + reason if reason else ''}). {fix}", parameter="weights"
         ) from exc
+
+
+def _takes_image_size(spec: BackboneSpec) -> bool:
+    """Whether the timm network is built for an input size (a transformer), on no memory."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(spec.name, pretrained=False, img_size=224)
+    except TypeError:
+        return False
+    return True
 
 
 def parse_backbone_names(value: str | Sequence[str] | None) -> list[str]:
@@ -305,6 +376,7 @@ def create_backbones(
     pool: str = "avg",
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    normalize: str = "none",
 ) -> list[Backbone]:
     """One or several (fused) backbones; ``weights`` and ``layer`` may be ``NAME=VALUE`` each."""
     resolved = parse_backbone_names(names)
@@ -312,7 +384,7 @@ def create_backbones(
     layers = per_backbone("layer", layer, resolved)
     return [
         create_backbone(name, layer=lay, weights=w, pool=pool, image_size=image_size,
-                        cache_dir=cache_dir)
+                        cache_dir=cache_dir, normalize=normalize)
         for name, lay, w in zip(resolved, layers, weights_list)
     ]
 

@@ -116,17 +116,27 @@ def _torch_load_reason(exc: Exception) -> str:
     return "it is not a PyTorch checkpoint" + (f" ({first})" if first else "")
 
 
-def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> str:
+def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                     optional: tuple[str, ...] = ()) -> str:
     """Load ``state`` into ``model``; return how the keys were matched (``"names"`` or ``"order"``).
 
     Keys are matched by name first. Checkpoints from another implementation of the same network
     (torchvision or lukemelas EfficientNet into timm) use other names for the same tensors in the
     same order, so when every tensor's shape matches in order, they are matched by position.
-    Anything else is an error that says what did not fit.
+    Tensors under an ``optional`` prefix (a classifier graft cuts off) are neither required nor
+    compared: loaded when they fit, else zeroed, so the weights' hash stays the same from run
+    to run. Anything else is an error that says what did not fit.
     """
     target = model.state_dict()
-    if set(state) == set(target) and all(state[k].shape == target[k].shape for k in target):
-        model.load_state_dict(dict(state))
+    skip = tuple(prefix + "." for prefix in optional)
+    needed = [k for k in target if not k.startswith(skip)]
+    given = {k: v for k, v in state.items() if not k.startswith(skip)}
+    if set(given) == set(needed) and all(given[k].shape == target[k].shape for k in needed):
+        fitting = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+        with torch.no_grad():
+            for key in set(target) - set(fitting):  # a classifier the file has not (or not so)
+                fitting[key] = torch.zeros_like(target[key])
+        model.load_state_dict(fitting)
         return "names"
     src_keys, dst_keys = list(state), list(target)
     if len(src_keys) == len(dst_keys) and all(
@@ -134,10 +144,10 @@ def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
     ):
         model.load_state_dict({b: state[a] for a, b in zip(src_keys, dst_keys)})
         return "order"
-    missing = [k for k in dst_keys if k not in state][:5]
+    missing = [k for k in needed if k not in state][:5]
     shape_bad = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in dst_keys if k in state and state[k].shape != target[k].shape
+        for k in needed if k in state and state[k].shape != target[k].shape
     ][:5]
     raise WeightsError(
         f"The weights in {source} do not fit this network ({len(src_keys)} tensors in the file, "
