@@ -129,8 +129,10 @@ def test_cli_fused_train_predict(tmp_path, capsys):
     assert sum(line["predictions"][0]["label"] == "red" for line in lines) >= 7
 
 
+# every registered backbone, but for the large foundation ones (their base and small siblings
+# share the code path, at a tenth of the export time)
 @pytest.mark.parametrize("name, layer", [(s.name, "pool5" if s.name == "vgg16" else None)
-                                         for s in list_backbones()])
+                                         for s in list_backbones() if "_large_" not in s.name])
 def test_onnx_parity(name, layer, tmp_path):
     backbone = create_backbone(name, weights="random", layer=layer)
     engine = create_engine(backbone, device="cpu", cache_dir=tmp_path)

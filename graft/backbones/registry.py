@@ -61,6 +61,10 @@ class BackboneSpec:
         cuts: Named cuts beyond pool/logits/stages (``fc6`` of VGG), ``(model, x) -> (N, D)``.
         layer_aliases: Classic layer names mapped to graft's (``relu6`` -> ``fc6``).
         from_keras: Converts Keras ``.h5`` weights (``{layer: [arrays]}``) to a state dict.
+        image_size: The input size its recipe uses (a linear-eval protocol's), when not the
+            network's own.
+        pool: The pooling its recipe uses, when not ``avg`` (the network's own).
+        normalize: The feature normalization its recipe uses.
     """
 
     name: str
@@ -73,6 +77,9 @@ class BackboneSpec:
     cuts: Mapping[str, Cut] = field(default_factory=dict)
     layer_aliases: Mapping[str, str] = field(default_factory=dict)
     from_keras: Callable[[dict[str, list[np.ndarray]]], dict[str, torch.Tensor]] | None = None
+    image_size: int | None = None
+    pool: str = "avg"
+    normalize: str = "none"
 
     def build(self, image_size: int | None = None, seed: int | None = None) -> nn.Module:
         """The untrained network (its random weights drawn from ``seed``, if given); a timm
@@ -185,12 +192,13 @@ def create_backbone(
     *,
     layer: str | None = None,
     weights: str | os.PathLike | None = None,
-    pool: str = "avg",
+    pool: str | None = None,
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
-    normalize: str = "none",
+    normalize: str | None = None,
 ) -> Backbone:
-    """Build a pretrained backbone cut at ``layer``.
+    """Build a pretrained backbone cut at ``layer``; ``pool``, ``image_size`` and ``normalize``
+    default to the backbone's recipe (see ``graft backbones``).
 
     Args:
         name: Registry name, alias, or any timm model name, with its pretrained tag
@@ -215,9 +223,11 @@ def create_backbone(
         WeightsError: No weights can be had; the message says how to fix it. graft never falls
             back to random weights on its own.
     """
+    spec = _spec(name)
+    pool, normalize = pool or spec.pool, normalize or spec.normalize
+    image_size = image_size or spec.image_size
     one_of("pool", pool, POOLS)
     one_of("normalize", normalize, NORMALIZATIONS)
-    spec = _spec(name)
     model, source = _pretrained(spec, weights, layer or spec.default_layer, image_size,
                                 cache_dir)
     return _backbone(spec, model, layer=layer, pool=pool, image_size=image_size,
@@ -373,10 +383,10 @@ def create_backbones(
     *,
     layer: str | Sequence[str] | None = None,
     weights: str | os.PathLike | Sequence[str] | None = None,
-    pool: str = "avg",
+    pool: str | None = None,
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
-    normalize: str = "none",
+    normalize: str | None = None,
 ) -> list[Backbone]:
     """One or several (fused) backbones; ``weights`` and ``layer`` may be ``NAME=VALUE`` each."""
     resolved = parse_backbone_names(names)
@@ -397,18 +407,23 @@ def describe_backbone(name: str) -> dict[str, Any]:
     """
     spec = _spec(name)
     with torch.device("meta"):
-        model = spec.build()
-        probe = _backbone(spec, model, layer=None, pool="avg", image_size=None,
-                          weights_sha256="", source="")
+        model = spec.build(spec.image_size)
+        probe = _backbone(spec, model, layer=None, pool=spec.pool, image_size=spec.image_size,
+                          weights_sha256="", source="", normalize=spec.normalize)
         layers = []
+        stages = {info["module"]: info["num_chs"]
+                  for info in getattr(model, "feature_info", None) or []
+                  if hasattr(model, "forward_intermediates")}
         for layer in probe.layer_names():
             if layer in spec.layer_aliases or (layer.startswith("stage") and layer[5:].isdigit()):
                 continue  # listed under their canonical names
-            pools = ("flatten",) if layer == "pool5" else ("avg",)
-            for pool in pools:
-                cut = _backbone(spec, model, layer=layer, pool=pool, image_size=None,
-                                weights_sha256="", source="")
-                layers.append({"layer": layer, "dim": cut.num_features})
+            if layer in stages:  # a stage's average-pooled width: its channels, no probe
+                layers.append({"layer": layer, "dim": int(stages[layer])})
+                continue
+            pool = "flatten" if layer == "pool5" else "avg"
+            cut = _backbone(spec, model, layer=layer, pool=pool, image_size=spec.image_size,
+                            weights_sha256="", source="")
+            layers.append({"layer": layer, "dim": cut.num_features})
     offline = bool(spec.offline_weights and spec.offline_weights() is not None)
     cfg = probe.preprocess
     return {
@@ -417,6 +432,8 @@ def describe_backbone(name: str) -> dict[str, Any]:
         "description": spec.description,
         "default_layer": probe.layer,
         "default_dim": probe.num_features,
+        "pool": spec.pool,
+        "normalize": spec.normalize,
         "layers": layers,
         "layer_aliases": dict(spec.layer_aliases),
         "input_size": list(cfg.input_size),

@@ -85,3 +85,40 @@ register_backbone(BackboneSpec(
     ),
     description="SqueezeNet 1.1, 512-d pool; loads Keras .h5 application weights",
 ))
+
+
+# Foundation backbones with the recipes of their papers' frozen-feature (linear-probe) protocols;
+# their weights come from the model hub, or a local file with --weights.
+_FOUNDATION = [
+    *((f"vit_{size}_patch14{reg}_dinov2.lvd142m", 224, "cls+mean", "none",
+       f"DINOv2 ViT-{size[0].upper()}/14{' with 4 registers' if reg else ''}: class token + "
+       f"mean patch token (its linear eval), at 224")
+      for size in ("small", "base", "large") for reg in ("", "_reg4")),
+    *((f"vit_{size}_patch16_dinov3.lvd1689m", 224, "cls+mean", "none",
+       f"DINOv3 ViT-{size[0].upper()}/16: class token + mean patch token, at 224")
+      for size in ("small", "base", "large")),
+    *((f"convnext_{size}.dinov3_lvd1689m", None, "avg", "none",
+       f"DINOv3 ConvNeXt-{size.capitalize()} (distilled), global average pool")
+      for size in ("tiny", "small", "base")),
+    *((f"{arch}.{tag}", None, "avg", "l2", f"CLIP {label} image tower ({source}), L2-normalized")
+      for arch, label in (("vit_base_patch16_clip_224", "ViT-B/16"),
+                          ("vit_large_patch14_clip_224", "ViT-L/14"))
+      for tag, source in (("openai", "OpenAI"), ("laion2b", "LAION-2B"))),
+    ("vit_base_patch16_siglip_224.webli", None, "map", "l2",
+     "SigLIP ViT-B/16 at 224, its attention pool, L2-normalized"),
+    ("vit_base_patch16_siglip_224.v2_webli", None, "map", "l2",
+     "SigLIP 2 ViT-B/16 at 224, its attention pool, L2-normalized"),
+    *((f"eva02_{size}_patch14_224.mim_in22k", None, "avg", "none",
+       f"EVA-02 {size.capitalize()}/14 (MIM, ImageNet-22k) at 224")
+      for size in ("tiny", "small", "base")),
+    ("convnext_base.clip_laion2b_augreg", None, "avg", "l2",
+     "ConvNeXt-Base CLIP image tower (LAION-2B), L2-normalized"),
+    ("convnext_base.fb_in22k", None, "avg", "none", "ConvNeXt-Base, ImageNet-22k"),
+    ("mobilenetv4_conv_medium.e500_r256_in1k", None, "avg", "none",
+     "MobileNetV4 conv medium, ImageNet-1k (fast on CPUs)"),
+    ("mobilenetv4_hybrid_medium.ix_e550_r256_in1k", None, "avg", "none",
+     "MobileNetV4 hybrid medium, ImageNet-1k"),
+]
+for _name, _size, _pool, _norm, _text in _FOUNDATION:
+    register_backbone(BackboneSpec(name=_name, image_size=_size, pool=_pool, normalize=_norm,
+                                   description=_text))

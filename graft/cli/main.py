@@ -680,14 +680,17 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    print(f"{'name':<22} {'default cut':<18} {'input':<8} {'weights':<14} description")
+    width = max(len(row["name"]) for row in rows)
+    print(f"{'name':<{width}} {'default cut':<18} {'input':<6} {'pool':<12} {'weights':<14} "
+          f"description")
     for row in rows:
         weights = "offline" if row["offline_weights"] else "hub/--weights"
         cut = f"{row['default_layer']} ({row['default_dim']}-d)"
-        print(f"{row['name']:<22} {cut:<18} {row['input_size'][1]:<8} {weights:<14} "
-              f"{row['description']}")
+        pool = row["pool"] + (f", {row['normalize']}" if row["normalize"] != "none" else "")
+        print(f"{row['name']:<{width}} {cut:<18} {row['input_size'][1]:<6} {pool:<12} "
+              f"{weights:<14} {row['description']}")
         cuts = ", ".join(f"{x['layer']} {x['dim']}" for x in row["layers"])
-        print(f"{'':<22} layers: {cuts}")
+        print(f"{'':<{width}} layers: {cuts}")
     print("\nAny other timm model name works too (with hub access or --weights PATH); "
           "--json for everything.")
     return EXIT_OK
