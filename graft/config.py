@@ -84,9 +84,11 @@ class ExtractConfig:
         layer: Where to cut (``NAME=LAYER`` per fused backbone).
         weights: Local file, URL, or None for the offline/hub default (``NAME=PATH`` per backbone).
         pool: Reduction of a spatial map or of a transformer's tokens: one of
-            :data:`graft.catalog.POOLS`.
+            :data:`graft.catalog.POOLS`; None: the backbone's recipe (``avg``, its own pooling,
+            but for the presets of ``graft backbones`` that say otherwise).
         image_size: Input resolution override (a transformer is built for it).
-        normalize: ``l2`` scales each feature vector to unit length (CLIP-style features).
+        normalize: ``l2`` scales each feature vector to unit length (CLIP-style features);
+            None: the backbone's recipe.
         batch_size: Images per forward pass.
         device: ``auto``, ``cpu`` (ONNX Runtime), ``cuda``, ``cuda:N`` or ``torch``; with
             ``engine="ray"`` the Ray actors' (``cuda``: one actor per GPU of the cluster).
@@ -103,9 +105,9 @@ class ExtractConfig:
     backbone: str | Sequence[str] | None = DEFAULT_BACKBONE
     layer: str | Sequence[str] | None = None
     weights: str | os.PathLike | Sequence[str] | None = None
-    pool: str = "avg"
+    pool: str | None = None
     image_size: int | None = None
-    normalize: str = "none"
+    normalize: str | None = None
     batch_size: int = 32
     device: str = "auto"
     cache_dir: str | os.PathLike | None = None
@@ -126,8 +128,10 @@ class ExtractConfig:
     def _check(self, precisions: tuple[str, ...]) -> None:
         for name in ("batch_size", "image_size", "threads"):
             _at_least(self, name)
-        one_of("pool", self.pool, POOLS)
-        one_of("normalize", self.normalize, NORMALIZATIONS)
+        if self.pool is not None:
+            one_of("pool", self.pool, POOLS)
+        if self.normalize is not None:
+            one_of("normalize", self.normalize, NORMALIZATIONS)
         one_of("device", self.device, DEVICES)
         one_of("engine", self.engine, ENGINES)
         one_of("precision", self.precision, precisions)

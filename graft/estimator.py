@@ -31,8 +31,8 @@ def _hashable(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _extractor(backbone: Any, layer: Any, weights: Any, pool: str, image_size: int | None,
-               device: str, cache_dir: str | None):
+def _extractor(backbone: Any, layer: Any, weights: Any, pool: str | None,
+               image_size: int | None, device: str, cache_dir: str | None):
     """Backbones and engines, built once per process per setting (cross-validation refits)."""
     from graft.workflows._common import build_backbones
 
@@ -79,7 +79,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         backbone: Registry or timm name (``"a+b"`` fuses several).
         layer: Where to cut the backbone (default: its own default).
         weights: Weights file/URL; default the offline weights or the model hub.
-        pool: Reduction of spatial maps (``avg``, ``max``, ``avgmax``, ``flatten``).
+        pool: Reduction of spatial maps (``avg``, ``max``, ``avgmax``, ``flatten``) or of a
+            transformer's tokens (``cls``, ``mean``, ``cls+mean``, ``map``); None: the
+            backbone's recipe.
         image_size: Input resolution override.
         head: A head name from ``graft heads`` (not ``auto``: use ``GridSearchCV`` over ``head``).
         random_state: Seed of the head.
@@ -99,7 +101,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, *, backbone: str | Sequence[str] = DEFAULT_BACKBONE,
                  layer: str | Sequence[str] | None = None,
-                 weights: str | Sequence[str] | None = None, pool: str = "avg",
+                 weights: str | Sequence[str] | None = None, pool: str | None = None,
                  image_size: int | None = None, head: str = DEFAULT_HEAD,
                  random_state: int = 0, batch_size: int = 32, device: str = "auto",
                  cache_dir: str | None = None, progress: bool = False) -> None:

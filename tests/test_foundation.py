@@ -170,3 +170,19 @@ def test_train_and_predict_a_transformer_through_its_onnx_graph(tmp_path, capsys
     image = sorted((data / "red").glob("*.jpg"))[0]
     assert main(["predict", str(model_dir), str(image), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["predictions"][0]["label"] == "red"
+
+
+def test_a_preset_brings_its_recipe_and_options_override_it(tmp_path):
+    """DINOv2's preset: 224 px (not timm's 518) and class token + mean patch token; SigLIP's:
+    its attention pool, L2-normalized; what the user gives wins."""
+    from graft.backbones import describe_backbone
+
+    dino = create_backbone("vit_small_patch14_dinov2.lvd142m", weights="random")
+    assert (dino.pool, dino.preprocess.input_size, dino.num_features) == (
+        "cls+mean", (3, 224, 224), 768)
+    siglip = describe_backbone("vit_base_patch16_siglip_224.webli")
+    assert (siglip["pool"], siglip["normalize"], siglip["offline_weights"]) == ("map", "l2", False)
+    mine = create_backbone("vit_small_patch14_dinov2.lvd142m", weights="random", pool="cls",
+                           image_size=112)
+    assert (mine.pool, mine.preprocess.input_size, mine.num_features) == (
+        "cls", (3, 112, 112), 384)

@@ -144,12 +144,13 @@ def test_a_cached_backbone_graph_is_found_without_torch(tmp_path):
     # A changed weights file is a different request: the backbone is built again.
     from graft.features.known import find_known_engines
 
-    found = find_known_engines(TINY, layer=None, weights="random", pool="avg", image_size=None,
+    # (the CLI asks for the backbone's own pooling: pool None)
+    found = find_known_engines(TINY, layer=None, weights="random", pool=None, image_size=None,
                                cache_dir=tmp_path / "cache", threads=1, default=TINY)
     assert found is not None and found[1][0]["name"] == TINY
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
-    assert find_known_engines(TINY, layer=None, weights=str(weights), pool="avg",
+    assert find_known_engines(TINY, layer=None, weights=str(weights), pool=None,
                               image_size=None, cache_dir=tmp_path / "cache", threads=1,
                               default=TINY) is None
 

@@ -88,10 +88,12 @@ def _add_backbone_args(parser: argparse.ArgumentParser, config: type, *,
     group.add_argument("--pool", default=defaults["pool"], choices=catalog.POOLS,
                        help="reduction of a spatial map (avg/max/avgmax/flatten) or of a "
                             "transformer's tokens (cls, mean, cls+mean, map); avg: the "
-                            "network's own pooling")
+                            "network's own pooling (default: the backbone's recipe, see "
+                            "'graft backbones')")
     group.add_argument("--normalize", default=defaults["normalize"],
                        choices=catalog.NORMALIZATIONS,
-                       help="l2: each feature vector scaled to unit length (CLIP-style)")
+                       help="l2: each feature vector scaled to unit length (CLIP-style; "
+                            "default: the backbone's recipe)")
     group.add_argument("--weights", action="append", default=None, metavar="PATH",
                        help="local .pth/.safetensors/Keras .h5 file or http(s) URL; NAME=PATH per "
                             "fused backbone; default: offline weights shipped with graft, else "

@@ -54,14 +54,14 @@ def _weights_identity(weights: str | None) -> Any:
             "graft": _version("graft")}
 
 
-def _request_key(name: str, layer: str | None, weights: str | None, pool: str,
-                 image_size: int | None, normalize: str = "none") -> str | None:
+def _request_key(name: str, layer: str | None, weights: str | None, pool: str | None,
+                 image_size: int | None, normalize: str | None = None) -> str | None:
     identity = _weights_identity(weights)
     if identity is None:
         return None
     request = {"format": _FORMAT, "export_format": EXPORT_FORMAT, "name": name.lower(),
                "layer": layer, "pool": pool, "image_size": image_size, "weights": identity}
-    if normalize != "none":  # (records from before it keep their keys)
+    if normalize is not None:  # (records from before it keep their keys)
         request["normalize"] = normalize
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -100,9 +100,9 @@ def _names(backbone: str | Sequence[str] | None, default: str) -> list[str] | No
 
 
 def find_known_engines(
-    backbone: str | Sequence[str] | None, *, layer: Any, weights: Any, pool: str,
+    backbone: str | Sequence[str] | None, *, layer: Any, weights: Any, pool: str | None,
     image_size: int | None, cache_dir: str | os.PathLike | None, threads: int | None,
-    default: str, normalize: str = "none",
+    default: str, normalize: str | None = None,
 ) -> tuple[list[OnnxEngine], list[dict[str, Any]]] | None:
     """The engines and configs of backbones built (and exported) before, or None on any miss."""
     names = _names(backbone, default)
@@ -134,9 +134,9 @@ def find_known_engines(
 
 
 def record_known_engines(
-    backbone: str | Sequence[str] | None, *, layer: Any, weights: Any, pool: str,
+    backbone: str | Sequence[str] | None, *, layer: Any, weights: Any, pool: str | None,
     image_size: int | None, cache_dir: str | os.PathLike | None, engines: Sequence[Any],
-    configs: Sequence[dict[str, Any]], default: str, normalize: str = "none",
+    configs: Sequence[dict[str, Any]], default: str, normalize: str | None = None,
 ) -> None:
     """Remember how each engine (an ONNX engine over a cached graph) was requested."""
     names = _names(backbone, default)

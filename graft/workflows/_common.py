@@ -57,13 +57,13 @@ def build_backbones(
     *,
     layer: str | Sequence[str] | None,
     weights: str | os.PathLike | Sequence[str] | None,
-    pool: str,
+    pool: str | None,
     image_size: int | None,
     device: str,
     cache_dir: str | os.PathLike | None,
     threads: int | None = None,
     engine: str = "local",
-    normalize: str = "none",
+    normalize: str | None = None,
 ) -> list[BuiltBackbone]:
     """The backbones (one, or several fused), each with its feature engine and recipe.
 
