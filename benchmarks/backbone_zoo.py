@@ -4,11 +4,12 @@ For each backbone (and their fusion): ``graft train`` on flowers17 (hash split, 
 hymenoptera (its own train/val split), each row with an empty cache so img/s is the cold
 extraction rate over both datasets (1,758 photos) on this machine.
 
-Usage: python benchmarks/backbone_zoo.py
+Usage: python benchmarks/backbone_zoo.py [--only TEXT[,TEXT...]]  (rows whose label has one)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -21,6 +22,9 @@ WEIGHTS = SHARED / "weights"
 
 ROWS = [
     ("EfficientNet-Lite0 (pip)", ["tf_efficientnet_lite0"], None),
+    ("EfficientNet-Lite1 (pip)", ["tf_efficientnet_lite1"], None),
+    ("EfficientNet-Lite2 (pip)", ["tf_efficientnet_lite2"], None),
+    ("Lite0 + Lite2", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"], None),
     ("MobileNetV2 (torchvision .pth)", ["mobilenetv2_100"],
      [str(WEIGHTS / "mobilenet_v2-b0353104.pth")]),
     ("SqueezeNet 1.1 (Keras .h5)", ["squeezenet1_1"],
@@ -33,8 +37,13 @@ ROWS = [
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated parts of row labels")
+    wanted = [part for part in parser.parse_args().only.split(",") if part]
     print(f"{'backbone':<34}{'dim':>6}{'flowers17':>11}{'hymenoptera':>13}{'img/s':>8}")
     for label, backbones, weights in ROWS:
+        if wanted and not any(part in label for part in wanted):
+            continue
         accuracies, computed, seconds = [], 0, 0.0
         with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
             for dataset in ("flowers17", "hymenoptera"):
