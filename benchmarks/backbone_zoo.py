@@ -25,6 +25,8 @@ ROWS = [
     ("EfficientNet-Lite1 (pip)", ["tf_efficientnet_lite1"], None),
     ("EfficientNet-Lite2 (pip)", ["tf_efficientnet_lite2"], None),
     ("Lite0 + Lite2", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"], None),
+    ("Lite0, --tta flip", ["tf_efficientnet_lite0"], None, {"tta": "flip"}),
+    ("Lite2, --tta flip", ["tf_efficientnet_lite2"], None, {"tta": "flip"}),
     ("MobileNetV2 (torchvision .pth)", ["mobilenetv2_100"],
      [str(WEIGHTS / "mobilenet_v2-b0353104.pth")]),
     ("SqueezeNet 1.1 (Keras .h5)", ["squeezenet1_1"],
@@ -41,15 +43,16 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated parts of row labels")
     wanted = [part for part in parser.parse_args().only.split(",") if part]
     print(f"{'backbone':<34}{'dim':>6}{'flowers17':>11}{'hymenoptera':>13}{'img/s':>8}")
-    for label, backbones, weights in ROWS:
+    for label, backbones, weights, *options in ROWS:
         if wanted and not any(part in label for part in wanted):
             continue
+        extra = options[0] if options else {}
         accuracies, computed, seconds = [], 0, 0.0
         with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
             for dataset in ("flowers17", "hymenoptera"):
                 result = train(SHARED / "datasets" / dataset, out=Path(out) / dataset,
                                backbone=backbones, weights=weights, cache_dir=cache,
-                               progress=False)
+                               progress=False, **extra)
                 accuracies.append(result.metrics["accuracy"])
                 computed += result.extraction.n_computed
                 seconds += result.extraction.seconds

@@ -24,6 +24,7 @@ __all__ = [
     "NORMALIZATIONS",
     "POOLS",
     "TOKEN_POOLS",
+    "TTA",
     "PRECISIONS",
     "STREAMING_HEADS",
     "one_of",
@@ -41,6 +42,7 @@ MAP_POOLS = ("avg", "max", "avgmax", "flatten")  # a feature map (N, C, H, W)
 TOKEN_POOLS = ("cls", "mean", "cls+mean", "map")
 POOLS = (*MAP_POOLS, *TOKEN_POOLS)
 NORMALIZATIONS = ("none", "l2")  # of the features, as a protocol asks (L2 for CLIP-style)
+TTA = ("none", "flip")  # flip: the features of an image and its mirror image, averaged
 # fp16/bf16 are torch autocast on CUDA; a model directory ships an fp32 or int8 graph
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
 MODEL_PRECISIONS = ("fp32", "int8")

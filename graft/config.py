@@ -27,6 +27,7 @@ from graft.catalog import (
     MODEL_PRECISIONS,
     NORMALIZATIONS,
     POOLS,
+    TTA,
     PRECISIONS,
     STREAMING_HEADS,
     one_of,
@@ -89,6 +90,8 @@ class ExtractConfig:
         image_size: Input resolution override (a transformer is built for it).
         normalize: ``l2`` scales each feature vector to unit length (CLIP-style features);
             None: the backbone's recipe.
+        tta: ``flip``: each image's features averaged with its mirror image's (twice the
+            extraction cost; inside the exported graph, so predict and serve do the same).
         batch_size: Images per forward pass.
         device: ``auto``, ``cpu`` (ONNX Runtime), ``cuda``, ``cuda:N`` or ``torch``; with
             ``engine="ray"`` the Ray actors' (``cuda``: one actor per GPU of the cluster).
@@ -108,6 +111,7 @@ class ExtractConfig:
     pool: str | None = None
     image_size: int | None = None
     normalize: str | None = None
+    tta: str = "none"
     batch_size: int = 32
     device: str = "auto"
     cache_dir: str | os.PathLike | None = None
@@ -132,6 +136,7 @@ class ExtractConfig:
             one_of("pool", self.pool, POOLS)
         if self.normalize is not None:
             one_of("normalize", self.normalize, NORMALIZATIONS)
+        one_of("tta", self.tta, TTA)
         one_of("device", self.device, DEVICES)
         one_of("engine", self.engine, ENGINES)
         one_of("precision", self.precision, precisions)

@@ -186,3 +186,24 @@ def test_a_preset_brings_its_recipe_and_options_override_it(tmp_path):
                            image_size=112)
     assert (mine.pool, mine.preprocess.input_size, mine.num_features) == (
         "cls", (3, 112, 112), 384)
+
+
+def test_tta_flip_averages_an_image_and_its_mirror_in_the_graph(tmp_path, capsys):
+    plain = create_backbone("test_vit", weights="random", pool="cls")
+    flip = create_backbone("test_vit", weights="random", pool="cls", tta="flip")
+    images = np.random.default_rng(3).integers(0, 256, (2, 160, 160, 3), dtype=np.uint8)
+    x = _normalized(plain, images)
+    with torch.no_grad():
+        expected = ((plain(x) + plain(x.flip(3))) / 2).numpy()
+        np.testing.assert_allclose(flip(x).numpy(), expected, atol=1e-6)
+    engine = create_engine(flip, device="cpu", cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(engine(images), expected, atol=1e-4)  # the exported graph
+    assert engine.key != create_engine(plain, device="cpu", cache_dir=tmp_path / "cache").key
+    assert flip.config()["tta"] == "flip" and "tta" not in plain.config()
+    with pytest.raises(ConfigError, match="tta must be one of none, flip"):
+        create_backbone("test_vit", weights="random", tta="crop")
+    data = make_dataset(tmp_path / "colors", n_per_class=5)
+    assert main(["train", str(data), "--out", str(tmp_path / "m"), "--backbone", "test_vit",
+                 "--weights", "random", "--tta", "flip", "-q"]) == 0
+    (recipe,) = json.loads((tmp_path / "m" / "graft.json").read_text())["backbones"]
+    assert recipe["tta"] == "flip"

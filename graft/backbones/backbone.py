@@ -84,6 +84,8 @@ class Backbone(nn.Module):
         pool: How a spatial map is reduced (see :func:`reduce_map`), or a transformer's tokens
             (see :func:`pool_tokens`).
         normalize: ``l2``: each feature vector scaled to unit length; ``none``.
+        tta: ``flip``: the features of the image and of its mirror image, averaged (before
+            ``normalize``); ``none``.
         preprocess: The config every input must be prepared with.
         weights_sha256: Hash of the loaded tensors (see ``state_dict_sha256``).
         weights_source: Where the weights came from, for the record.
@@ -103,12 +105,14 @@ class Backbone(nn.Module):
         cuts: Mapping[str, Cut] | None = None,
         layer_aliases: Mapping[str, str] | None = None,
         normalize: str = "none",
+        tta: str = "none",
     ) -> None:
         super().__init__()
         self.model = model.eval()
         self.name = name
         self.pool = pool
         self.normalize = normalize
+        self.tta = tta
         self.preprocess = preprocess
         self.weights_sha256 = weights_sha256
         self.weights_source = weights_source
@@ -147,6 +151,8 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self._cut(x)
+        if self.tta == "flip":  # inside the exported graph, so every door does the same
+            features = (features + self._cut(x.flip(3))) / 2
         if self.normalize == "l2":
             features = nn.functional.normalize(features, dim=1)
         return features
@@ -194,6 +200,7 @@ class Backbone(nn.Module):
             "layer": self.layer,
             "pool": self.pool,
             **({"normalize": self.normalize} if self.normalize != "none" else {}),
+            **({"tta": self.tta} if self.tta != "none" else {}),
             **({"pretrained_tag": tag} if (tag := self._pretrained_tag()) else {}),
             "num_features": self.num_features,
             "weights_sha256": self.weights_sha256,

@@ -25,7 +25,7 @@ from graft.backbones.weights import (
     load_state_dict_file,
     state_dict_sha256,
 )
-from graft.catalog import DEFAULT_BACKBONE, NORMALIZATIONS, one_of
+from graft.catalog import DEFAULT_BACKBONE, NORMALIZATIONS, TTA, one_of
 from graft.config import resolve_cache_dir
 from graft.data.preprocess import PreprocessConfig
 from graft.errors import BackboneError, ConfigError, WeightsError
@@ -169,12 +169,12 @@ def _preprocess(spec: BackboneSpec, model: nn.Module, image_size: int | None) ->
 
 def _backbone(spec: BackboneSpec, model: nn.Module, *, layer: str | None, pool: str,
               image_size: int | None, weights_sha256: str, source: str,
-              normalize: str = "none") -> Backbone:
+              normalize: str = "none", tta: str = "none") -> Backbone:
     return Backbone(
         model, name=spec.name, layer=layer or spec.default_layer, pool=pool,
         preprocess=_preprocess(spec, model, image_size), weights_sha256=weights_sha256,
         weights_source=source, cuts=spec.cuts, layer_aliases=spec.layer_aliases,
-        normalize=normalize,
+        normalize=normalize, tta=tta,
     )
 
 
@@ -196,6 +196,7 @@ def create_backbone(
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     normalize: str | None = None,
+    tta: str = "none",
 ) -> Backbone:
     """Build a pretrained backbone cut at ``layer``; ``pool``, ``image_size`` and ``normalize``
     default to the backbone's recipe (see ``graft backbones``).
@@ -217,6 +218,8 @@ def create_backbone(
             it, its position embeddings resampled.
         cache_dir: Where downloads go (default: see ``resolve_cache_dir``).
         normalize: ``l2`` scales each feature vector to unit length; ``none``.
+        tta: ``flip`` averages the features of each image and its mirror image (twice the
+            cost); ``none``.
 
     Raises:
         BackboneError: Unknown name or layer.
@@ -228,10 +231,12 @@ def create_backbone(
     image_size = image_size or spec.image_size
     one_of("pool", pool, POOLS)
     one_of("normalize", normalize, NORMALIZATIONS)
+    one_of("tta", tta, TTA)
     model, source = _pretrained(spec, weights, layer or spec.default_layer, image_size,
                                 cache_dir)
     return _backbone(spec, model, layer=layer, pool=pool, image_size=image_size,
-                     weights_sha256=state_dict_sha256(model), source=source, normalize=normalize)
+                     weights_sha256=state_dict_sha256(model), source=source, normalize=normalize,
+                     tta=tta)
 
 
 def _pretrained(spec: BackboneSpec, weights: str | os.PathLike | None, layer: str,
@@ -387,6 +392,7 @@ def create_backbones(
     image_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     normalize: str | None = None,
+    tta: str = "none",
 ) -> list[Backbone]:
     """One or several (fused) backbones; ``weights`` and ``layer`` may be ``NAME=VALUE`` each."""
     resolved = parse_backbone_names(names)
@@ -394,7 +400,7 @@ def create_backbones(
     layers = per_backbone("layer", layer, resolved)
     return [
         create_backbone(name, layer=lay, weights=w, pool=pool, image_size=image_size,
-                        cache_dir=cache_dir, normalize=normalize)
+                        cache_dir=cache_dir, normalize=normalize, tta=tta)
         for name, lay, w in zip(resolved, layers, weights_list)
     ]
 

@@ -104,6 +104,7 @@ class BackboneRecipe:
         feature_key: The feature cache's key for this graph (in a model directory).
         file: The graph (in a model directory).
         normalize: How the features are scaled after pooling (``l2``: unit length).
+        tta: Test-time augmentation inside the graph (``flip``: image and mirror averaged).
         pretrained_tag: The timm pretrained tag whose preprocessing (and hub weights) it took.
     """
 
@@ -120,6 +121,7 @@ class BackboneRecipe:
     file: FileSpec | None = None
     normalize: str = "none"
     pretrained_tag: str | None = None
+    tta: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -128,8 +130,9 @@ class BackboneRecipe:
         for key in ("feature_key", "file", "pretrained_tag"):  # only when there is one
             if data[key] is None:
                 del data[key]
-        if data["normalize"] == "none":  # as the formats before it wrote it
-            del data["normalize"]
+        for key in ("normalize", "tta"):  # "none": as the formats before them wrote it
+            if data[key] == "none":
+                del data[key]
         return data
 
     @classmethod

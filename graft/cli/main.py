@@ -94,6 +94,9 @@ def _add_backbone_args(parser: argparse.ArgumentParser, config: type, *,
                        choices=catalog.NORMALIZATIONS,
                        help="l2: each feature vector scaled to unit length (CLIP-style; "
                             "default: the backbone's recipe)")
+    group.add_argument("--tta", default=defaults["tta"], choices=catalog.TTA,
+                       help="flip: average each image's features with its mirror image's "
+                            "(twice the extraction cost; predict and serve do the same)")
     group.add_argument("--weights", action="append", default=None, metavar="PATH",
                        help="local .pth/.safetensors/Keras .h5 file or http(s) URL; NAME=PATH per "
                             "fused backbone; default: offline weights shipped with graft, else "

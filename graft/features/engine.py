@@ -45,8 +45,9 @@ EXPORT_FORMAT = 4  # bump when the exported graph or the CPU-side resize changes
 def backbone_key(config: dict[str, Any]) -> str:
     """Identity of a feature extractor: same key, same features for the same image."""
     ident = {k: config[k] for k in ("name", "layer", "pool", "weights_sha256", "preprocess")}
-    if config.get("normalize", "none") != "none":  # (keys from before it stay as they were)
-        ident["normalize"] = config["normalize"]
+    for option in ("normalize", "tta"):  # (keys from before them stay as they were)
+        if config.get(option, "none") != "none":
+            ident[option] = config[option]
     ident["export_format"] = EXPORT_FORMAT
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -55,7 +55,8 @@ def _weights_identity(weights: str | None) -> Any:
 
 
 def _request_key(name: str, layer: str | None, weights: str | None, pool: str | None,
-                 image_size: int | None, normalize: str | None = None) -> str | None:
+                 image_size: int | None, normalize: str | None = None,
+                 tta: str = "none") -> str | None:
     identity = _weights_identity(weights)
     if identity is None:
         return None
@@ -63,6 +64,8 @@ def _request_key(name: str, layer: str | None, weights: str | None, pool: str | 
                "layer": layer, "pool": pool, "image_size": image_size, "weights": identity}
     if normalize is not None:  # (records from before it keep their keys)
         request["normalize"] = normalize
+    if tta != "none":
+        request["tta"] = tta
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -102,7 +105,7 @@ def _names(backbone: str | Sequence[str] | None, default: str) -> list[str] | No
 def find_known_engines(
     backbone: str | Sequence[str] | None, *, layer: Any, weights: Any, pool: str | None,
     image_size: int | None, cache_dir: str | os.PathLike | None, threads: int | None,
-    default: str, normalize: str | None = None,
+    default: str, normalize: str | None = None, tta: str = "none",
 ) -> tuple[list[OnnxEngine], list[dict[str, Any]]] | None:
     """The engines and configs of backbones built (and exported) before, or None on any miss."""
     names = _names(backbone, default)
@@ -113,7 +116,7 @@ def find_known_engines(
         return None
     engines, configs = [], []
     for name, lay, w in zip(names, layers, weights_list):
-        request = _request_key(name, lay, w, pool, image_size, normalize)
+        request = _request_key(name, lay, w, pool, image_size, normalize, tta)
         if request is None:
             return None
         try:
@@ -137,6 +140,7 @@ def record_known_engines(
     backbone: str | Sequence[str] | None, *, layer: Any, weights: Any, pool: str | None,
     image_size: int | None, cache_dir: str | os.PathLike | None, engines: Sequence[Any],
     configs: Sequence[dict[str, Any]], default: str, normalize: str | None = None,
+    tta: str = "none",
 ) -> None:
     """Remember how each engine (an ONNX engine over a cached graph) was requested."""
     names = _names(backbone, default)
@@ -146,7 +150,7 @@ def record_known_engines(
     if layers is None or weights_list is None:
         return
     for name, lay, w, engine, config in zip(names, layers, weights_list, engines, configs):
-        request = _request_key(name, lay, w, pool, image_size, normalize)
+        request = _request_key(name, lay, w, pool, image_size, normalize, tta)
         if request is None or not isinstance(engine, OnnxEngine):
             continue
         path = _record_path(cache_dir, request)

@@ -64,6 +64,7 @@ def build_backbones(
     threads: int | None = None,
     engine: str = "local",
     normalize: str | None = None,
+    tta: str = "none",
 ) -> list[BuiltBackbone]:
     """The backbones (one, or several fused), each with its feature engine and recipe.
 
@@ -87,7 +88,8 @@ def build_backbones(
     elif engine == "ray" and device == "auto":
         device = "cpu"
     request = {"layer": layer, "weights": weights, "pool": pool, "image_size": image_size,
-               "normalize": normalize, "cache_dir": cache_dir, "default": DEFAULT_BACKBONE}
+               "normalize": normalize, "tta": tta, "cache_dir": cache_dir,
+               "default": DEFAULT_BACKBONE}
     if _cpu_only(device):
         known = find_known_engines(backbone, threads=threads, **request)
         if known is not None:
@@ -102,7 +104,8 @@ def build_backbones(
 
     names = parse_backbone_names(backbone)
     nets = create_backbones(names, layer=layer, weights=weights, pool=pool,
-                            image_size=image_size, cache_dir=cache_dir, normalize=normalize)
+                            image_size=image_size, cache_dir=cache_dir, normalize=normalize,
+                            tta=tta)
     weights_list = per_backbone("weights", weights, names, broadcast=("random",))
     engines = [create_engine(net, device=device, cache_dir=cache_dir, threads=threads,
                              target=target) for net in nets]

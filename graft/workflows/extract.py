@@ -46,7 +46,8 @@ def extract(
     built = build_backbones(config.backbone, layer=config.layer, weights=config.weights,
                             pool=config.pool, image_size=config.image_size,
                             device=config.device, cache_dir=cache_dir, threads=plan.onnx,
-                            engine=config.engine, normalize=config.normalize)
+                            engine=config.engine, normalize=config.normalize,
+                            tta=config.tta)
     built = set_precision(built, config.precision, dataset, cache_dir=cache_dir)
     engines, configs = [b.engine for b in built], [b.recipe.to_dict() for b in built]
     try:

@@ -182,7 +182,7 @@ def _load_features(run: _Run) -> None:
     run.backbones = build_backbones(
         cfg.backbone, layer=cfg.layer, weights=cfg.weights, pool=cfg.pool,
         image_size=cfg.image_size, device=cfg.device, cache_dir=cfg.cache_dir,
-        threads=plan.onnx, engine=cfg.engine, normalize=cfg.normalize)
+        threads=plan.onnx, engine=cfg.engine, normalize=cfg.normalize, tta=cfg.tta)
     _set_precision(run, run.dataset)
     run.out_of_core = _out_of_core(run)
     run.features, run.extraction = extract_feature_set(
@@ -273,7 +273,7 @@ def _rebuild(run: _Run, stored: list[dict[str, Any]], threads: int) -> list[Buil
         chosen = override if override is not None else recipe.weights
         net = create_backbone(recipe.name, layer=recipe.layer, pool=recipe.pool, weights=chosen,
                               image_size=recipe.preprocess.size[0], cache_dir=cfg.cache_dir,
-                              normalize=recipe.normalize)
+                              normalize=recipe.normalize, tta=recipe.tta)
         if net.weights_sha256 != recipe.weights_sha256:
             raise DataError(
                 f"{run.data} was extracted from another checkpoint of {recipe.name} (sha256 "
