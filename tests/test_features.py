@@ -564,3 +564,18 @@ def test_a_file_gone_between_lookup_and_read_is_reported(tiny_backbone, tmp_path
     assert [p for p, _ in report.failures] == ["red/red_001.jpg"]
     assert "cannot read" in report.failures[0][1] and len(features.paths) == 11
     assert (features.content_hashes != 0).all()
+
+
+def test_the_cost_of_a_long_extraction_is_said_before_it_goes_on(tiny_backbone, tmp_path,
+                                                                   monkeypatch, caplog):
+    import graft.features.extract as extract_module
+    from graft.data.dataset import stream_dataset
+
+    monkeypatch.setattr(extract_module, "_LONG", 0.0)  # every extraction counts as long here
+    root = make_dataset(tmp_path / "data", n_per_class=6)
+    engine = create_engine(tiny_backbone, device="cpu")
+    with caplog.at_level("WARNING", logger="graft"):
+        extract_feature_set(stream_dataset(root), engine, [tiny_backbone.config()],
+                            progress=False, batch_size=4)
+    (said,) = [r.getMessage() for r in caplog.records if "ms per image" in r.getMessage()]
+    assert "(160x160 px): up to 10 images" in said and "smaller image_size" in said

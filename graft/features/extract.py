@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from graft.data.dataset import SPLITS, DatasetStream, ImageDataset, Sample
 from graft.data.images import decode_image
 from graft.data.preprocess import PreprocessConfig
 from graft.data.storage import join, read_bytes
-from graft.errors import DataError, ImageError
+from graft.errors import DataError, ImageError, Note
 from graft.features.contents import ContentIndex
 from graft.features.engine import FeatureEngine, fused_key
 from graft.features.store import (
@@ -54,6 +55,7 @@ __all__ = [
     "view_key",
 ]
 
+_log = logging.getLogger("graft.features")
 _GATHER_ROWS = 4096
 _LOOKUP_BLOCK = 4096  # samples keyed and looked up in the cache index at once
 
@@ -109,6 +111,7 @@ def extract_dataset(
     address: str | None = None,
     bar: Any = None,
     contents: ContentIndex | None = None,
+    upcoming: int = 0,
 ) -> tuple[list[str | None], ExtractionReport]:
     """Make sure every image of ``dataset`` is in each backbone's cache; compute only what is missing.
 
@@ -119,9 +122,9 @@ def extract_dataset(
             each view is cached under its own key, reproducible from the file and the view.
         engine: ``local`` (this process) or ``ray`` (decode and run the graphs on a Ray
             cluster at ``address``; only this process writes the cache).
-        bar: A progress bar over every image (cached ones included) to advance, kept open;
-            by default one over the images to compute.
+        bar: A progress bar over every image (cached ones too) to advance and leave open.
         contents: Keeps the content hash of each image decoded here, from the bytes read.
+        upcoming: Images to come after these (a stream's later parts), for the time estimate.
 
     Returns:
         The cache key of every sample (None for a file that could not be read), and a report.
@@ -139,7 +142,7 @@ def extract_dataset(
     if shared:
         bar.update(len(dataset.samples) - len(todo))  # cached, or failed before
     job = _Job(dataset.samples, list(engines), list(caches), keys, report, bar, augment,
-               contents)
+               contents, ahead=len(todo) + upcoming)
     try:
         if engine == "ray" and todo:
             _extract_on_ray(job, todo, batch_size=batch_size, address=address)
@@ -208,6 +211,7 @@ class _Job:
     bar: Any
     augment: tuple[str, ...]
     contents: ContentIndex | None
+    ahead: int = 0  # images to compute here, and to look up after these
     hashes: dict[str, int] = field(default_factory=dict)  # key -> content hash, from decoding
 
     def load(self, item: _Todo, configs: Sequence[PreprocessConfig]) -> list[np.ndarray]:
@@ -264,13 +268,42 @@ def _extract_here(job: _Job, todo: list[_Todo], *, batch_size: int, workers: int
         workers=workers, load=None if processes else job.load, prefetch=prefetch,
         source_of=lambda item: job.samples[item[0]].path, processes=processes,
     )
+    start = time.perf_counter()
     with contextlib.closing(batches):  # its decode workers stop on an error here too
-        for batch in batches:
+        for number, batch in enumerate(batches):
             for (index, key, _), reason in batch.failures:
                 job.failed(index, key, reason)
             features = [_run_missing(network, j, batch.items, batch.images[j])
                         for j, network in enumerate(job.engines)]
             job.computed(batch.items, features, len(batch.failures))
+            if number == 1:  # the first batch paid the session's start: time the second
+                _say_cost(job, len(batch.items), time.perf_counter() - start)
+            start = time.perf_counter() if number == 0 else start
+
+
+_LONG = 600.0  # seconds of extraction worth a warning before it goes on
+
+
+def _say_cost(job: _Job, images: int, seconds: float) -> None:
+    """How long the rest will take, from one batch: a warning when it is long."""
+    remaining = max(0, job.ahead - job.report.n_computed)
+    if not images or not remaining:
+        return
+    per_image = seconds / images
+    size = "x".join(map(str, job.engines[0].preprocess.size))
+    text = (f"Extracting at {1000 * per_image:.0f} ms per image ({size} px): up to "
+            f"{remaining:,} images, about {_duration(remaining * per_image)}.")
+    if remaining * per_image > _LONG:
+        _log.warning(Note(text + " A smaller image_size, a lighter backbone or a GPU is "
+                                 "faster.", parameter="image_size"))
+    else:
+        _log.info(text)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _run_missing(network: FeatureEngine, j: int, items: Sequence[_Todo],
@@ -408,6 +441,7 @@ def _extract(dataset: ImageDataset | DatasetStream, engines: Sequence[FeatureEng
     report = ExtractionReport(n_images=len(stream))
     index = {label: i for i, label in enumerate(stream.classes)}
     rows = _Rows()
+    seen = 0
     with _bar(len(stream), progress) as bar:
         # Ray: one job per part, so parts are larger (its start, seconds, is paid per part)
         for part in _parts(stream, _STREAM_ROWS * (4 if engine == "ray" else 1)):
@@ -415,7 +449,8 @@ def _extract(dataset: ImageDataset | DatasetStream, engines: Sequence[FeatureEng
                 ImageDataset(root=stream.root, samples=part, classes=stream.classes,
                              layout=stream.layout), engines, caches, batch_size=batch_size,
                 workers=workers, progress=progress, engine=engine, address=address, bar=bar,
-                augment=augment, contents=contents)
+                augment=augment, contents=contents, upcoming=len(stream) - seen - len(part))
+            seen += len(part)
             report.n_cached += done.n_cached
             report.n_computed += done.n_computed
             report.failures.extend(done.failures)

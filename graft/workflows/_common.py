@@ -72,9 +72,8 @@ def build_backbones(
     this process's CPU (it needs no GPU) that the actors move to theirs; ``auto`` runs the
     exported ONNX graphs on the actors' CPUs.
 
-    When the same request was built before and its ONNX graph is cached, the engines come from
-    that record and torch is never imported (the nets are then ``None``): see
-    :mod:`graft.features.known`.
+    A request built before, its ONNX graph cached, takes its engines from that record and never
+    imports torch (the nets are then ``None``): see :mod:`graft.features.known`.
     """
     from graft.catalog import DEFAULT_BACKBONE
     from graft.features.known import find_known_engines, record_known_engines
