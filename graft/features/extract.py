@@ -116,8 +116,7 @@ def extract_dataset(
     """Make sure every image of ``dataset`` is in each backbone's cache; compute only what is missing.
 
     Args:
-        engines: One engine per (fused) backbone.
-        caches: The cache of each engine, in the same order.
+        engines, caches: One engine per (fused) backbone, and its cache, in the same order.
         augment: How samples with ``view > 0`` are augmented (see ``augment_for_network``);
             each view is cached under its own key, reproducible from the file and the view.
         engine: ``local`` (this process) or ``ray`` (decode and run the graphs on a Ray
