@@ -572,6 +572,7 @@ def test_the_cost_of_a_long_extraction_is_said_before_it_goes_on(tiny_backbone, 
     from graft.data.dataset import stream_dataset
 
     monkeypatch.setattr(extract_module, "_LONG", 0.0)  # every extraction counts as long here
+    monkeypatch.setattr(extract_module, "_STREAM_ROWS", 8)  # three parts, said once
     root = make_dataset(tmp_path / "data", n_per_class=6)
     engine = create_engine(tiny_backbone, device="cpu")
     with caplog.at_level("WARNING", logger="graft"):

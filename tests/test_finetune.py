@@ -43,6 +43,11 @@ def test_frozen_prefix_split_matches_the_full_network():
             assert torch.allclose(rest(prefix(images)), model(images), atol=1e-5)
     model.unfreeze("all")
     assert model.split_frozen_prefix() is None  # nothing frozen: nothing to cache
+    # L2 or flip after the cut: no split (its halves would skip them), the full network instead
+    for options in ({"normalize": "l2"}, {"tta": "flip"}):
+        model = FinetuneModel(create_backbone(TINY, weights="random", **options), n_classes=3)
+        model.unfreeze(0)
+        assert model.split_frozen_prefix() is None
 
 
 def test_unfreeze_counts_trainable_parameters():

@@ -136,7 +136,7 @@ def test_tagged_names_pick_the_tag(tmp_path):
                              image_size=112)
     config = tagged.config()
     assert config["name"] == "vit_base_patch16_clip_224.openai"
-    assert config["pretrained_tag"] == "openai"
+    assert "pretrained_tag" not in config  # the name says it (recorded for untagged hub names)
     # the tag's preprocessing: OpenAI CLIP's mean, not ImageNet's
     assert config["preprocess"]["mean"][0] == pytest.approx(0.48145466)
 
@@ -180,6 +180,7 @@ def test_a_preset_brings_its_recipe_and_options_override_it(tmp_path):
     dino = create_backbone("vit_small_patch14_dinov2.lvd142m", weights="random")
     assert (dino.pool, dino.preprocess.input_size, dino.num_features) == (
         "cls+mean", (3, 224, 224), 768)
+    assert dino.preprocess.crop_pct == 0.875  # resize to 256, crop 224: its linear eval
     siglip = describe_backbone("vit_base_patch16_siglip_224.webli")
     assert (siglip["pool"], siglip["normalize"], siglip["offline_weights"]) == ("map", "l2", False)
     mine = create_backbone("vit_small_patch14_dinov2.lvd142m", weights="random", pool="cls",

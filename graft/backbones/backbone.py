@@ -189,8 +189,11 @@ class Backbone(nn.Module):
         self._tokens = tokens
 
     def _pretrained_tag(self) -> str | None:
-        """The timm pretrained tag the network's config (preprocessing, hub weights) is from."""
+        """The timm pretrained tag an untagged name's hub weights (and preprocessing) came
+        from: the name does not say which (a tagged name does)."""
         cfg = getattr(self.model, "pretrained_cfg", None)
+        if "." in self.name or not self.weights_source.startswith("hub:"):
+            return None
         return cfg.get("tag") if isinstance(cfg, dict) else None
 
     def config(self) -> dict:

@@ -65,6 +65,7 @@ class BackboneSpec:
             network's own.
         pool: The pooling its recipe uses, when not ``avg`` (the network's own).
         normalize: The feature normalization its recipe uses.
+        crop_pct: The center crop its recipe uses, when not the network's own.
     """
 
     name: str
@@ -80,6 +81,7 @@ class BackboneSpec:
     image_size: int | None = None
     pool: str = "avg"
     normalize: str = "none"
+    crop_pct: float | None = None
 
     def build(self, image_size: int | None = None, seed: int | None = None) -> nn.Module:
         """The untrained network (its random weights drawn from ``seed``, if given); a timm
@@ -161,7 +163,9 @@ def _spec(name: str) -> BackboneSpec:
 
 def _preprocess(spec: BackboneSpec, model: nn.Module, image_size: int | None) -> PreprocessConfig:
     if spec.preprocess is None:
-        return PreprocessConfig.from_timm(model, image_size=image_size)
+        config = PreprocessConfig.from_timm(model, image_size=image_size)
+        return config if spec.crop_pct is None else dataclasses.replace(config,
+                                                                         crop_pct=spec.crop_pct)
     if image_size:
         return dataclasses.replace(spec.preprocess, input_size=(3, image_size, image_size))
     return spec.preprocess
@@ -278,18 +282,16 @@ def _load_file(spec: BackboneSpec, model: nn.Module, path: Path,
         state = load_state_dict_file(path)
     try:
         apply_state_dict(model, state, str(path), optional)
-    except WeightsError:
+    except WeightsError as first:
         # timm's own conversion for its family: position embeddings resampled to the size the
         # network was built for, original (OpenAI, DINOv2) key names mapped to timm's
         convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
         if convert is None:
             raise
         try:
-            converted = convert(dict(state), model)
-        except Exception:  # a checkpoint it cannot convert: the first error says why
-            raise WeightsError(f"The weights in {path} do not fit {spec.name!r}.",
-                               parameter="backbone") from None
-        apply_state_dict(model, converted, str(path), optional)
+            apply_state_dict(model, convert(dict(state), model), str(path), optional)
+        except Exception:  # the conversion did not help: the first error names the file's keys
+            raise first from None
 
 
 def _load_from_hub(spec: BackboneSpec, image_size: int | None = None) -> nn.Module:

