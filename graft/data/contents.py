@@ -9,24 +9,30 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from graft.data.storage import is_uri, read_bytes
 
-__all__ = ["content_hash", "content_hashes", "hash_bytes", "read_content_hashes",
-           "write_content_hashes"]
+__all__ = ["content_hash", "content_hashes", "fill_content_hashes", "hash_bytes",
+           "read_content_hashes", "write_content_hashes"]
 
 _NONE = np.uint64(0)
 
 
+def _as_int(digest: Any) -> int:
+    """The first 8 bytes of a SHA-256 as an integer (never 0: 0 means unknown)."""
+    return int.from_bytes(digest.digest()[:8], "little") or 1
+
+
 def hash_bytes(data: bytes) -> int:
-    """The first 8 bytes of the SHA-256 of ``data`` as an integer (never 0: 0 means unknown)."""
-    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") or 1
+    """The content hash of ``data``: the first 8 bytes of its SHA-256, as an integer."""
+    return _as_int(hashlib.sha256(data))
 
 
 def content_hash(path: str | os.PathLike) -> int:
@@ -41,7 +47,7 @@ def content_hash(path: str | os.PathLike) -> int:
                 digest.update(chunk)
     except OSError:
         return 0
-    return int.from_bytes(digest.digest()[:8], "little") or 1
+    return _as_int(digest)
 
 
 _BLOCK = 1024  # files handed to the threads at a time
@@ -58,6 +64,18 @@ def content_hashes(paths: Iterable[str | os.PathLike], workers: int = 4) -> np.n
             blocks.append(np.fromiter(pool.map(content_hash, block), dtype=np.uint64,
                                       count=len(block)))
     return np.concatenate(blocks) if blocks else np.zeros(0, np.uint64)
+
+
+def fill_content_hashes(known: np.ndarray, path_of: Callable[[int], str],
+                        workers: int = 4) -> np.ndarray:
+    """``known`` (``uint64``, 0 where unknown) with each unknown one read from its file,
+    ``path_of(i)`` naming row ``i``'s; only those files are read."""
+    filled = np.array(known, dtype=np.uint64)
+    missing = np.flatnonzero(filled == 0)
+    if len(missing):
+        filled[missing] = content_hashes((path_of(i) for i in missing.tolist()),
+                                         workers=workers)
+    return filled
 
 
 def write_content_hashes(path: str | os.PathLike, hashes: np.ndarray) -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from graft.config import resolve_cache_dir
-from graft.data.contents import content_hashes
+from graft.data.contents import fill_content_hashes
 
 __all__ = ["ContentIndex"]
 
@@ -67,15 +67,11 @@ class ContentIndex:
         """The hash of each key, reading the files (``paths``, in the same order) only for the
         keys without one (extracted by another engine, or before hashes were kept), and keeping
         what they give."""
-        values = self.get(keys)
-        missing = np.flatnonzero(values == 0)
-        if len(missing):
-            read = content_hashes((paths[i] for i in missing), workers=workers)
-            values[missing] = read
-            for i, value in zip(missing.tolist(), read.tolist()):
-                if value:
-                    self.add(keys[i], value)
-            self.flush()
+        kept = self.get(keys)
+        values = fill_content_hashes(kept, paths.__getitem__, workers=workers)
+        for i in np.flatnonzero((kept == 0) & (values != 0)).tolist():
+            self.add(keys[i], int(values[i]))
+        self.flush()
         return values
 
     def close(self) -> None:

@@ -367,17 +367,13 @@ class FeatureSet:
     def read_content_hashes(self, workers: int = 4) -> np.ndarray:
         """Each row's content hash, reading the image only where none came with the features
         (a feature file from an older graft)."""
-        from graft.data.contents import content_hashes
+        from graft.data.contents import fill_content_hashes
         from graft.data.storage import join
 
         known = (np.zeros(len(self.labels), np.uint64) if self.content_hashes is None
-                 else np.asarray(self.content_hashes, np.uint64).copy())
-        missing = np.flatnonzero(known == 0)
-        if len(missing):
-            root = self.root or "."
-            known[missing] = content_hashes((join(root, self.paths[i]) for i in missing),
-                                            workers=workers)
-        return known
+                 else self.content_hashes)
+        root = self.root or "."
+        return fill_content_hashes(known, lambda i: join(root, self.paths[i]), workers=workers)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{split: {label: count}}``."""
