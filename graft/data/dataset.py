@@ -201,12 +201,15 @@ def _scan_remote(uri: str) -> ImageDataset:
     models = {f.relpath.rpartition("/")[0] for f in files
               if f.relpath.rpartition("/")[2] == MODEL_MARKER}
     top = {f.relpath.split("/", 1)[0] for f in files if f.relpath.count("/") >= 1} - models
-    with_images = {f.relpath.split("/", 1)[0] for f in files
-                   if "/" in f.relpath and is_image_file(f.relpath)}
-    direct = {f.relpath.split("/", 1)[0] for f in files
-              if f.relpath.count("/") == 1 and is_image_file(f.relpath)}
-    splits = None if direct & {n for n in top if _SPLIT_ALIASES.get(n.lower()) == "train"} \
-        else _split_folders(root, top, with_images.__contains__)
+    depth_of: dict[str, set[int]] = {}  # top folder -> its images' depths (1: directly in it)
+    for f in files:
+        if "/" in f.relpath and is_image_file(f.relpath):
+            depth_of.setdefault(f.relpath.split("/", 1)[0], set()).add(
+                min(f.relpath.count("/"), 2))
+    # images in train/ itself, none in folders below: a class named train (as _splits_of says)
+    classed = any(depth_of.get(n) == {1} for n in top
+                  if _SPLIT_ALIASES.get(n.lower()) == "train")
+    splits = None if classed else _split_folders(root, top, depth_of.__contains__)
     depth = 2 if splits else 1  # the class folder's level: split/class/... or class/...
     split_of = {folder: split for split, folder in (splits or {}).items()}
     samples = []
@@ -393,8 +396,7 @@ class DatasetStream:
         """Up to ``limit`` paths of ``split``, spread evenly over it in listing order (every
         class represented), the same ones every run: one pass (two when the first look did not
         count the split), nothing else held."""
-        count = (self.split_sizes.get(split, 0) if self.split_sizes is not None
-                 else sum(1 for sample in self if sample.split == split))
+        count = self._size_of(split)
         wanted = set(spread_indices(count, limit))  # distinct, in order
         chosen, seen = [], 0
         for sample in self:
@@ -404,11 +406,16 @@ class DatasetStream:
                 seen += 1
         return chosen
 
+    def _size_of(self, split: str) -> int:
+        """Images of ``split``: counted by the first look, or by one more listing."""
+        if self.split_sizes is not None:
+            return self.split_sizes.get(split, 0)
+        return sum(1 for sample in self if sample.split == split)
+
     def only(self, split: str) -> DatasetStream:
         """The images of one split, as a stream (counted by the first look, or by one more
         listing when it could not)."""
-        size = (self.split_sizes.get(split, 0) if self.split_sizes is not None
-                else sum(1 for sample in self if sample.split == split))
+        size = self._size_of(split)
         return replace(
             self, size=size, _rule=None, split_sizes={split: size} if size else {},
             _source=lambda: (sample for sample in self if sample.split == split))

@@ -123,8 +123,7 @@ def extract_dataset(
             cluster at ``address``; only this process writes the cache).
         bar: A progress bar over every image (cached ones too) to advance and leave open.
         contents: Keeps the content hash of each image decoded here, from the bytes read.
-        upcoming: Images to come after these (a stream's later parts), for the time estimate;
-            None: no estimate (one was said for an earlier part).
+        upcoming: Images after these (a stream's later parts), for the time estimate; None: none.
 
     Returns:
         The cache key of every sample (None for a file that could not be read), and a report.
