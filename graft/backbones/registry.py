@@ -87,21 +87,31 @@ class BackboneSpec:
         """The untrained network (its random weights drawn from ``seed``, if given); a timm
         transformer is built for ``image_size`` (position embeddings sized for it), a
         convolutional one takes any size as it is."""
-        if seed is not None:
-            torch.manual_seed(seed)
         if self.builder is not None:
+            if seed is not None:
+                torch.manual_seed(seed)
             return self.builder()
-        import timm
+        return create_timm(self.name, image_size, pretrained=False, seed=seed)
 
-        if image_size:
-            try:
-                return timm.create_model(self.name, pretrained=False, img_size=image_size)
-            except TypeError as exc:  # a network without img_size: convolutions take any size
-                if "img_size" not in str(exc):
-                    raise
-                if seed is not None:
-                    torch.manual_seed(seed)
-        return timm.create_model(self.name, pretrained=False)
+
+def create_timm(name: str, image_size: int | None, *, pretrained: bool,
+                seed: int | None = None) -> nn.Module:
+    """``timm.create_model``, built for ``image_size`` when the network takes one (a
+    transformer: position embeddings sized for it); a convolutional network takes any size as
+    it is. ``seed`` draws the same random weights whichever way it is built."""
+    import timm
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    if image_size:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=image_size)
+        except TypeError as exc:  # a network without img_size
+            if "img_size" not in str(exc):
+                raise
+            if seed is not None:
+                torch.manual_seed(seed)
+    return timm.create_model(name, pretrained=pretrained)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -309,29 +319,14 @@ def _load_from_hub(spec: BackboneSpec, image_size: int | None = None) -> nn.Modu
             f"Nothing pretrained for {spec.name!r} on this machine, and the model hub cannot "
             f"be reached. {fix}", parameter="weights"
         )
-    import timm
-
     try:
-        sized = {"img_size": image_size} if image_size and _takes_image_size(spec) else {}
-        return timm.create_model(spec.name, pretrained=True, **sized)
+        return create_timm(spec.name, image_size, pretrained=True)
     except Exception as exc:  # hub/network errors come in many types
         reason = _first_line(str(exc))  # never torch's advice to load with weights_only=False
         raise WeightsError(
             f"Downloading the pretrained {spec.name!r} failed ({type(exc).__name__}"
             f"{': ' + reason if reason else ''}). {fix}", parameter="weights"
         ) from exc
-
-
-def _takes_image_size(spec: BackboneSpec) -> bool:
-    """Whether the timm network is built for an input size (a transformer), on no memory."""
-    import timm
-
-    try:
-        with torch.device("meta"):
-            timm.create_model(spec.name, pretrained=False, img_size=224)
-    except TypeError:
-        return False
-    return True
 
 
 def parse_backbone_names(value: str | Sequence[str] | None) -> list[str]:
